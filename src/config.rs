@@ -1,0 +1,347 @@
+//! Typed configuration: the TOML keys of SPEC 5 with their defaults, durations written as
+//! strings ("500ms", "15s", "1h"). Owns parsing and validation only; never opens sockets.
+
+use serde::{Deserialize, Deserializer};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: Http,
+    pub tls: Option<Tls>,
+    pub ingest: Ingest,
+    pub streams: Streams,
+    pub history: History,
+    pub auth: Auth,
+    pub cors: Cors,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    pub listen: SocketAddr,
+    /// Empty: /metrics and /healthz are served on `listen`.
+    pub admin_listen: String,
+    /// 0: derived from RLIMIT_NOFILE, keeping a reserve.
+    pub max_connections: usize,
+    /// 0: no per-IP cap.
+    pub max_per_ip: usize,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub overload_as_retry: bool,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: String::new(),
+            max_connections: 0,
+            max_per_ip: 0,
+            trusted_proxies: Vec::new(),
+            overload_as_retry: false,
+            request_timeout: Duration::from_secs(10),
+            max_header_bytes: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ingest {
+    pub socket: PathBuf,
+    /// File mode of the socket, octal string ("0660").
+    #[serde(deserialize_with = "octal_mode")]
+    pub mode: u32,
+    pub group: String,
+    pub allowed_uids: Vec<u32>,
+    pub max_event_bytes: usize,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Ingest {
+            socket: PathBuf::from("./ssehub.sock"),
+            mode: 0o660,
+            group: String::new(),
+            allowed_uids: Vec::new(),
+            max_event_bytes: 65536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Streams {
+    #[serde(deserialize_with = "duration")]
+    pub keepalive: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub retry_base: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub retry_jitter: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_spread: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    pub max_topics: usize,
+    pub max_pending_bytes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            keepalive: Duration::from_secs(15),
+            retry_base: Duration::from_secs(3),
+            retry_jitter: Duration::from_secs(2),
+            shutdown_spread: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            max_topics: 32,
+            max_pending_bytes: 256 * 1024,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Os,
+    Fsync,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct History {
+    pub max_events: usize,
+    #[serde(deserialize_with = "duration")]
+    pub max_age: Duration,
+    pub max_bytes: usize,
+    /// Empty: memory only.
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub max_log_bytes: u64,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            max_events: 1000,
+            max_age: Duration::from_secs(3600),
+            max_bytes: 256 * 1024 * 1024,
+            data_dir: PathBuf::new(),
+            durability: Durability::Os,
+            max_log_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    pub secret: String,
+    pub public_key: String,
+    pub private: Vec<String>,
+    pub cookie: String,
+    #[serde(deserialize_with = "duration")]
+    pub leeway: Duration,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            secret: String::new(),
+            public_key: String::new(),
+            private: Vec::new(),
+            cookie: "ssehub_token".into(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cors {
+    pub allowed_origins: Vec<String>,
+    pub allow_credentials: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file; the error names the file and the problem.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.streams;
+        if s.keepalive.is_zero() {
+            return Err("streams.keepalive must be above 0".into());
+        }
+        if s.max_topics == 0 {
+            return Err("streams.max_topics must be at least 1".into());
+        }
+        if s.max_pending_bytes == 0 {
+            return Err("streams.max_pending_bytes must be above 0".into());
+        }
+        if self.http.max_header_bytes < 256 {
+            return Err("http.max_header_bytes must be at least 256".into());
+        }
+        if self.ingest.max_event_bytes == 0 {
+            return Err("ingest.max_event_bytes must be above 0".into());
+        }
+        if self.history.max_events == 0 {
+            return Err("history.max_events must be at least 1".into());
+        }
+        if self.ingest.socket.as_os_str().is_empty() {
+            return Err("ingest.socket must name a path".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses "250ms", "15s", "2m", "1h", "1d" (one unit, whole numbers).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {text:?} needs a unit (ms, s, m, h, d)"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("duration {text:?} must start with a whole number"))?;
+    let ms_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "duration {text:?}: unknown unit {unit:?} (ms, s, m, h, d)"
+            ));
+        }
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let text = String::deserialize(d)?;
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(serde::de::Error::custom(format!(
+            "mode {text:?} must be an octal file mode like \"0660\""
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.ingest.socket, PathBuf::from("./ssehub.sock"));
+        assert_eq!(c.ingest.mode, 0o660);
+        assert_eq!(c.streams.keepalive, Duration::from_secs(15));
+        assert_eq!(c.streams.max_pending_bytes, 262144);
+        assert_eq!(c.history.max_events, 1000);
+        assert_eq!(c.history.durability, Durability::Os);
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let c = Config::parse(
+            r#"
+            [http]
+            listen = "127.0.0.1:0"
+            request_timeout = "500ms"
+            [ingest]
+            socket = "/tmp/x.sock"
+            mode = "0600"
+            [streams]
+            keepalive = "2s"
+            write_timeout = "1m"
+            [history]
+            max_age = "1h"
+            durability = "fsync"
+            [tls]
+            cert = "c.pem"
+            key = "k.pem"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.http.request_timeout, Duration::from_millis(500));
+        assert_eq!(c.ingest.mode, 0o600);
+        assert_eq!(c.streams.keepalive, Duration::from_secs(2));
+        assert_eq!(c.streams.write_timeout, Duration::from_secs(60));
+        assert_eq!(c.history.durability, Durability::Fsync);
+        assert_eq!(c.tls.unwrap().cert, PathBuf::from("c.pem"));
+    }
+
+    #[test]
+    fn refuses_typos_and_bad_values() {
+        assert!(Config::parse("[streams]\nkeepalve = \"1s\"").is_err());
+        assert!(Config::parse("[streams]\nkeepalive = \"1\"").is_err());
+        assert!(Config::parse("[streams]\nkeepalive = \"0s\"").is_err());
+        assert!(Config::parse("[ingest]\nmode = \"0999\"").is_err());
+        assert!(Config::parse("[history]\ndurability = \"maybe\"").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+}

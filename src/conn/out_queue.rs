@@ -1,0 +1,190 @@
+//! A connection's pending output: shared frames waiting for the socket, written with one
+//! `writev` per turn. Exists only while output is pending (an idle stream has none).
+
+use crate::sse::Frame;
+use crate::timer::Millis;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+/// At most this many frames go into one `writev` (Linux allows 1024; 64 keeps the iovec
+/// array on the stack and one busy client from hogging a turn).
+const MAX_IOVECS: usize = 64;
+
+#[derive(Debug)]
+pub struct OutQueue {
+    frames: VecDeque<Frame>,
+    /// Bytes of the front frame already written.
+    head_written: usize,
+    /// Unwritten bytes in the queue.
+    pending: usize,
+    /// When the queue last went from empty to non-empty (the write timeout counts from here).
+    pub since: Millis,
+}
+
+pub enum Flush {
+    /// Everything was written.
+    Done,
+    /// The socket is full; wait for it to become writable.
+    Blocked,
+    /// The per-turn budget ran out with the socket still writable.
+    Budget,
+}
+
+impl OutQueue {
+    pub fn new(now: Millis) -> Self {
+        OutQueue {
+            frames: VecDeque::new(),
+            head_written: 0,
+            pending: 0,
+            since: now,
+        }
+    }
+
+    pub fn push(&mut self, frame: Frame) {
+        self.pending += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending == 0
+    }
+
+    /// Writes queued frames, up to `max_writes` `writev` calls. Returns how many frames
+    /// were completed and the outcome; an I/O error other than `WouldBlock` is returned.
+    pub fn flush(
+        &mut self,
+        sock: &mut impl Write,
+        max_writes: usize,
+    ) -> io::Result<(Flush, usize)> {
+        let mut completed = 0;
+        for _ in 0..max_writes {
+            if self.frames.is_empty() {
+                return Ok((Flush::Done, completed));
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+                let bytes = if i == 0 {
+                    &frame[self.head_written..]
+                } else {
+                    &frame[..]
+                };
+                slices[i] = IoSlice::new(bytes);
+                n += 1;
+            }
+            let written = match sock.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((Flush::Blocked, completed));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            completed += self.consume(written);
+        }
+        if self.frames.is_empty() {
+            Ok((Flush::Done, completed))
+        } else {
+            Ok((Flush::Budget, completed))
+        }
+    }
+
+    /// Drops `written` bytes from the front; returns how many frames were finished.
+    fn consume(&mut self, mut written: usize) -> usize {
+        self.pending -= written;
+        let mut completed = 0;
+        while let Some(front) = self.frames.front() {
+            let left = front.len() - self.head_written;
+            if written < left {
+                self.head_written += written;
+                break;
+            }
+            written -= left;
+            self.head_written = 0;
+            self.frames.pop_front();
+            completed += 1;
+        }
+        completed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that accepts at most `room` bytes, then says WouldBlock.
+    struct Pipe {
+        got: Vec<u8>,
+        room: usize,
+        calls: usize,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room);
+                self.got.extend_from_slice(&b[..take]);
+                self.room -= take;
+                n += take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn coalesces_frames_into_one_write() {
+        let mut q = OutQueue::new(0);
+        for f in [&b"ab"[..], b"cd", b"ef"] {
+            q.push(f.into());
+        }
+        let mut p = Pipe {
+            got: vec![],
+            room: 100,
+            calls: 0,
+        };
+        let (outcome, done) = q.flush(&mut p, 8).unwrap();
+        assert!(matches!(outcome, Flush::Done));
+        assert_eq!((done, p.calls), (3, 1));
+        assert_eq!(p.got, b"abcdef");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame() {
+        let mut q = OutQueue::new(0);
+        q.push((&b"hello"[..]).into());
+        q.push((&b"world"[..]).into());
+        let mut p = Pipe {
+            got: vec![],
+            room: 3,
+            calls: 0,
+        };
+        let (outcome, done) = q.flush(&mut p, 8).unwrap();
+        assert!(matches!(outcome, Flush::Blocked));
+        assert_eq!(done, 0);
+        assert_eq!(q.pending_bytes(), 7);
+        p.room = 4;
+        q.flush(&mut p, 8).unwrap();
+        assert_eq!(q.pending_bytes(), 3);
+        p.room = 100;
+        let (outcome, _) = q.flush(&mut p, 8).unwrap();
+        assert!(matches!(outcome, Flush::Done));
+        assert_eq!(p.got, b"helloworld");
+    }
+}

@@ -1,0 +1,1023 @@
+//! The one event loop (SPEC 1): poll (timeout = next timer) → dispatch by token → fire
+//! timers → flush pending writes → reap closed connections → repeat, until a stop signal
+//! has drained every stream. Time is read once per turn. Nothing here blocks.
+//!
+//! HTTP data path: accept → read head → parse → route → subscribe → (fan-out queues
+//! frames) → flush/backpressure → keepalive/timeouts → close.
+//! Ingest data path: accept → read → split lines → decode → publish (hub) → fan-out →
+//! answer.
+
+use crate::config::Config;
+use crate::conn::{Conn, ConnState, Flush, OutQueue, flags};
+use crate::fanout::{self, Delivery};
+use crate::history::Limits;
+use crate::http::request::{self, Method, Parsed, Request};
+use crate::http::response::{self, ALLOW_EVENTS, After, STREAM_HEAD};
+use crate::hub::Hub;
+use crate::ingest::line::{self, Line};
+use crate::ingest::{self, InputLine, Producer};
+use crate::sse::{self, Frame};
+use crate::timer::{Millis, Wheel};
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream, UnixListener};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const HTTP_LISTENER: Token = Token(usize::MAX - 1);
+const INGEST_LISTENER: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
+/// Producer tokens are `PRODUCER_BASE + key`; HTTP connection tokens are their slab key.
+const PRODUCER_BASE: usize = 1 << 40;
+
+/// Timer wheel resolution and size: 4 ms ticks, 4096 slots (a 16 s turn).
+const TICK_MS: u64 = 4;
+const WHEEL_SLOTS: usize = 4096;
+/// `writev` calls per connection per turn, so one fast reader cannot starve the rest.
+const WRITES_PER_TURN: usize = 4;
+/// Bytes read from one producer per turn before others get a go.
+const INGEST_READ_PER_TURN: usize = 256 * 1024;
+/// Bytes a client may send after a stream's request head before it is closed.
+const MAX_DISCARDED: u16 = 4096;
+/// How long a closing connection waits for the client to close after our last answer.
+const LINGER_MS: Millis = 2_000;
+/// How often retained history is checked against `history.max_age`.
+const PRUNE_EVERY_MS: Millis = 1_000;
+/// Pause before accepting again after running out of file descriptors.
+const ACCEPT_RETRY_MS: Millis = 100;
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// The connection's single timer: its state decides what is due.
+    Conn(u32),
+    PruneHistory,
+    ResumeAccept,
+}
+
+/// Lets another thread (the signal handler) ask the loop to stop gracefully.
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Counters for logs now and `/metrics` later.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: u64,
+    pub streams_opened: u64,
+    pub events_published: u64,
+    pub deliveries: u64,
+    pub slow_disconnects: u64,
+    pub ingest_errors: u64,
+    pub rejected_at_cap: u64,
+}
+
+pub struct Server {
+    poll: Poll,
+    config: Config,
+    http: Option<TcpListener>,
+    ingest: Option<UnixListener>,
+    ingest_path: PathBuf,
+    conns: Slab<Conn>,
+    producers: Slab<Producer>,
+    hub: Hub,
+    wheel: Wheel<Due>,
+    /// Connections with queued output to write this turn.
+    pending: Vec<u32>,
+    /// Connections to close at the end of this turn.
+    closing: Vec<u32>,
+    /// Producers with input possibly left unread (budget ran out or answers drained).
+    producers_to_read: Vec<usize>,
+    keepalive: Frame,
+    scratch: Box<[u8]>,
+    max_connections: usize,
+    accept_paused: bool,
+    started: Instant,
+    now: Millis,
+    rng: Rng,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    draining_until: Option<Millis>,
+    pub stats: Stats,
+}
+
+impl Server {
+    /// Binds the HTTP listener and the ingest socket; nothing is accepted until `run`.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut http = bind_http(config.http.listen)?;
+        let mut ingest = ingest::bind(&config.ingest.socket, config.ingest.mode)?;
+        poll.registry()
+            .register(&mut http, HTTP_LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut ingest, INGEST_LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let max_connections = match config.http.max_connections {
+            0 => derived_max_connections(),
+            n => n,
+        };
+        let limits = Limits {
+            max_events: config.history.max_events,
+            max_age: config.history.max_age.as_millis() as Millis,
+            max_bytes: config.history.max_bytes,
+        };
+        let started = Instant::now();
+        let mut wheel = Wheel::new(TICK_MS, WHEEL_SLOTS, 0);
+        wheel.insert(PRUNE_EVERY_MS, Due::PruneHistory);
+        Ok(Server {
+            poll,
+            ingest_path: config.ingest.socket.clone(),
+            config,
+            http: Some(http),
+            ingest: Some(ingest),
+            conns: Slab::new(),
+            producers: Slab::new(),
+            hub: Hub::new(limits, 0),
+            wheel,
+            pending: Vec::new(),
+            closing: Vec::new(),
+            producers_to_read: Vec::new(),
+            keepalive: Rc::from(sse::KEEPALIVE),
+            scratch: vec![0; 64 * 1024].into_boxed_slice(),
+            max_connections,
+            accept_paused: false,
+            started,
+            now: 0,
+            rng: Rng::seeded(),
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            draining_until: None,
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn http_addr(&self) -> io::Result<SocketAddr> {
+        match &self.http {
+            Some(l) => l.local_addr(),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            flag: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Runs until stopped and drained.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = self.clock();
+            let timeout = self.poll_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.now = self.clock();
+            for event in events.iter() {
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                self.dispatch(event.token(), readable, event.is_writable());
+            }
+            if self.stop.load(Ordering::SeqCst) && self.draining_until.is_none() {
+                self.begin_drain();
+            }
+            self.fire_timers();
+            self.read_producers_left_over();
+            self.flush_pending();
+            self.reap();
+            if let Some(until) = self.draining_until {
+                if (self.conns.is_empty() && self.producers.is_empty()) || self.now >= until {
+                    info!(
+                        "stopped streams_left={} producers_left={}",
+                        self.conns.len(),
+                        self.producers.len()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn clock(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    fn poll_timeout(&self, now: Millis) -> Option<Duration> {
+        if !self.pending.is_empty()
+            || !self.producers_to_read.is_empty()
+            || !self.closing.is_empty()
+        {
+            return Some(Duration::ZERO);
+        }
+        let mut ms = self.wheel.next_timeout(now);
+        if let Some(until) = self.draining_until {
+            let left = until.saturating_sub(now);
+            ms = Some(ms.map_or(left, |m| m.min(left)));
+        }
+        ms.map(Duration::from_millis)
+    }
+
+    fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
+        match token {
+            HTTP_LISTENER => self.accept_http(),
+            INGEST_LISTENER => self.accept_producers(),
+            WAKER => {}
+            Token(t) if t >= PRODUCER_BASE => {
+                let key = t - PRODUCER_BASE;
+                if writable {
+                    self.producer_writable(key);
+                }
+                if readable {
+                    self.read_producer(key);
+                }
+            }
+            Token(key) => {
+                let key = key as u32;
+                if writable {
+                    self.conn_writable(key);
+                }
+                if readable {
+                    self.conn_readable(key);
+                }
+            }
+        }
+    }
+
+    // ---- accept -------------------------------------------------------------------------
+
+    fn accept_http(&mut self) {
+        if self.accept_paused {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.http else { return };
+            let (mut sock, _peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    warn!(
+                        "accept paused: out of file descriptors open={}",
+                        self.conns.len()
+                    );
+                    self.accept_paused = true;
+                    self.wheel
+                        .insert(self.now + ACCEPT_RETRY_MS, Due::ResumeAccept);
+                    return;
+                }
+                Err(e) => {
+                    debug!("accept failed: {e}");
+                    continue;
+                }
+            };
+            self.stats.accepted += 1;
+            if self.conns.len() >= self.max_connections {
+                self.stats.rejected_at_cap += 1;
+                let answer = response::plain(
+                    503,
+                    "server at connection limit",
+                    After::Close,
+                    &[("Retry-After", "5")],
+                    false,
+                );
+                let _ = io::Write::write(&mut sock, &answer);
+                continue;
+            }
+            let deadline = self.now + self.request_timeout();
+            let entry = self.conns.vacant_entry();
+            let key = entry.key() as u32;
+            if let Err(e) = self.poll.registry().register(
+                &mut sock,
+                Token(key as usize),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                debug!("register failed: {e}");
+                continue;
+            }
+            let mut conn = Conn::new(sock, self.now);
+            conn.timer = Some(self.wheel.insert(deadline, Due::Conn(key)));
+            entry.insert(conn);
+        }
+    }
+
+    fn accept_producers(&mut self) {
+        loop {
+            let Some(listener) = &self.ingest else { return };
+            let (mut sock, _) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("ingest accept failed: {e}");
+                    return;
+                }
+            };
+            let entry = self.producers.vacant_entry();
+            let token = Token(PRODUCER_BASE + entry.key());
+            if self
+                .poll
+                .registry()
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+                .is_ok()
+            {
+                entry.insert(Producer::new(sock));
+            }
+        }
+    }
+
+    // ---- HTTP: read and parse ---------------------------------------------------------------
+
+    fn conn_readable(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.has(flags::CLOSING) {
+            return;
+        }
+        match &mut conn.state {
+            ConnState::Reading { buf } => {
+                let limit = self.config.http.max_header_bytes + 1;
+                match read_into(&mut conn.sock, buf, limit, &mut self.scratch) {
+                    ReadOutcome::Open => self.process_requests(key),
+                    ReadOutcome::Closed => self.close(key),
+                }
+            }
+            ConnState::Streaming { .. } | ConnState::Lingering => {
+                let lingering = matches!(conn.state, ConnState::Lingering);
+                loop {
+                    match conn
+                        .sock
+                        .read(&mut self.scratch[..MAX_DISCARDED as usize + 1])
+                    {
+                        Ok(0) => return self.close(key),
+                        Ok(n) if lingering => {
+                            let _ = n;
+                        }
+                        Ok(n) => {
+                            conn.discarded = conn.discarded.saturating_add(n as u16);
+                            if conn.discarded > MAX_DISCARDED {
+                                debug!("closing stream: client keeps sending");
+                                return self.close(key);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return self.close(key),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers complete request heads in the read buffer, one at a time: the next is only
+    /// looked at once the previous answer has been written (pipelining stays bounded).
+    fn process_requests(&mut self, key: u32) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                return;
+            };
+            if conn.out.is_some() || conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH) {
+                return;
+            }
+            let ConnState::Reading { buf } = &mut conn.state else {
+                return;
+            };
+            if buf.is_empty() {
+                // Idle keep-alive connection: give the buffer back.
+                *buf = Vec::new();
+                return;
+            }
+            match request::parse(buf, self.config.http.max_header_bytes) {
+                Parsed::Partial => return,
+                Parsed::Reject(r) => {
+                    self.stats_reject(r.status);
+                    return self.answer(key, r.status, r.reason, After::Close, &[], false);
+                }
+                Parsed::Complete { request, head_len } => {
+                    buf.drain(..head_len);
+                    self.handle_request(key, request);
+                }
+            }
+        }
+    }
+
+    fn stats_reject(&mut self, _status: u16) {}
+
+    /// Routes one request: path (404) → method (405) → topics (400) → stream.
+    fn handle_request(&mut self, key: u32, req: Request) {
+        let after = if req.keep_alive && !req.has_body {
+            After::KeepAlive { http10: req.http10 }
+        } else {
+            After::Close
+        };
+        let head_only = req.method == Method::Head;
+        if let Some(timer) = self.conns[key as usize].timer {
+            self.wheel
+                .reschedule(timer, self.now + self.request_timeout());
+        }
+        match req.path.as_str() {
+            "/events" => match req.method {
+                Method::Get | Method::Head => {}
+                Method::Options => {
+                    return self.answer(key, 204, "", after, &[("Allow", ALLOW_EVENTS)], false);
+                }
+                Method::Other => {
+                    return self.answer(
+                        key,
+                        405,
+                        "method not allowed",
+                        after,
+                        &[("Allow", ALLOW_EVENTS)],
+                        false,
+                    );
+                }
+            },
+            "/healthz" => {
+                return match req.method {
+                    Method::Get | Method::Head => {
+                        self.answer(key, 200, "ok", after, &[], head_only)
+                    }
+                    _ => self.answer(
+                        key,
+                        405,
+                        "method not allowed",
+                        after,
+                        &[("Allow", "GET, HEAD")],
+                        false,
+                    ),
+                };
+            }
+            _ => return self.answer(key, 404, "not found", after, &[], head_only),
+        }
+        let query = match request::parse_stream_query(&req.query, self.config.streams.max_topics) {
+            Ok(q) => q,
+            // After a 400 the connection is closed (SPEC 2).
+            Err(reason) => return self.answer(key, 400, &reason, After::Close, &[], head_only),
+        };
+        self.start_stream(key, query.topics, head_only);
+    }
+
+    /// Queues a plain answer; `After::Close` lingers and closes once it is written.
+    fn answer(
+        &mut self,
+        key: u32,
+        status: u16,
+        reason: &str,
+        after: After,
+        headers: &[(&str, &str)],
+        head_only: bool,
+    ) {
+        let bytes = response::plain(status, reason, after, headers, head_only);
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if after == After::Close {
+            conn.set(flags::CLOSE_AFTER_FLUSH);
+        }
+        let out = conn
+            .out
+            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)));
+        out.push(bytes.into());
+        fanout::mark_pending(conn, key, &mut self.pending);
+    }
+
+    // ---- subscribe ---------------------------------------------------------------------------
+
+    fn start_stream(&mut self, key: u32, topic_names: Vec<Box<str>>, head_only: bool) {
+        let retry = self.config.streams.retry_base.as_millis() as u64
+            + self
+                .rng
+                .below(self.config.streams.retry_jitter.as_millis() as u64 + 1);
+        let mut head = STREAM_HEAD.to_vec();
+        let conn = &mut self.conns[key as usize];
+        if head_only {
+            conn.set(flags::CLOSE_AFTER_FLUSH | flags::HEAD_ONLY);
+        } else {
+            head.extend_from_slice(&sse::retry(retry));
+            let topics: Box<[_]> = topic_names
+                .iter()
+                .map(|name| self.hub.topics.intern(name))
+                .collect();
+            for &t in topics.iter() {
+                self.hub.topics.subscribe(t, key);
+            }
+            conn.state = ConnState::Streaming { topics };
+            conn.cursor = self.hub.last_id();
+            conn.last_write = self.now;
+            self.stats.streams_opened += 1;
+            if let Some(timer) = conn.timer {
+                self.wheel.reschedule(
+                    timer,
+                    self.now + self.config.streams.keepalive.as_millis() as Millis,
+                );
+            }
+        }
+        let out = conn
+            .out
+            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)));
+        out.push(head.into());
+        fanout::mark_pending(conn, key, &mut self.pending);
+    }
+
+    // ---- write / backpressure --------------------------------------------------------------
+
+    fn conn_writable(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        conn.clear(flags::WRITE_BLOCKED);
+        if conn.out.is_some() {
+            fanout::mark_pending(conn, key, &mut self.pending);
+        }
+    }
+
+    /// Writes every listed connection's queue (a bounded number of `writev` each).
+    fn flush_pending(&mut self) {
+        let mut list = std::mem::take(&mut self.pending);
+        let mut again = Vec::new();
+        for &key in &list {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                continue;
+            };
+            conn.clear(flags::IN_PENDING);
+            if conn.has(flags::CLOSING) {
+                continue;
+            }
+            let Some(out) = conn.out.as_mut() else {
+                continue;
+            };
+            let before = out.pending_bytes();
+            let result = out.flush(&mut conn.sock, WRITES_PER_TURN);
+            if out.pending_bytes() < before {
+                conn.last_write = self.now;
+            }
+            match result {
+                Ok((Flush::Done, _)) => {
+                    conn.out = None;
+                    if conn.has(flags::CLOSE_AFTER_FLUSH) {
+                        self.linger(key);
+                    } else if matches!(conn.state, ConnState::Reading { .. }) {
+                        // The answer is out: look at the next pipelined request, if any.
+                        self.process_requests(key);
+                        self.conn_readable(key);
+                    }
+                }
+                Ok((Flush::Blocked, _)) => {
+                    let since = out.since;
+                    conn.set(flags::WRITE_BLOCKED);
+                    self.arm_write_timeout(key, since);
+                }
+                Ok((Flush::Budget, _)) => {
+                    conn.set(flags::IN_PENDING);
+                    again.push(key);
+                }
+                Err(e) => {
+                    debug!("write failed: {e}");
+                    self.close(key);
+                }
+            }
+        }
+        list.clear();
+        list.append(&mut again);
+        list.append(&mut self.pending); // listed while flushing (e.g. a pipelined answer)
+        self.pending = list;
+    }
+
+    /// Makes sure the connection's timer fires no later than the write deadline.
+    fn arm_write_timeout(&mut self, key: u32, since: Millis) {
+        let deadline = since + self.config.streams.write_timeout.as_millis() as Millis;
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match conn.timer {
+            Some(t) if self.wheel.deadline(t).is_some_and(|d| d <= deadline) => {}
+            Some(t) => {
+                self.wheel.reschedule(t, deadline);
+            }
+            None => conn.timer = Some(self.wheel.insert(deadline, Due::Conn(key))),
+        }
+    }
+
+    // ---- timers: keepalive, timeouts, housekeeping ---------------------------------------
+
+    fn fire_timers(&mut self) {
+        let mut fired = Vec::new();
+        self.wheel.advance(self.now, &mut fired);
+        for due in fired {
+            match due {
+                Due::Conn(key) => {
+                    if let Some(conn) = self.conns.get_mut(key as usize) {
+                        conn.timer = None;
+                        self.conn_timer(key);
+                    }
+                }
+                Due::PruneHistory => {
+                    self.hub.prune(self.now);
+                    self.wheel
+                        .insert(self.now + PRUNE_EVERY_MS, Due::PruneHistory);
+                }
+                Due::ResumeAccept => {
+                    self.accept_paused = false;
+                    self.accept_http();
+                }
+            }
+        }
+    }
+
+    /// The connection's timer fired: decide what was due from its state.
+    fn conn_timer(&mut self, key: u32) {
+        let now = self.now;
+        let keepalive = self.config.streams.keepalive.as_millis() as Millis;
+        let write_timeout = self.config.streams.write_timeout.as_millis() as Millis;
+        let conn = &mut self.conns[key as usize];
+        if conn.has(flags::CLOSING) {
+            return;
+        }
+        let next = match conn.state {
+            ConnState::Reading { .. } | ConnState::Lingering => {
+                debug!("closing connection: request or linger timeout");
+                return self.close(key);
+            }
+            ConnState::Streaming { .. } => {
+                if let Some(out) = &conn.out {
+                    if now >= out.since + write_timeout {
+                        self.stats.slow_disconnects += 1;
+                        debug!(
+                            "closing slow stream: write timeout pending={}",
+                            out.pending_bytes()
+                        );
+                        return self.close(key);
+                    }
+                    (conn.last_write + keepalive)
+                        .max(now + 1)
+                        .min(out.since + write_timeout)
+                } else if now >= conn.last_write + keepalive {
+                    conn.out = Some(Box::new(OutQueue::new(now)));
+                    if let Some(out) = conn.out.as_mut() {
+                        out.push(self.keepalive.clone());
+                    }
+                    fanout::mark_pending(conn, key, &mut self.pending);
+                    now + keepalive
+                } else {
+                    conn.last_write + keepalive
+                }
+            }
+        };
+        conn.timer = Some(self.wheel.insert(next, Due::Conn(key)));
+    }
+
+    fn request_timeout(&self) -> Millis {
+        self.config.http.request_timeout.as_millis() as Millis
+    }
+
+    // ---- ingest --------------------------------------------------------------------------
+
+    fn read_producer(&mut self, key: usize) {
+        let max_line = self.config.ingest.max_event_bytes;
+        let max_pending = self.config.streams.max_pending_bytes;
+        let mut budget = INGEST_READ_PER_TURN;
+        let unix_micros = unix_micros();
+        loop {
+            let Some(p) = self.producers.get_mut(key) else {
+                return;
+            };
+            if !p.may_read() {
+                break;
+            }
+            if budget == 0 {
+                self.producers_to_read.push(key);
+                break;
+            }
+            let n = match p.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    p.eof = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("producer read failed: {e}");
+                    p.eof = true;
+                    break;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            let (hub, conns, pending, closing, stats, now) = (
+                &mut self.hub,
+                &mut self.conns,
+                &mut self.pending,
+                &mut self.closing,
+                &mut self.stats,
+                self.now,
+            );
+            let max_topics = self.config.streams.max_topics;
+            p.take_input(&self.scratch[..n], max_line, |input, answers| {
+                let decoded = match input {
+                    InputLine::TooLong => Err(line::LineError(format!(
+                        "line longer than {max_line} bytes"
+                    ))),
+                    InputLine::Line(bytes) => line::decode_line(bytes, max_topics),
+                };
+                match decoded {
+                    Ok(Line::Blank) => {}
+                    Ok(Line::Publish(publish)) => {
+                        let event = hub.publish(&publish, now, unix_micros);
+                        stats.events_published += 1;
+                        for &t in event.topics.iter() {
+                            for &sub in hub.topics.get(t).subscribers.iter() {
+                                let Some(conn) = conns.get_mut(sub as usize) else {
+                                    continue;
+                                };
+                                match fanout::deliver(
+                                    conn,
+                                    sub,
+                                    &event.frame,
+                                    event.id,
+                                    now,
+                                    max_pending,
+                                    pending,
+                                ) {
+                                    Delivery::Queued => stats.deliveries += 1,
+                                    Delivery::Skipped => {}
+                                    Delivery::Overflow => {
+                                        stats.slow_disconnects += 1;
+                                        conn.set(flags::CLOSING);
+                                        closing.push(sub);
+                                    }
+                                }
+                            }
+                        }
+                        line::write_ok(answers, event.id);
+                    }
+                    Ok(Line::Admin(_)) => {
+                        line::write_error(answers, "admin commands are not supported yet");
+                    }
+                    Err(e) => {
+                        stats.ingest_errors += 1;
+                        line::write_error(answers, &e.0);
+                    }
+                }
+            });
+        }
+        self.flush_producer(key);
+    }
+
+    fn producer_writable(&mut self, key: usize) {
+        if let Some(p) = self.producers.get_mut(key) {
+            p.write_blocked = false;
+            self.flush_producer(key);
+        }
+    }
+
+    /// Writes a producer's answers; resumes reading it once they drain, closes it at EOF.
+    fn flush_producer(&mut self, key: usize) {
+        let Some(p) = self.producers.get_mut(key) else {
+            return;
+        };
+        let could_read = p.may_read();
+        if let Err(e) = p.flush_answers() {
+            debug!("producer write failed: {e}");
+            return self.close_producer(key);
+        }
+        if p.eof && p.unwritten() == 0 {
+            return self.close_producer(key);
+        }
+        if !could_read && p.may_read() {
+            self.producers_to_read.push(key);
+        }
+    }
+
+    fn read_producers_left_over(&mut self) {
+        let keys = std::mem::take(&mut self.producers_to_read);
+        for key in keys {
+            self.read_producer(key);
+        }
+    }
+
+    fn close_producer(&mut self, key: usize) {
+        if let Some(mut p) = self.producers.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut p.sock);
+        }
+    }
+
+    // ---- close -----------------------------------------------------------------------------
+
+    /// Lists a connection for closing at the end of the turn (safe from any call site).
+    fn close(&mut self, key: u32) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            if !conn.has(flags::CLOSING) {
+                conn.set(flags::CLOSING);
+                self.closing.push(key);
+            }
+        }
+    }
+
+    /// The last answer is written: shut our side down and wait briefly for the client to
+    /// close, so unread request bytes do not turn our close into a reset.
+    fn linger(&mut self, key: u32) {
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        self.hub_unsubscribe(key);
+        let conn = &mut self.conns[key as usize];
+        conn.clear(flags::CLOSE_AFTER_FLUSH);
+        conn.state = ConnState::Lingering;
+        if conn.sock.shutdown(Shutdown::Write).is_err() {
+            return self.close(key);
+        }
+        let deadline = self.now + LINGER_MS;
+        match conn.timer {
+            Some(t) => {
+                self.wheel.reschedule(t, deadline);
+            }
+            None => conn.timer = Some(self.wheel.insert(deadline, Due::Conn(key))),
+        }
+        self.conn_readable(key);
+    }
+
+    fn hub_unsubscribe(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if let ConnState::Streaming { topics } =
+            std::mem::replace(&mut conn.state, ConnState::Lingering)
+        {
+            for &t in topics.iter() {
+                self.hub.topics.unsubscribe(t, key);
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Some(key) = self.closing.pop() {
+            self.hub_unsubscribe(key);
+            if let Some(mut conn) = self.conns.try_remove(key as usize) {
+                if let Some(t) = conn.timer {
+                    self.wheel.cancel(t);
+                }
+                let _ = self.poll.registry().deregister(&mut conn.sock);
+            }
+        }
+        self.summarise_slow_disconnects();
+    }
+
+    fn summarise_slow_disconnects(&mut self) {}
+
+    // ---- graceful stop ---------------------------------------------------------------------
+
+    /// Stops accepting, removes the socket file, tells every stream when to come back
+    /// (a jittered `retry:` spread over `streams.shutdown_spread`) and closes it once written.
+    fn begin_drain(&mut self) {
+        let drain = self.config.streams.drain_timeout.as_millis() as Millis;
+        info!(
+            "stopping: draining streams={} timeout_ms={drain}",
+            self.conns.len()
+        );
+        self.draining_until = Some(self.now + drain);
+        if let Some(mut l) = self.http.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        if let Some(mut l) = self.ingest.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+            let _ = std::fs::remove_file(&self.ingest_path);
+        }
+        let base = self.config.streams.retry_base.as_millis() as u64;
+        let spread = self.config.streams.shutdown_spread.as_millis() as u64;
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            let retry = sse::retry(base + self.rng.below(spread + 1));
+            let conn = &mut self.conns[key as usize];
+            if conn.has(flags::CLOSING) {
+                continue;
+            }
+            match conn.state {
+                ConnState::Streaming { .. } => {
+                    conn.set(flags::CLOSE_AFTER_FLUSH);
+                    conn.out
+                        .get_or_insert_with(|| Box::new(OutQueue::new(self.now)))
+                        .push(retry.into());
+                    fanout::mark_pending(conn, key, &mut self.pending);
+                }
+                ConnState::Reading { .. } if conn.out.is_none() => self.close(key),
+                _ => {}
+            }
+        }
+        let producers: Vec<usize> = self.producers.iter().map(|(k, _)| k).collect();
+        for key in producers {
+            if let Some(p) = self.producers.get_mut(key) {
+                p.eof = true;
+            }
+            self.flush_producer(key);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.ingest.is_some() {
+            let _ = std::fs::remove_file(&self.ingest_path);
+        }
+    }
+}
+
+enum ReadOutcome {
+    Open,
+    Closed,
+}
+
+/// Reads until `WouldBlock` or until `buf` holds `limit` bytes.
+fn read_into(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    scratch: &mut [u8],
+) -> ReadOutcome {
+    while buf.len() < limit {
+        let room = (limit - buf.len()).min(scratch.len());
+        match sock.read(&mut scratch[..room]) {
+            Ok(0) => return ReadOutcome::Closed,
+            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return ReadOutcome::Closed,
+        }
+    }
+    ReadOutcome::Open
+}
+
+fn bind_http(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    // Accepted sockets inherit TCP_NODELAY: events leave at once, and coalescing is ours.
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+/// Connections allowed when `http.max_connections = 0`: the descriptor limit minus a
+/// reserve for listeners, producers, log files and the poll itself.
+fn derived_max_connections() -> usize {
+    let (soft, _) = crate::rlimit::nofile();
+    (soft as usize).saturating_sub(64).max(1)
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// xorshift64*: jitter for `retry:` values, not for anything secret.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let seed = unix_micros() ^ (u64::from(std::process::id()) << 32) | 1;
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-enough in [0, n) (n > 0); 0 when n is 0.
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}

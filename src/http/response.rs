@@ -1,0 +1,122 @@
+//! Canned HTTP/1.1 responses: the stream head and short plain-text answers. Pure bytes;
+//! never decides policy (the event loop picks the status, this module only spells it).
+
+/// The head of every event stream (SPEC 2): close-delimited body, no compression, no
+/// proxy buffering. The `retry:` line follows directly.
+pub const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Content-Type: text/event-stream; charset=utf-8\r\n\
+Cache-Control: no-cache, no-transform\r\n\
+X-Accel-Buffering: no\r\n\
+Connection: close\r\n\
+\r\n";
+
+/// Header value of `Allow` for the stream endpoint.
+pub const ALLOW_EVENTS: &str = "GET, HEAD, OPTIONS";
+
+/// How a plain answer ends the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Keep the connection for another request (`keep_alive_10`: say so to an HTTP/1.0 client).
+    KeepAlive {
+        http10: bool,
+    },
+    Close,
+}
+
+pub fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A plain-text answer: `body` is one line (a newline is added). With `head_only` the body
+/// is left out but its length is still announced, as HEAD requires.
+pub fn plain(
+    status: u16,
+    body: &str,
+    after: After,
+    extra_headers: &[(&str, &str)],
+    head_only: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status_text(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let has_body = status != 204 && status != 304;
+    if has_body {
+        out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+        out.extend_from_slice((body.len() + 1).to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match after {
+        After::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        After::KeepAlive { http10: true } => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        After::KeepAlive { http10: false } => {}
+    }
+    for (name, value) in extra_headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if has_body && !head_only {
+        out.extend_from_slice(body.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_close() {
+        let r = plain(404, "not found", After::Close, &[], false);
+        assert_eq!(
+            String::from_utf8(r).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 10\r\nConnection: close\r\n\r\nnot found\n"
+        );
+    }
+
+    #[test]
+    fn head_only_keeps_length() {
+        let r = plain(200, "ok", After::KeepAlive { http10: false }, &[], true);
+        assert_eq!(
+            String::from_utf8(r).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn no_content_has_no_body_headers() {
+        let r = plain(
+            204,
+            "",
+            After::KeepAlive { http10: true },
+            &[("Allow", ALLOW_EVENTS)],
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(r).unwrap(),
+            "HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\nAllow: GET, HEAD, OPTIONS\r\n\r\n"
+        );
+    }
+}

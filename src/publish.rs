@@ -1,0 +1,222 @@
+//! `ssehub publish`: the command-line producer. Writes JSON lines to the ingest socket and
+//! prints each id; answers are read on their own thread so a long `--lines` input never
+//! deadlocks against the server's backpressure.
+
+use serde::Serialize;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// One event as sent on the wire (SPEC 3).
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topics: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    data: &'a str,
+    #[serde(rename = "final", skip_serializing_if = "std::ops::Not::not")]
+    is_final: bool,
+}
+
+pub struct Options<'a> {
+    pub socket: &'a Path,
+    pub topics: &'a [String],
+    pub event: Option<&'a str>,
+    pub is_final: bool,
+    pub wait: Duration,
+}
+
+/// Where the payloads come from.
+pub enum Input {
+    /// One event with this payload.
+    Data(String),
+    /// One event with all of stdin (one trailing newline dropped).
+    Stdin,
+    /// One event per stdin line.
+    StdinLines,
+}
+
+/// Connects, retrying for `wait` so that producers ride over a server restart.
+pub fn connect(socket: &Path, wait: Duration) -> io::Result<UnixStream> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot connect to {}: {e}", socket.display()),
+                ));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Encodes one event line (with its newline).
+fn encode(opts: &Options<'_>, data: &str) -> Vec<u8> {
+    let (topic, topics) = match opts.topics {
+        [one] => (Some(one.as_str()), None),
+        many => (None, Some(many)),
+    };
+    let wire = WireEvent {
+        topic,
+        topics,
+        event: opts.event,
+        data,
+        is_final: opts.is_final,
+    };
+    let mut line = serde_json::to_vec(&wire).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Publishes and prints one id per event on `out`; returns the number of error answers
+/// (each reported on stderr with the server's reason).
+pub fn run(opts: &Options<'_>, input: Input, out: &mut impl Write) -> io::Result<usize> {
+    let sock = connect(opts.socket, opts.wait)?;
+    let mut writer = sock.try_clone()?;
+    let (sent_tx, sent_rx) = mpsc::channel::<()>();
+    let lines: Vec<Vec<u8>> = match input {
+        Input::Data(data) => vec![encode(opts, &data)],
+        Input::Stdin => {
+            let mut data = String::new();
+            io::stdin().read_to_string(&mut data)?;
+            if data.ends_with('\n') {
+                data.pop();
+                if data.ends_with('\r') {
+                    data.pop();
+                }
+            }
+            vec![encode(opts, &data)]
+        }
+        Input::StdinLines => Vec::new(),
+    };
+    let streaming = lines.is_empty();
+    let topics: Vec<String> = opts.topics.to_vec();
+    let event = opts.event.map(str::to_owned);
+    let is_final = opts.is_final;
+    let writer_thread = std::thread::spawn(move || -> io::Result<()> {
+        let encode_owned = |data: &str| {
+            let o = Options {
+                socket: Path::new(""),
+                topics: &topics,
+                event: event.as_deref(),
+                is_final,
+                wait: Duration::ZERO,
+            };
+            encode(&o, data)
+        };
+        if streaming {
+            for line in io::stdin().lock().lines() {
+                let line = line?;
+                writer.write_all(&encode_owned(line.trim_end_matches('\r')))?;
+                if sent_tx.send(()).is_err() {
+                    break;
+                }
+            }
+        } else {
+            for line in &lines {
+                writer.write_all(line)?;
+                let _ = sent_tx.send(());
+            }
+        }
+        writer.flush()
+    });
+    let mut answers = BufReader::new(sock);
+    let mut errors = 0;
+    let mut answer = String::new();
+    for () in sent_rx {
+        answer.clear();
+        if answers.read_line(&mut answer)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ));
+        }
+        match parse_answer(&answer) {
+            Ok(id) => writeln!(out, "{id}")?,
+            Err(reason) => {
+                eprintln!("ssehub publish: {reason}");
+                errors += 1;
+            }
+        }
+    }
+    writer_thread
+        .join()
+        .map_err(|_| io::Error::other("writer thread panicked"))??;
+    Ok(errors)
+}
+
+/// `{"ok":true,"id":"1"}` → Ok("1"); `{"ok":false,"error":"..."}` → Err(reason).
+fn parse_answer(line: &str) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        ok: bool,
+        id: Option<String>,
+        error: Option<String>,
+    }
+    match serde_json::from_str::<Answer>(line) {
+        Ok(Answer {
+            ok: true,
+            id: Some(id),
+            ..
+        }) => Ok(id),
+        Ok(Answer { error: Some(e), .. }) => Err(e),
+        _ => Err(format!(
+            "unexpected answer from server: {}",
+            line.trim_end()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_one_or_many_topics() {
+        let one = ["a".to_string()];
+        let opts = Options {
+            socket: Path::new(""),
+            topics: &one,
+            event: None,
+            is_final: false,
+            wait: Duration::ZERO,
+        };
+        assert_eq!(
+            encode(&opts, "x\"y"),
+            b"{\"topic\":\"a\",\"data\":\"x\\\"y\"}\n"
+        );
+        let two = ["a".to_string(), "b".to_string()];
+        let opts = Options {
+            socket: Path::new(""),
+            topics: &two,
+            event: Some("e"),
+            is_final: true,
+            wait: Duration::ZERO,
+        };
+        assert_eq!(
+            String::from_utf8(encode(&opts, "d")).unwrap(),
+            "{\"topics\":[\"a\",\"b\"],\"event\":\"e\",\"data\":\"d\",\"final\":true}\n"
+        );
+    }
+
+    #[test]
+    fn reads_answers() {
+        assert_eq!(
+            parse_answer("{\"ok\":true,\"id\":\"12\"}\n"),
+            Ok("12".into())
+        );
+        assert_eq!(
+            parse_answer("{\"ok\":false,\"error\":\"bad\"}\n"),
+            Err("bad".into())
+        );
+        assert!(parse_answer("garbage").is_err());
+    }
+}
