@@ -1,0 +1,375 @@
+//! Test fixtures: the real `ssehub` binary started on loopback with a config written for
+//! the test, a raw-socket HTTP client and a Unix-socket producer. No mocks.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ssehub");
+
+/// A running server; killed (SIGKILL) on drop unless stopped first.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts with defaults (listen on a free port, ingest socket in a temp dir).
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts with extra config lines per section, e.g. `&[("streams", "keepalive = \"200ms\"")]`.
+    pub fn start_with(sections: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("ingest.sock");
+        let mut config = String::new();
+        let mut http = String::from("listen = \"127.0.0.1:0\"\n");
+        let mut ingest = format!("socket = {:?}\n", socket.display().to_string());
+        let mut others: Vec<(String, String)> = Vec::new();
+        for (section, lines) in sections {
+            match *section {
+                "http" => http.push_str(&format!("{lines}\n")),
+                "ingest" => ingest.push_str(&format!("{lines}\n")),
+                s => match others.iter_mut().find(|(n, _)| n == s) {
+                    Some((_, body)) => body.push_str(&format!("{lines}\n")),
+                    None => others.push((s.to_string(), format!("{lines}\n"))),
+                },
+            }
+        }
+        config.push_str(&format!("[http]\n{http}\n[ingest]\n{ingest}\n"));
+        for (name, body) in others {
+            config.push_str(&format!("[{name}]\n{body}\n"));
+        }
+        let config_path = dir.path().join("ssehub.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        Server::spawn(dir, &config_path, socket)
+    }
+
+    fn spawn(dir: tempfile::TempDir, config: &Path, socket: PathBuf) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--log-level")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ssehub");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening http=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            addr,
+            socket,
+            dir,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name ("TERM", "INT", "HUP", "KILL").
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn producer(&self) -> Producer {
+        Producer::connect(&self.socket)
+    }
+
+    /// Opens a stream and checks the head; returns the client positioned after `retry:`.
+    pub fn subscribe(&self, query: &str) -> Client {
+        let mut c = Client::connect(self.addr);
+        c.send(&format!(
+            "GET /events?{query} HTTP/1.1\r\nHost: test\r\n\r\n"
+        ));
+        let head = c.read_head();
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\n"),
+            "unexpected head: {head}"
+        );
+        let retry = c.read_line();
+        assert!(
+            retry.starts_with("retry: "),
+            "expected retry line, got {retry:?}"
+        );
+        c
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP client on a blocking socket with a read timeout.
+pub struct Client {
+    pub sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Client {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &str) {
+        self.sock.write_all(bytes.as_bytes()).expect("send");
+    }
+
+    pub fn set_timeout(&self, t: Duration) {
+        self.sock.set_read_timeout(Some(t)).unwrap();
+    }
+
+    /// Reads more bytes into the buffer; false on EOF or timeout.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        match self.sock.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// Bytes up to and including the first occurrence of `pat`; panics on EOF/timeout.
+    pub fn read_until(&mut self, pat: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(i) = self.buf.windows(pat.len()).position(|w| w == pat) {
+                return self.buf.drain(..i + pat.len()).collect();
+            }
+            if !self.fill() {
+                panic!(
+                    "EOF/timeout waiting for {:?}; have {:?}",
+                    String::from_utf8_lossy(pat),
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+    }
+
+    pub fn read_head(&mut self) -> String {
+        String::from_utf8(self.read_until(b"\r\n\r\n")).expect("utf-8 head")
+    }
+
+    pub fn read_line(&mut self) -> String {
+        String::from_utf8(self.read_until(b"\n")).expect("utf-8 line")
+    }
+
+    /// One SSE event block (up to and including the blank line), as text.
+    pub fn read_event(&mut self) -> String {
+        String::from_utf8(self.read_until(b"\n\n")).expect("utf-8 event")
+    }
+
+    /// Reads a complete plain response (head + Content-Length body): (status, head, body).
+    pub fn read_response(&mut self) -> (u16, String, String) {
+        let head = self.read_head();
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while self.buf.len() < len {
+            assert!(self.fill(), "EOF in body");
+        }
+        let body: Vec<u8> = self.buf.drain(..len).collect();
+        (status, head, String::from_utf8(body).unwrap())
+    }
+
+    /// Waits until the server closes the connection, collecting what else arrives.
+    /// Returns None on timeout.
+    pub fn read_to_close(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return Some(std::mem::take(&mut self.buf)),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Some(std::mem::take(&mut self.buf)),
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+        }
+    }
+
+    /// Bytes that arrive within `wait` (nothing is consumed from the socket after it).
+    pub fn read_for(&mut self, wait: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + wait;
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut chunk = [0u8; 65536];
+        while Instant::now() < deadline {
+            match self.sock.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// A producer on the ingest socket.
+pub struct Producer {
+    pub sock: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Producer {
+    pub fn connect(path: &Path) -> Producer {
+        let sock = UnixStream::connect(path).expect("connect ingest");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let reader = BufReader::new(sock.try_clone().unwrap());
+        Producer { sock, reader }
+    }
+
+    /// Sends raw bytes (a line must end with '\n' to count).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).expect("send to ingest");
+    }
+
+    pub fn read_answer(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("answer");
+        assert!(line.ends_with('\n'), "incomplete answer {line:?}");
+        line.trim_end().to_string()
+    }
+
+    /// Sends one line and returns the answer line.
+    pub fn request(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\n").as_bytes());
+        self.read_answer()
+    }
+
+    /// Publishes and returns the id; panics on an error answer.
+    pub fn publish_json(&mut self, line: &str) -> u64 {
+        let answer = self.request(line);
+        parse_ok(&answer).unwrap_or_else(|| panic!("publish refused: {answer}"))
+    }
+
+    pub fn publish(&mut self, topic: &str, data: &str) -> u64 {
+        let line = format!(
+            "{{\"topic\":{},\"data\":{}}}",
+            json_str(topic),
+            json_str(data)
+        );
+        self.publish_json(&line)
+    }
+}
+
+/// The id of `{"ok":true,"id":"N"}`.
+pub fn parse_ok(answer: &str) -> Option<u64> {
+    answer
+        .strip_prefix("{\"ok\":true,\"id\":\"")?
+        .strip_suffix("\"}")?
+        .parse()
+        .ok()
+}
+
+/// JSON string literal for `s`.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Polls `cond` every 20 ms until true or `timeout`.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
