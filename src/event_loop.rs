@@ -10,7 +10,7 @@
 use crate::config::Config;
 use crate::conn::{Conn, ConnState, Flush, OutQueue, flags};
 use crate::fanout::{self, Delivery};
-use crate::history::Limits;
+use crate::history::{Event, Limits};
 use crate::http::request::{self, Method, Parsed, Request};
 use crate::http::response::{self, ALLOW_EVENTS, After, STREAM_HEAD};
 use crate::hub::Hub;
@@ -59,6 +59,8 @@ enum Due {
     Conn(u32),
     PruneHistory,
     ResumeAccept,
+    /// Log the slow-subscriber disconnects of the last second in one line.
+    SlowSummary,
 }
 
 /// Lets another thread (the signal handler) ask the loop to stop gracefully.
@@ -83,6 +85,8 @@ pub struct Stats {
     pub events_published: u64,
     pub deliveries: u64,
     pub slow_disconnects: u64,
+    /// Slow disconnects not yet reported in a log line.
+    pub slow_unreported: u64,
     pub ingest_errors: u64,
     pub rejected_at_cap: u64,
 }
@@ -113,6 +117,7 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     draining_until: Option<Millis>,
+    slow_summary_armed: bool,
     pub stats: Stats,
 }
 
@@ -162,6 +167,7 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             waker,
             draining_until: None,
+            slow_summary_armed: false,
             stats: Stats::default(),
         })
     }
@@ -190,10 +196,10 @@ impl Server {
         loop {
             let now = self.clock();
             let timeout = self.poll_timeout(now);
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e);
             }
             self.now = self.clock();
             for event in events.iter() {
@@ -207,15 +213,15 @@ impl Server {
             self.read_producers_left_over();
             self.flush_pending();
             self.reap();
-            if let Some(until) = self.draining_until {
-                if (self.conns.is_empty() && self.producers.is_empty()) || self.now >= until {
-                    info!(
-                        "stopped streams_left={} producers_left={}",
-                        self.conns.len(),
-                        self.producers.len()
-                    );
-                    return Ok(());
-                }
+            if let Some(until) = self.draining_until
+                && ((self.conns.is_empty() && self.producers.is_empty()) || self.now >= until)
+            {
+                info!(
+                    "stopped streams_left={} producers_left={}",
+                    self.conns.len(),
+                    self.producers.len()
+                );
+                return Ok(());
             }
         }
     }
@@ -373,7 +379,11 @@ impl Server {
                     {
                         Ok(0) => return self.close(key),
                         Ok(n) if lingering => {
-                            let _ = n;
+                            // Discard what is still in flight, but not forever.
+                            conn.discarded = conn.discarded.saturating_add(n as u16);
+                            if conn.discarded == u16::MAX {
+                                return self.close(key);
+                            }
                         }
                         Ok(n) => {
                             conn.discarded = conn.discarded.saturating_add(n as u16);
@@ -412,7 +422,6 @@ impl Server {
             match request::parse(buf, self.config.http.max_header_bytes) {
                 Parsed::Partial => return,
                 Parsed::Reject(r) => {
-                    self.stats_reject(r.status);
                     return self.answer(key, r.status, r.reason, After::Close, &[], false);
                 }
                 Parsed::Complete { request, head_len } => {
@@ -422,8 +431,6 @@ impl Server {
             }
         }
     }
-
-    fn stats_reject(&mut self, _status: u16) {}
 
     /// Routes one request: path (404) → method (405) → topics (400) → stream.
     fn handle_request(&mut self, key: u32, req: Request) {
@@ -513,7 +520,7 @@ impl Server {
         let mut head = STREAM_HEAD.to_vec();
         let conn = &mut self.conns[key as usize];
         if head_only {
-            conn.set(flags::CLOSE_AFTER_FLUSH | flags::HEAD_ONLY);
+            conn.set(flags::CLOSE_AFTER_FLUSH);
         } else {
             head.extend_from_slice(&sse::retry(retry));
             let topics: Box<[_]> = topic_names
@@ -642,6 +649,14 @@ impl Server {
                     self.accept_paused = false;
                     self.accept_http();
                 }
+                Due::SlowSummary => {
+                    info!(
+                        "disconnected slow subscribers count={} total={}",
+                        self.stats.slow_unreported, self.stats.slow_disconnects
+                    );
+                    self.stats.slow_unreported = 0;
+                    self.slow_summary_armed = false;
+                }
             }
         }
     }
@@ -663,12 +678,11 @@ impl Server {
             ConnState::Streaming { .. } => {
                 if let Some(out) = &conn.out {
                     if now >= out.since + write_timeout {
-                        self.stats.slow_disconnects += 1;
                         debug!(
                             "closing slow stream: write timeout pending={}",
                             out.pending_bytes()
                         );
-                        return self.close(key);
+                        return self.close_slow(key);
                     }
                     (conn.last_write + keepalive)
                         .max(now + 1)
@@ -695,14 +709,30 @@ impl Server {
     // ---- ingest --------------------------------------------------------------------------
 
     fn read_producer(&mut self, key: usize) {
-        let max_line = self.config.ingest.max_event_bytes;
-        let max_pending = self.config.streams.max_pending_bytes;
         let mut budget = INGEST_READ_PER_TURN;
-        let unix_micros = unix_micros();
+        let mut publisher = Publisher {
+            hub: &mut self.hub,
+            conns: &mut self.conns,
+            pending: &mut self.pending,
+            closing: &mut self.closing,
+            stats: &mut self.stats,
+            now: self.now,
+            unix_micros: unix_micros(),
+            max_pending: self.config.streams.max_pending_bytes,
+            max_topics: self.config.streams.max_topics,
+            max_line: self.config.ingest.max_event_bytes,
+        };
         loop {
             let Some(p) = self.producers.get_mut(key) else {
                 return;
             };
+            if !p.may_read() && !p.eof {
+                // Answers piled up: write some before reading more.
+                if let Err(e) = p.flush_answers() {
+                    debug!("producer write failed: {e}");
+                    return self.close_producer(key);
+                }
+            }
             if !p.may_read() {
                 break;
             }
@@ -710,77 +740,28 @@ impl Server {
                 self.producers_to_read.push(key);
                 break;
             }
-            let n = match p.sock.read(&mut self.scratch) {
+            match p.sock.read(&mut self.scratch) {
                 Ok(0) => {
                     p.eof = true;
+                    p.finish_input(publisher.max_line, |input, answers| {
+                        publisher.line(input, answers)
+                    });
                     break;
                 }
-                Ok(n) => n,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    p.take_input(&self.scratch[..n], publisher.max_line, |input, answers| {
+                        publisher.line(input, answers)
+                    });
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("producer read failed: {e}");
                     p.eof = true;
                     break;
                 }
-            };
-            budget = budget.saturating_sub(n);
-            let (hub, conns, pending, closing, stats, now) = (
-                &mut self.hub,
-                &mut self.conns,
-                &mut self.pending,
-                &mut self.closing,
-                &mut self.stats,
-                self.now,
-            );
-            let max_topics = self.config.streams.max_topics;
-            p.take_input(&self.scratch[..n], max_line, |input, answers| {
-                let decoded = match input {
-                    InputLine::TooLong => Err(line::LineError(format!(
-                        "line longer than {max_line} bytes"
-                    ))),
-                    InputLine::Line(bytes) => line::decode_line(bytes, max_topics),
-                };
-                match decoded {
-                    Ok(Line::Blank) => {}
-                    Ok(Line::Publish(publish)) => {
-                        let event = hub.publish(&publish, now, unix_micros);
-                        stats.events_published += 1;
-                        for &t in event.topics.iter() {
-                            for &sub in hub.topics.get(t).subscribers.iter() {
-                                let Some(conn) = conns.get_mut(sub as usize) else {
-                                    continue;
-                                };
-                                match fanout::deliver(
-                                    conn,
-                                    sub,
-                                    &event.frame,
-                                    event.id,
-                                    now,
-                                    max_pending,
-                                    pending,
-                                ) {
-                                    Delivery::Queued => stats.deliveries += 1,
-                                    Delivery::Skipped => {}
-                                    Delivery::Overflow => {
-                                        stats.slow_disconnects += 1;
-                                        conn.set(flags::CLOSING);
-                                        closing.push(sub);
-                                    }
-                                }
-                            }
-                        }
-                        line::write_ok(answers, event.id);
-                    }
-                    Ok(Line::Admin(_)) => {
-                        line::write_error(answers, "admin commands are not supported yet");
-                    }
-                    Err(e) => {
-                        stats.ingest_errors += 1;
-                        line::write_error(answers, &e.0);
-                    }
-                }
-            });
+            }
         }
         self.flush_producer(key);
     }
@@ -827,11 +808,11 @@ impl Server {
 
     /// Lists a connection for closing at the end of the turn (safe from any call site).
     fn close(&mut self, key: u32) {
-        if let Some(conn) = self.conns.get_mut(key as usize) {
-            if !conn.has(flags::CLOSING) {
-                conn.set(flags::CLOSING);
-                self.closing.push(key);
-            }
+        if let Some(conn) = self.conns.get_mut(key as usize)
+            && !conn.has(flags::CLOSING)
+        {
+            conn.set(flags::CLOSING);
+            self.closing.push(key);
         }
     }
 
@@ -845,6 +826,7 @@ impl Server {
         let conn = &mut self.conns[key as usize];
         conn.clear(flags::CLOSE_AFTER_FLUSH);
         conn.state = ConnState::Lingering;
+        conn.discarded = 0;
         if conn.sock.shutdown(Shutdown::Write).is_err() {
             return self.close(key);
         }
@@ -881,10 +863,18 @@ impl Server {
                 let _ = self.poll.registry().deregister(&mut conn.sock);
             }
         }
-        self.summarise_slow_disconnects();
+        if self.stats.slow_unreported > 0 && !self.slow_summary_armed {
+            self.slow_summary_armed = true;
+            self.wheel.insert(self.now + 1000, Due::SlowSummary);
+        }
     }
 
-    fn summarise_slow_disconnects(&mut self) {}
+    /// Closes a subscriber that does not keep up; it resumes from history on reconnect.
+    fn close_slow(&mut self, key: u32) {
+        self.stats.slow_disconnects += 1;
+        self.stats.slow_unreported += 1;
+        self.close(key);
+    }
 
     // ---- graceful stop ---------------------------------------------------------------------
 
@@ -922,7 +912,8 @@ impl Server {
                     fanout::mark_pending(conn, key, &mut self.pending);
                 }
                 ConnState::Reading { .. } if conn.out.is_none() => self.close(key),
-                _ => {}
+                ConnState::Reading { .. } => conn.set(flags::CLOSE_AFTER_FLUSH),
+                ConnState::Lingering => {}
             }
         }
         let producers: Vec<usize> = self.producers.iter().map(|(k, _)| k).collect();
@@ -931,6 +922,80 @@ impl Server {
                 p.eof = true;
             }
             self.flush_producer(key);
+        }
+    }
+}
+
+/// What one ingest line may touch, borrowed from the server while a producer is read:
+/// ingest → decode → publish (hub: id, history) → fan-out → answer.
+struct Publisher<'a> {
+    hub: &'a mut Hub,
+    conns: &'a mut Slab<Conn>,
+    pending: &'a mut Vec<u32>,
+    closing: &'a mut Vec<u32>,
+    stats: &'a mut Stats,
+    now: Millis,
+    unix_micros: u64,
+    max_pending: usize,
+    max_topics: usize,
+    max_line: usize,
+}
+
+impl Publisher<'_> {
+    /// Handles one input line and writes its answer (none for a blank line).
+    fn line(&mut self, input: InputLine<'_>, answers: &mut Vec<u8>) {
+        let decoded = match input {
+            InputLine::TooLong => Err(line::LineError(format!(
+                "line longer than {} bytes",
+                self.max_line
+            ))),
+            InputLine::Line(bytes) => line::decode_line(bytes, self.max_topics),
+        };
+        match decoded {
+            Ok(Line::Blank) => {}
+            Ok(Line::Publish(publish)) => {
+                let event = self.hub.publish(&publish, self.now, self.unix_micros);
+                self.stats.events_published += 1;
+                self.fan_out(&event);
+                line::write_ok(answers, event.id);
+            }
+            Ok(Line::Admin(_)) => {
+                line::write_error(answers, "admin commands are not supported yet")
+            }
+            Err(e) => {
+                self.stats.ingest_errors += 1;
+                line::write_error(answers, &e.0);
+            }
+        }
+    }
+
+    /// Queues the event's shared frame on every stream of its topics (once per stream).
+    fn fan_out(&mut self, event: &Event) {
+        for &t in event.topics.iter() {
+            for &sub in self.hub.topics.get(t).subscribers.iter() {
+                let Some(conn) = self.conns.get_mut(sub as usize) else {
+                    continue;
+                };
+                let delivery = fanout::deliver(
+                    conn,
+                    sub,
+                    &event.frame,
+                    event.id,
+                    self.now,
+                    self.max_pending,
+                    self.pending,
+                );
+                match delivery {
+                    Delivery::Queued => self.stats.deliveries += 1,
+                    Delivery::Skipped => {}
+                    Delivery::Overflow => {
+                        self.stats.slow_disconnects += 1;
+                        self.stats.slow_unreported += 1;
+                        conn.set(flags::CLOSING);
+                        self.closing.push(sub);
+                    }
+                }
+            }
         }
     }
 }

@@ -31,8 +31,6 @@ pub mod flags {
     pub const CLOSE_AFTER_FLUSH: u8 = 4;
     /// Listed for closing at the end of this turn; ignore it until then.
     pub const CLOSING: u8 = 8;
-    /// A HEAD stream request: send the head only.
-    pub const HEAD_ONLY: u8 = 16;
 }
 
 #[derive(Debug)]

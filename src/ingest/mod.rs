@@ -126,6 +126,26 @@ impl Producer {
         }
     }
 
+    /// At end of input: a last line without its newline still counts as a line.
+    pub fn finish_input(
+        &mut self,
+        max_line: usize,
+        mut on_line: impl FnMut(InputLine<'_>, &mut Vec<u8>),
+    ) {
+        if self.discarding {
+            self.discarding = false;
+            on_line(InputLine::TooLong, &mut self.answers);
+        } else if !self.partial.is_empty() {
+            let line = if self.partial.len() > max_line {
+                InputLine::TooLong
+            } else {
+                InputLine::Line(&self.partial)
+            };
+            on_line(line, &mut self.answers);
+            self.partial = Vec::new();
+        }
+    }
+
     /// Writes pending answers until done or the socket is full.
     pub fn flush_answers(&mut self) -> io::Result<()> {
         while self.answers_written < self.answers.len() {
@@ -193,5 +213,17 @@ mod tests {
             ["0123456789"],
             "exactly the limit is fine"
         );
+    }
+
+    #[test]
+    fn last_line_without_newline_counts_at_eof() {
+        let mut p = producer();
+        assert_eq!(lines(&mut p, b"a\nlast", 10), ["a"]);
+        let mut seen = Vec::new();
+        p.finish_input(10, |l, _| seen.push(matches!(l, InputLine::Line(b"last"))));
+        assert_eq!(seen, [true]);
+        let mut again = 0;
+        p.finish_input(10, |_, _| again += 1);
+        assert_eq!(again, 0, "nothing left after the first call");
     }
 }
