@@ -373,3 +373,158 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+// ---- Ingest socket, CLI and signal helpers -------------------------------------------------
+
+/// The config text `Server::start_with` writes, but with the ingest socket at `socket`.
+pub fn config_with_socket(socket: &Path, sections: &[(&str, &str)]) -> String {
+    let mut http = String::from("listen = \"127.0.0.1:0\"\n");
+    let mut ingest = format!("socket = {:?}\n", socket.display().to_string());
+    let mut others: Vec<(String, String)> = Vec::new();
+    for (section, lines) in sections {
+        match *section {
+            "http" => http.push_str(&format!("{lines}\n")),
+            "ingest" => ingest.push_str(&format!("{lines}\n")),
+            s => match others.iter_mut().find(|(n, _)| n == s) {
+                Some((_, body)) => body.push_str(&format!("{lines}\n")),
+                None => others.push((s.to_string(), format!("{lines}\n"))),
+            },
+        }
+    }
+    let mut config = format!("[http]\n{http}\n[ingest]\n{ingest}\n");
+    for (name, body) in others {
+        config.push_str(&format!("[{name}]\n{body}\n"));
+    }
+    config
+}
+
+impl Server {
+    /// Starts with the ingest socket at `socket` (a path that may not exist yet, or hold a
+    /// stale socket file); the config lives in a temp dir of its own.
+    pub fn start_at_socket(socket: &Path, sections: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("ssehub.toml");
+        std::fs::write(&config_path, config_with_socket(socket, sections)).expect("write config");
+        Server::spawn(dir, &config_path, socket.to_path_buf())
+    }
+}
+
+/// What a finished run of the binary left behind.
+#[derive(Debug)]
+pub struct BinOutput {
+    /// Exit code; None when killed by a signal or (after `timed_out`) by the test.
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// From spawn to exit.
+    pub elapsed: Duration,
+}
+
+/// A run of the `ssehub` binary with piped stdio, started by `spawn_bin`.
+pub struct BinRun {
+    pub child: Child,
+    started: Instant,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+/// Starts `ssehub ARGS...`, feeding `stdin` (then closing it) from a thread.
+pub fn spawn_bin<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &[u8]) -> BinRun {
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ssehub");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let stdout = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    BinRun {
+        child,
+        started,
+        stdout,
+        stderr,
+    }
+}
+
+impl BinRun {
+    /// Waits up to `timeout` for the exit (killing the process after that).
+    pub fn finish(mut self, timeout: Duration) -> BinOutput {
+        let deadline = Instant::now() + timeout;
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                timed_out = true;
+                let _ = self.child.kill();
+                break self.child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = self.started.elapsed();
+        let stdout = self.stdout.join().unwrap_or_default();
+        let stderr = self.stderr.join().unwrap_or_default();
+        BinOutput {
+            code: status.code(),
+            timed_out,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            elapsed,
+        }
+    }
+}
+
+/// Runs `ssehub ARGS...` to completion (at most `timeout`).
+pub fn run_bin<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    stdin: &[u8],
+    timeout: Duration,
+) -> BinOutput {
+    spawn_bin(args, stdin).finish(timeout)
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of /proc/PID/status).
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The decoded `error` of an answer that is exactly `{"ok":false,"error":"..."}`;
+/// None for anything else.
+pub fn parse_error_answer(answer: &str) -> Option<String> {
+    if !answer.starts_with("{\"ok\":false,\"error\":\"") || !answer.ends_with("\"}") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(answer).ok()?;
+    let obj = v.as_object()?;
+    if obj.len() != 2 || obj.get("ok")? != &serde_json::Value::Bool(false) {
+        return None;
+    }
+    obj.get("error")?.as_str().map(str::to_owned)
+}
