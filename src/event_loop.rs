@@ -530,6 +530,10 @@ impl Server {
             for &t in topics.iter() {
                 self.hub.topics.subscribe(t, key);
             }
+            // Bytes that came with the head count toward the discard limit.
+            if let ConnState::Reading { buf } = &conn.state {
+                conn.discarded = buf.len().min(usize::from(u16::MAX)) as u16;
+            }
             conn.state = ConnState::Streaming { topics };
             conn.cursor = self.hub.last_id();
             conn.last_write = self.now;
@@ -546,6 +550,13 @@ impl Server {
             .get_or_insert_with(|| Box::new(OutQueue::new(self.now)));
         out.push(head.into());
         fanout::mark_pending(conn, key, &mut self.pending);
+        if conn.discarded > MAX_DISCARDED {
+            debug!("closing stream: client sent too much after its request");
+            return self.close(key);
+        }
+        // The head may have filled the read buffer with more still in the socket; with
+        // edge-triggered readiness nobody would tell us again, so drain it now.
+        self.conn_readable(key);
     }
 
     // ---- write / backpressure --------------------------------------------------------------

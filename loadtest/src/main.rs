@@ -232,16 +232,16 @@ fn main() {
                         }
                         Ok(n) => {
                             s.tail.extend_from_slice(&scratch[..n]);
-                            if !s.head_seen {
-                                if let Some(i) = s.tail.windows(4).position(|w| w == b"\r\n\r\n") {
-                                    if s.tail.starts_with(b"HTTP/1.1 200") {
-                                        s.head_seen = true;
-                                        ready += 1;
-                                    } else {
-                                        s.closed = true;
-                                    }
-                                    s.tail.drain(..i + 4);
+                            if !s.head_seen
+                                && let Some(i) = s.tail.windows(4).position(|w| w == b"\r\n\r\n")
+                            {
+                                if s.tail.starts_with(b"HTTP/1.1 200") {
+                                    s.head_seen = true;
+                                    ready += 1;
+                                } else {
+                                    s.closed = true;
                                 }
+                                s.tail.drain(..i + 4);
                             }
                             if s.head_seen {
                                 s.keepalives +=

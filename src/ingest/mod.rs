@@ -6,7 +6,7 @@ pub mod line;
 
 use mio::net::{UnixListener, UnixStream};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
 /// A producer whose unread answers pass this many bytes is not read from until they drain:
@@ -16,7 +16,16 @@ pub const ANSWER_LIMIT: usize = 64 * 1024;
 /// Binds the ingest socket at `path` with file mode `mode`. A stale socket file left by a
 /// crashed run is replaced; a live one (another server answering on it) is not stolen.
 pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not replacing it",
+                    path.display()
+                ),
+            ));
+        }
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
                 return Err(io::Error::new(
@@ -24,7 +33,17 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
                     format!("{} is in use by a running server", path.display()),
                 ));
             }
-            Err(_) => std::fs::remove_file(path)?,
+            // Nobody listens: a stale file from a crashed run.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} exists and cannot be checked ({e}); not replacing it",
+                        path.display()
+                    ),
+                ));
+            }
         }
     }
     let listener = UnixListener::bind(path)?;
