@@ -10,10 +10,10 @@
 use crate::config::Config;
 use crate::conn::{Conn, ConnState, Flush, OutQueue, flags};
 use crate::fanout::{self, Delivery};
-use crate::history::{Event, Limits};
+use crate::history::{Event, Limits, TopicId};
 use crate::http::request::{self, Method, Parsed, Request};
 use crate::http::response::{self, ALLOW_EVENTS, After, STREAM_HEAD};
-use crate::hub::Hub;
+use crate::hub::{Hub, Resume};
 use crate::ingest::line::{self, Line};
 use crate::ingest::{self, InputLine, Producer};
 use crate::sse::{self, Frame};
@@ -22,6 +22,7 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream, UnixListener};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ const INGEST_READ_PER_TURN: usize = 256 * 1024;
 const MAX_DISCARDED: u16 = 4096;
 /// How long a closing connection waits for the client to close after our last answer.
 const LINGER_MS: Millis = 2_000;
+/// A replaying stream's queue is refilled from history up to this many bytes at a time.
+const REPLAY_BATCH_BYTES: usize = 64 * 1024;
 /// How often retained history is checked against `history.max_age`.
 const PRUNE_EVERY_MS: Millis = 1_000;
 /// Pause before accepting again after running out of file descriptors.
@@ -118,6 +121,9 @@ pub struct Server {
     waker: Arc<Waker>,
     draining_until: Option<Millis>,
     slow_summary_armed: bool,
+    /// Replaying streams that were sent `reset` because events were already evicted:
+    /// the highest id evicted at that moment (later evictions above it end the replay).
+    replay_floors: HashMap<u32, u64>,
     pub stats: Stats,
 }
 
@@ -152,7 +158,7 @@ impl Server {
             ingest: Some(ingest),
             conns: Slab::new(),
             producers: Slab::new(),
-            hub: Hub::new(limits, 0),
+            hub: Hub::new(limits, 0, unix_micros()),
             wheel,
             pending: Vec::new(),
             closing: Vec::new(),
@@ -168,6 +174,7 @@ impl Server {
             waker,
             draining_until: None,
             slow_summary_armed: false,
+            replay_floors: HashMap::new(),
             stats: Stats::default(),
         })
     }
@@ -483,7 +490,44 @@ impl Server {
             // After a 400 the connection is closed (SPEC 2).
             Err(reason) => return self.answer(key, 400, &reason, After::Close, &[], head_only),
         };
-        self.start_stream(key, query.topics, head_only);
+        // The resume point: the Last-Event-ID header wins (what EventSource sends on
+        // reconnect), else the lastEventId parameter (a first connection).
+        let resume = req.last_event_id.or(query.last_event_id);
+        let topics: Box<[TopicId]> = query
+            .topics
+            .iter()
+            .map(|name| self.hub.topics.intern(name))
+            .collect();
+        match self.hub.plan_resume(&topics, resume.as_deref()) {
+            Resume::Finished => {
+                for &t in topics.iter() {
+                    self.hub.topics.forget_if_idle(t);
+                }
+                self.answer(key, 204, "", after, &[], false)
+            }
+            Resume::Stream { .. } if head_only => {
+                for &t in topics.iter() {
+                    self.hub.topics.forget_if_idle(t);
+                }
+                self.start_stream(key, topics, None, true)
+            }
+            Resume::Stream {
+                cursor,
+                reset,
+                replay,
+            } => {
+                let reset_frame = reset
+                    .map(|r| sse::encode_reset(resume.as_deref().unwrap_or(""), r.earliest_id));
+                let gone = self.hub.evicted_up_to(&topics);
+                if (reset_frame.is_some() || resume.is_none()) && gone > cursor {
+                    // What was gone at the start was announced by `reset` (or not asked
+                    // for); only later evictions of unsent events end the replay.
+                    self.replay_floors.insert(key, gone);
+                }
+                let replay = replay.then_some((cursor, reset_frame));
+                self.start_stream(key, topics, replay, false)
+            }
+        }
     }
 
     /// Queues a plain answer; `After::Close` lingers and closes once it is written.
@@ -512,21 +556,25 @@ impl Server {
 
     // ---- subscribe ---------------------------------------------------------------------------
 
-    fn start_stream(&mut self, key: u32, topic_names: Vec<Box<str>>, head_only: bool) {
-        let retry = self.config.streams.retry_base.as_millis() as u64
-            + self
-                .rng
-                .below(self.config.streams.retry_jitter.as_millis() as u64 + 1);
+    /// Answers `200` with the stream head and `retry:`; subscribes the topics; then either
+    /// replays from `replay` (cursor, optional `reset` event) or goes live at once.
+    fn start_stream(
+        &mut self,
+        key: u32,
+        topics: Box<[TopicId]>,
+        replay: Option<(u64, Option<Vec<u8>>)>,
+        head_only: bool,
+    ) {
         let mut head = STREAM_HEAD.to_vec();
         let conn = &mut self.conns[key as usize];
         if head_only {
             conn.set(flags::CLOSE_AFTER_FLUSH);
         } else {
+            let retry = self.config.streams.retry_base.as_millis() as u64
+                + self
+                    .rng
+                    .below(self.config.streams.retry_jitter.as_millis() as u64 + 1);
             head.extend_from_slice(&sse::retry(retry));
-            let topics: Box<[_]> = topic_names
-                .iter()
-                .map(|name| self.hub.topics.intern(name))
-                .collect();
             for &t in topics.iter() {
                 self.hub.topics.subscribe(t, key);
             }
@@ -535,8 +583,15 @@ impl Server {
                 conn.discarded = buf.len().min(usize::from(u16::MAX)) as u16;
             }
             conn.state = ConnState::Streaming { topics };
-            conn.cursor = self.hub.last_id();
             conn.last_write = self.now;
+            match replay {
+                Some((cursor, reset)) => {
+                    conn.cursor = cursor;
+                    conn.set(flags::REPLAYING);
+                    head.extend_from_slice(&reset.unwrap_or_default());
+                }
+                None => conn.cursor = self.hub.last_id(),
+            }
             self.stats.streams_opened += 1;
             if let Some(timer) = conn.timer {
                 self.wheel.reschedule(
@@ -554,9 +609,65 @@ impl Server {
             debug!("closing stream: client sent too much after its request");
             return self.close(key);
         }
+        self.refill_replay(key);
         // The head may have filled the read buffer with more still in the socket; with
         // edge-triggered readiness nobody would tell us again, so drain it now.
         self.conn_readable(key);
+    }
+
+    /// Queues the next batch of a replaying stream's missed events, straight from history
+    /// (shared frames, nothing copied), merged across its topics in id order. Called when
+    /// the stream starts and whenever its queue has drained, so a slow client pulls the
+    /// replay at its own pace. Live events are not queued while replaying: they are in
+    /// history before they are fanned out, so the replay reaches them without gap or
+    /// duplicate, and the stream goes live once it has caught up.
+    fn refill_replay(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if !conn.has(flags::REPLAYING) || conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH) {
+            return;
+        }
+        let ConnState::Streaming { topics } = &conn.state else {
+            return;
+        };
+        let floor = self.replay_floors.get(&key).copied().unwrap_or(0);
+        if self.hub.evicted_after(topics, conn.cursor.max(floor)) {
+            debug!("closing replaying stream: an unsent event was evicted");
+            return self.close(key);
+        }
+        let out = conn
+            .out
+            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)));
+        let mut finished = false;
+        let mut caught_up = false;
+        while out.pending_bytes() < REPLAY_BATCH_BYTES {
+            let Some(event) = self.hub.next_after(topics, conn.cursor) else {
+                caught_up = true;
+                // Nothing more can come on topics that are all final.
+                finished = self.hub.all_final(topics);
+                break;
+            };
+            out.push(event.frame.clone());
+            conn.cursor = event.id;
+            if event.is_final && self.hub.stream_finished(topics, conn.cursor) {
+                finished = true;
+                break;
+            }
+        }
+        let empty = out.is_empty();
+        if caught_up || finished {
+            conn.clear(flags::REPLAYING);
+            self.replay_floors.remove(&key);
+        }
+        if finished {
+            conn.set(flags::CLOSE_AFTER_FLUSH);
+        }
+        if empty {
+            conn.out = None;
+        } else {
+            fanout::mark_pending(conn, key, &mut self.pending);
+        }
     }
 
     // ---- write / backpressure --------------------------------------------------------------
@@ -594,7 +705,9 @@ impl Server {
             match result {
                 Ok((Flush::Done, _)) => {
                     conn.out = None;
-                    if conn.has(flags::CLOSE_AFTER_FLUSH) {
+                    if conn.has(flags::REPLAYING) {
+                        self.refill_replay(key);
+                    } else if conn.has(flags::CLOSE_AFTER_FLUSH) {
                         self.linger(key);
                     } else if matches!(conn.state, ConnState::Reading { .. }) {
                         // The answer is out: look at the next pipelined request, if any.
@@ -652,7 +765,7 @@ impl Server {
                     }
                 }
                 Due::PruneHistory => {
-                    self.hub.prune(self.now);
+                    self.hub.prune(unix_millis());
                     self.wheel
                         .insert(self.now + PRUNE_EVERY_MS, Due::PruneHistory);
                 }
@@ -867,6 +980,7 @@ impl Server {
     fn reap(&mut self) {
         while let Some(key) = self.closing.pop() {
             self.hub_unsubscribe(key);
+            self.replay_floors.remove(&key);
             if let Some(mut conn) = self.conns.try_remove(key as usize) {
                 if let Some(t) = conn.timer {
                     self.wheel.cancel(t);
@@ -965,10 +1079,21 @@ impl Publisher<'_> {
         match decoded {
             Ok(Line::Blank) => {}
             Ok(Line::Publish(publish)) => {
-                let event = self.hub.publish(&publish, self.now, self.unix_micros);
-                self.stats.events_published += 1;
-                self.fan_out(&event);
-                line::write_ok(answers, event.id);
+                match self
+                    .hub
+                    .accept(&publish, self.unix_micros / 1000, self.unix_micros)
+                {
+                    Ok(event) => {
+                        self.hub.commit(&event);
+                        self.stats.events_published += 1;
+                        self.fan_out(&event);
+                        line::write_ok(answers, event.id);
+                    }
+                    Err(reason) => {
+                        self.stats.ingest_errors += 1;
+                        line::write_error(answers, &reason);
+                    }
+                }
             }
             Ok(Line::Admin(_)) => {
                 line::write_error(answers, "admin commands are not supported yet")
@@ -997,7 +1122,16 @@ impl Publisher<'_> {
                     self.pending,
                 );
                 match delivery {
-                    Delivery::Queued => self.stats.deliveries += 1,
+                    Delivery::Queued => {
+                        self.stats.deliveries += 1;
+                        if event.is_final
+                            && let ConnState::Streaming { topics } = &conn.state
+                            && self.hub.stream_finished(topics, conn.cursor)
+                        {
+                            // Every topic of this stream is final and sent: end it.
+                            conn.set(flags::CLOSE_AFTER_FLUSH);
+                        }
+                    }
                     Delivery::Skipped => {}
                     Delivery::Overflow => {
                         self.stats.slow_disconnects += 1;
@@ -1068,6 +1202,10 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
 fn derived_max_connections() -> usize {
     let (soft, _) = crate::rlimit::nofile();
     (soft as usize).saturating_sub(64).max(1)
+}
+
+fn unix_millis() -> u64 {
+    unix_micros() / 1000
 }
 
 fn unix_micros() -> u64 {

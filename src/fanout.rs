@@ -10,7 +10,8 @@ use crate::timer::Millis;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Delivery {
     Queued,
-    /// Already queued through another topic of the same event, or the stream is closing.
+    /// Already queued through another topic of the same event, the stream is ending, or it
+    /// is replaying (the replay will reach this event in history).
     Skipped,
     /// The stream's pending output passed `streams.max_pending_bytes`: close it.
     Overflow,
@@ -26,7 +27,7 @@ pub fn deliver(
     max_pending: usize,
     pending: &mut Vec<u32>,
 ) -> Delivery {
-    if conn.cursor >= id || conn.has(flags::CLOSING) {
+    if conn.cursor >= id || conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH | flags::REPLAYING) {
         return Delivery::Skipped;
     }
     conn.cursor = id;

@@ -1,9 +1,9 @@
 //! Event ids and retained events: the id sequence (SPEC 2.2), the `Event` record shared by
-//! every topic it was published to, and the retention bounds (count per topic, age, total
-//! bytes). Pure: time is passed in; never touches sockets.
+//! every topic it was published to, per-topic metadata (last id, highest evicted id, final
+//! mark) and the retention bounds (count per topic, age, total bytes). Pure: time is passed
+//! in (Unix milliseconds, so ages survive restarts); never touches sockets.
 
 use crate::sse::Frame;
-use crate::timer::Millis;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -38,7 +38,8 @@ impl IdSequence {
 pub struct Event {
     pub id: u64,
     pub frame: Frame,
-    pub published_at: Millis,
+    /// Unix time in milliseconds.
+    pub published_at: u64,
     pub topics: Box<[TopicId]>,
     pub is_final: bool,
 }
@@ -47,20 +48,43 @@ pub struct Event {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_events: usize,
-    pub max_age: Millis,
+    /// Milliseconds.
+    pub max_age: u64,
     pub max_bytes: usize,
 }
 
-/// Per-topic retained events in id order.
+/// A topic's retained events in id order, and what it remembers beyond them.
 #[derive(Debug, Default)]
 pub struct Retained {
     events: VecDeque<Rc<Event>>,
     /// Highest id this topic ever dropped from its history (0: none), so a resume can tell
     /// whether the client missed something that is gone.
     pub evicted_up_to: u64,
+    /// Id of the newest event accepted for the topic (0: none yet).
+    pub last_id: u64,
+    /// Unix ms of that event.
+    pub last_published_at: u64,
+    /// The topic's final event (0: not final), and when the mark was set (Unix ms).
+    pub final_id: u64,
+    pub final_at: u64,
 }
 
 impl Retained {
+    pub fn is_final(&self) -> bool {
+        self.final_id != 0
+    }
+
+    /// Records a newly accepted event's id (before it is durable): the final mark must
+    /// refuse further publishes from this moment.
+    pub fn note_published(&mut self, id: u64, is_final: bool, now_unix_ms: u64) {
+        self.last_id = id;
+        self.last_published_at = now_unix_ms;
+        if is_final {
+            self.final_id = id;
+            self.final_at = now_unix_ms;
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
@@ -150,13 +174,13 @@ impl Timeline {
     /// Evicts events older than `max_age`; returns them (their topics may now be empty).
     pub fn prune(
         &mut self,
-        now: Millis,
+        now_unix_ms: u64,
         limits: &Limits,
         topics: &mut impl Histories,
     ) -> Vec<Rc<Event>> {
         let mut evicted = Vec::new();
         while let Some(front) = self.events.front() {
-            if now.saturating_sub(front.published_at) < limits.max_age {
+            if now_unix_ms.saturating_sub(front.published_at) < limits.max_age {
                 break;
             }
             evicted.extend(self.evict_oldest(topics));
@@ -191,7 +215,7 @@ impl Timeline {
 mod tests {
     use super::*;
 
-    fn event(id: u64, at: Millis, topics: &[TopicId], size: usize) -> Rc<Event> {
+    fn event(id: u64, at: u64, topics: &[TopicId], size: usize) -> Rc<Event> {
         Rc::new(Event {
             id,
             frame: vec![b'x'; size].into(),

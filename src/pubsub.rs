@@ -61,24 +61,29 @@ impl Topics {
         self.get_mut(id).subscribers.insert(conn);
     }
 
-    /// Removes `conn` from `id`; a topic left with neither subscribers nor history is
-    /// forgotten.
+    /// Removes `conn` from `id`; a topic that never had an event and has no subscriber
+    /// left is forgotten (topics with a past are forgotten by `Hub::prune`).
     pub fn unsubscribe(&mut self, id: TopicId, conn: ConnKey) {
-        let topic = self.get_mut(id);
-        topic.subscribers.remove(&conn);
-        self.forget_if_unused(id);
+        self.get_mut(id).subscribers.remove(&conn);
+        self.forget_if_idle(id);
     }
 
-    pub fn forget_if_unused(&mut self, id: TopicId) {
+    /// Forgets a topic that has no subscriber and never had an event (interned by a
+    /// request that did not subscribe).
+    pub fn forget_if_idle(&mut self, id: TopicId) {
         let topic = self.get(id);
-        if topic.subscribers.is_empty() && topic.history.is_empty() {
-            let topic = self.topics.remove(id as usize);
-            self.by_name.remove(&topic.name);
+        if topic.subscribers.is_empty() && topic.history.last_id == 0 {
+            self.forget(id);
         }
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = TopicId> + '_ {
-        self.topics.iter().map(|(id, _)| id as TopicId)
+    pub fn forget(&mut self, id: TopicId) {
+        let topic = self.topics.remove(id as usize);
+        self.by_name.remove(&topic.name);
+    }
+
+    pub fn ids(&self) -> Vec<TopicId> {
+        self.topics.iter().map(|(id, _)| id as TopicId).collect()
     }
 }
 

@@ -61,6 +61,15 @@ pub fn push_data_lines(out: &mut Vec<u8>, data: &str) {
     }
 }
 
+/// The `reset` event (SPEC 2.2): no `id:` line, so the client's last id stays as it was
+/// until a replayed event arrives. `last_event_id` is echoed as the client sent it.
+pub fn encode_reset(last_event_id: &str, earliest_id: Option<u64>) -> Vec<u8> {
+    let quoted = serde_json::to_string(last_event_id).unwrap_or_else(|_| "\"\"".into());
+    let earliest = earliest_id.map_or_else(|| "null".to_string(), |id| format!("\"{id}\""));
+    format!("event: reset\ndata: {{\"lastEventId\":{quoted},\"earliestId\":{earliest}}}\n\n")
+        .into_bytes()
+}
+
 /// `retry: N\n`, the reconnection delay in milliseconds.
 pub fn retry(ms: u64) -> Vec<u8> {
     let mut out = b"retry: ".to_vec();
@@ -117,6 +126,18 @@ mod tests {
     #[test]
     fn utf8_kept() {
         assert_eq!(enc(None, "héllo ✓ 🚀"), "id: 7\ndata: héllo ✓ 🚀\n\n");
+    }
+
+    #[test]
+    fn reset_event() {
+        assert_eq!(
+            encode_reset("12", Some(34)),
+            b"event: reset\ndata: {\"lastEventId\":\"12\",\"earliestId\":\"34\"}\n\n"
+        );
+        assert_eq!(
+            encode_reset("a\"b\n", None),
+            b"event: reset\ndata: {\"lastEventId\":\"a\\\"b\\n\",\"earliestId\":null}\n\n"
+        );
     }
 
     #[test]

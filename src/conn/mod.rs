@@ -31,6 +31,8 @@ pub mod flags {
     pub const CLOSE_AFTER_FLUSH: u8 = 4;
     /// Listed for closing at the end of this turn; ignore it until then.
     pub const CLOSING: u8 = 8;
+    /// Catching up from history: live events are not queued (the replay reaches them).
+    pub const REPLAYING: u8 = 16;
 }
 
 #[derive(Debug)]
