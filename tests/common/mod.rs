@@ -528,3 +528,60 @@ pub fn parse_error_answer(answer: &str) -> Option<String> {
     }
     obj.get("error")?.as_str().map(str::to_owned)
 }
+
+impl Server {
+    /// Sends a stream request with extra header lines (each ending in "\r\n") and returns
+    /// the client after the head, with the head.
+    pub fn request_stream(&self, query: &str, headers: &str) -> (Client, String) {
+        let mut c = Client::connect(self.addr);
+        c.send(&format!(
+            "GET /events?{query} HTTP/1.1\r\nHost: test\r\n{headers}\r\n"
+        ));
+        let head = c.read_head();
+        (c, head)
+    }
+
+    /// Opens a stream resuming from `last_event_id` (the header); positioned after `retry:`.
+    pub fn resume(&self, query: &str, last_event_id: &str) -> Client {
+        let (mut c, head) =
+            self.request_stream(query, &format!("Last-Event-ID: {last_event_id}\r\n"));
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\n"),
+            "unexpected head: {head}"
+        );
+        let retry = c.read_line();
+        assert!(
+            retry.starts_with("retry: "),
+            "expected retry line, got {retry:?}"
+        );
+        c
+    }
+}
+
+/// The `id:` of an event block (None for an event without one, such as `reset`).
+pub fn event_id(block: &str) -> Option<u64> {
+    block
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The `data:` lines of an event block joined with '\n'.
+pub fn event_data(block: &str) -> String {
+    block
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Client {
+    /// Wraps an already connected socket (e.g. one with socket options set before connect).
+    pub fn from_stream(sock: TcpStream) -> Client {
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Client {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+}
