@@ -31,6 +31,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod log;
 pub mod logger;
 pub mod publish;
 pub mod pubsub;
