@@ -7,7 +7,7 @@
 //! Ingest data path: accept → read → split lines → decode → publish (hub) → fan-out →
 //! answer.
 
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::conn::{Conn, ConnState, Flush, OutQueue, flags};
 use crate::fanout::{self, Delivery};
 use crate::history::{Event, Limits, TopicId};
@@ -15,14 +15,15 @@ use crate::http::request::{self, Method, Parsed, Request};
 use crate::http::response::{self, ALLOW_EVENTS, After, STREAM_HEAD};
 use crate::hub::{Hub, Resume};
 use crate::ingest::line::{self, Line};
-use crate::ingest::{self, InputLine, Producer};
+use crate::ingest::{self, Answers, BATCH_UNWRITTEN, InputLine, Producer};
+use crate::log::{Log, LogOptions, RecordRef};
 use crate::sse::{self, Frame};
 use crate::timer::{Millis, Wheel};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream, UnixListener};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::path::PathBuf;
@@ -124,6 +125,14 @@ pub struct Server {
     /// Replaying streams that were sent `reset` because events were already evicted:
     /// the highest id evicted at that moment (later evictions above it end the replay).
     replay_floors: HashMap<u32, u64>,
+    /// The on-disk log (`history.data_dir`), if any.
+    log: Option<Log>,
+    /// Highest log batch known durable (or refused): answers and deliveries up to it are due.
+    durable: u64,
+    /// Accepted events whose log batch is not durable yet, in id order, with their batch.
+    unsynced: VecDeque<(u64, Rc<Event>)>,
+    /// A batch was written this turn (fsync mode: ask for a sync before sleeping).
+    sync_wanted: bool,
     pub stats: Stats,
 }
 
@@ -131,21 +140,26 @@ impl Server {
     /// Binds the HTTP listener and the ingest socket; nothing is accepted until `run`.
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let limits = Limits {
+            max_events: config.history.max_events,
+            max_age: config.history.max_age.as_millis() as Millis,
+            max_bytes: config.history.max_bytes,
+        };
+        let mut hub = Hub::new(limits, 0, unix_micros());
+        let log = match config.history.data_dir.as_os_str().is_empty() {
+            true => None,
+            false => Some(open_log(&config, waker.clone(), &mut hub)?),
+        };
         let mut http = bind_http(config.http.listen)?;
         let mut ingest = ingest::bind(&config.ingest.socket, config.ingest.mode)?;
         poll.registry()
             .register(&mut http, HTTP_LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut ingest, INGEST_LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let max_connections = match config.http.max_connections {
             0 => derived_max_connections(),
             n => n,
-        };
-        let limits = Limits {
-            max_events: config.history.max_events,
-            max_age: config.history.max_age.as_millis() as Millis,
-            max_bytes: config.history.max_bytes,
         };
         let started = Instant::now();
         let mut wheel = Wheel::new(TICK_MS, WHEEL_SLOTS, 0);
@@ -158,7 +172,11 @@ impl Server {
             ingest: Some(ingest),
             conns: Slab::new(),
             producers: Slab::new(),
-            hub: Hub::new(limits, 0, unix_micros()),
+            hub,
+            log,
+            durable: 0,
+            unsynced: VecDeque::new(),
+            sync_wanted: false,
             wheel,
             pending: Vec::new(),
             closing: Vec::new(),
@@ -216,8 +234,14 @@ impl Server {
             if self.stop.load(Ordering::SeqCst) && self.draining_until.is_none() {
                 self.begin_drain();
             }
+            self.poll_log();
             self.fire_timers();
             self.read_producers_left_over();
+            if std::mem::take(&mut self.sync_wanted)
+                && let Some(log) = &mut self.log
+            {
+                log.request_sync();
+            }
             self.flush_pending();
             self.reap();
             if let Some(until) = self.draining_until
@@ -766,6 +790,10 @@ impl Server {
                 }
                 Due::PruneHistory => {
                     self.hub.prune(unix_millis());
+                    if let Some(log) = &mut self.log {
+                        log.enforce_retention(unix_millis());
+                        self.hub.note_forgotten(log.forgotten_up_to());
+                    }
                     self.wheel
                         .insert(self.now + PRUNE_EVERY_MS, Due::PruneHistory);
                 }
@@ -835,6 +863,8 @@ impl Server {
     fn read_producer(&mut self, key: usize) {
         let mut budget = INGEST_READ_PER_TURN;
         let mut publisher = Publisher {
+            log: self.log.as_mut(),
+            unsynced: &mut self.unsynced,
             hub: &mut self.hub,
             conns: &mut self.conns,
             pending: &mut self.pending,
@@ -887,7 +917,124 @@ impl Server {
                 }
             }
         }
+        self.write_log_batch(key);
         self.flush_producer(key);
+    }
+
+    /// Writes the records of the lines just read from producer `key` to the log. In `os`
+    /// mode they are durable at once; in `fsync` mode once the helper thread's sync
+    /// reports back (`poll_log`). Until then their answers wait and they reach no stream.
+    fn write_log_batch(&mut self, key: usize) {
+        let (Some(log), Some(p)) = (self.log.as_mut(), self.producers.get_mut(key)) else {
+            return;
+        };
+        if !log.has_buffered() {
+            p.answers.batch_written(None);
+            p.answers.release(self.durable);
+            return;
+        }
+        match log.write_batch() {
+            Ok(seq) => {
+                p.answers.batch_written(Some(seq));
+                for entry in self.unsynced.iter_mut().rev() {
+                    if entry.0 != BATCH_UNWRITTEN {
+                        break;
+                    }
+                    entry.0 = seq;
+                }
+                match self.config.history.durability {
+                    Durability::Os => self.durable_through(seq),
+                    Durability::Fsync => self.sync_wanted = true,
+                }
+            }
+            Err(e) => {
+                warn!("log write failed, events refused: {e}");
+                p.answers
+                    .refuse_unwritten(&format!("not stored: log write failed: {e}"));
+                p.answers.release(self.durable);
+                while self
+                    .unsynced
+                    .back()
+                    .is_some_and(|(b, _)| *b == BATCH_UNWRITTEN)
+                {
+                    if let Some((_, event)) = self.unsynced.pop_back() {
+                        self.hub.abandon(&event);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything in log batches up to `seq` is durable: it enters history, reaches its
+    /// streams, and its producers get their `ok`.
+    fn durable_through(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq);
+        while self.unsynced.front().is_some_and(|(b, _)| *b <= seq) {
+            let Some((_, event)) = self.unsynced.pop_front() else {
+                break;
+            };
+            self.hub.commit(&event);
+            self.stats.events_published += 1;
+            fan_out(
+                &event,
+                &self.hub,
+                &mut self.conns,
+                &mut self.pending,
+                &mut self.closing,
+                &mut self.stats,
+                self.now,
+                self.config.streams.max_pending_bytes,
+            );
+        }
+        self.release_answers(|a, durable| a.release(durable));
+    }
+
+    /// A sync failed: every batch written since the last durable one is refused.
+    fn refuse_unsynced(&mut self, reason: &str) {
+        let Some(failed) = self.log.as_ref().map(Log::last_batch_seq) else {
+            return;
+        };
+        while self.unsynced.front().is_some_and(|(b, _)| *b <= failed) {
+            if let Some((_, event)) = self.unsynced.pop_front() {
+                self.hub.abandon(&event);
+            }
+        }
+        let reason = format!("not stored: {reason}");
+        let durable = self.durable;
+        self.release_answers(|a, _| a.fail(durable, failed, &reason));
+        self.durable = self.durable.max(failed);
+    }
+
+    /// Applies `f` to every producer's answers and writes what became due.
+    fn release_answers(&mut self, mut f: impl FnMut(&mut Answers, u64)) {
+        let keys: Vec<usize> = self
+            .producers
+            .iter()
+            .filter(|(_, p)| p.answers.held() > 0)
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            if let Some(p) = self.producers.get_mut(key) {
+                f(&mut p.answers, self.durable);
+            }
+            self.flush_producer(key);
+        }
+    }
+
+    /// Collects finished syncs (and background errors) from the log's helper thread.
+    fn poll_log(&mut self) {
+        while let Some(result) = self.log.as_mut().and_then(Log::poll_sync) {
+            match result {
+                Ok(seq) => self.durable_through(seq),
+                Err(e) => {
+                    error!("log sync failed, unsynced events refused: {e}");
+                    self.refuse_unsynced(&format!("log sync failed: {e}"));
+                }
+            }
+        }
+        if let Some(e) = self.log.as_mut().and_then(Log::take_background_error) {
+            warn!("log: {e}");
+        }
     }
 
     fn producer_writable(&mut self, key: usize) {
@@ -907,7 +1054,7 @@ impl Server {
             debug!("producer write failed: {e}");
             return self.close_producer(key);
         }
-        if p.eof && p.unwritten() == 0 {
+        if p.eof && p.drained() {
             return self.close_producer(key);
         }
         if !could_read && p.may_read() {
@@ -1052,8 +1199,11 @@ impl Server {
 }
 
 /// What one ingest line may touch, borrowed from the server while a producer is read:
-/// ingest → decode → publish (hub: id, history) → fan-out → answer.
+/// ingest → decode → accept (hub: id, encode) → log (held until durable) or commit →
+/// fan-out → answer.
 struct Publisher<'a> {
+    log: Option<&'a mut Log>,
+    unsynced: &'a mut VecDeque<(u64, Rc<Event>)>,
     hub: &'a mut Hub,
     conns: &'a mut Slab<Conn>,
     pending: &'a mut Vec<u32>,
@@ -1067,8 +1217,8 @@ struct Publisher<'a> {
 }
 
 impl Publisher<'_> {
-    /// Handles one input line and writes its answer (none for a blank line).
-    fn line(&mut self, input: InputLine<'_>, answers: &mut Vec<u8>) {
+    /// Handles one input line and queues its answer (none for a blank line).
+    fn line(&mut self, input: InputLine<'_>, answers: &mut Answers) {
         let decoded = match input {
             InputLine::TooLong => Err(line::LineError(format!(
                 "line longer than {} bytes",
@@ -1076,73 +1226,138 @@ impl Publisher<'_> {
             ))),
             InputLine::Line(bytes) => line::decode_line(bytes, self.max_topics),
         };
-        match decoded {
-            Ok(Line::Blank) => {}
-            Ok(Line::Publish(publish)) => {
-                match self
-                    .hub
-                    .accept(&publish, self.unix_micros / 1000, self.unix_micros)
-                {
-                    Ok(event) => {
-                        self.hub.commit(&event);
-                        self.stats.events_published += 1;
-                        self.fan_out(&event);
-                        line::write_ok(answers, event.id);
-                    }
-                    Err(reason) => {
-                        self.stats.ingest_errors += 1;
-                        line::write_error(answers, &reason);
-                    }
-                }
-            }
-            Ok(Line::Admin(_)) => {
-                line::write_error(answers, "admin commands are not supported yet")
-            }
+        let publish = match decoded {
+            Ok(Line::Blank) => return,
+            Ok(Line::Publish(publish)) => publish,
+            Ok(Line::Admin(_)) => return answers.error("admin commands are not supported yet"),
             Err(e) => {
                 self.stats.ingest_errors += 1;
-                line::write_error(answers, &e.0);
+                return answers.error(&e.0);
+            }
+        };
+        let event = match self
+            .hub
+            .accept(&publish, self.unix_micros / 1000, self.unix_micros)
+        {
+            Ok(event) => event,
+            Err(reason) => {
+                self.stats.ingest_errors += 1;
+                return answers.error(&reason);
+            }
+        };
+        match self.log.as_mut() {
+            Some(log) => {
+                log.append(&RecordRef {
+                    id: event.id,
+                    published_unix_ms: event.published_at,
+                    is_final: event.is_final,
+                    topics: &publish.topics,
+                    event: publish.event.as_deref(),
+                    data: &publish.data,
+                });
+                answers.ok(event.id, Some(BATCH_UNWRITTEN));
+                self.unsynced.push_back((BATCH_UNWRITTEN, event));
+            }
+            None => {
+                self.hub.commit(&event);
+                self.stats.events_published += 1;
+                fan_out(
+                    &event,
+                    self.hub,
+                    self.conns,
+                    self.pending,
+                    self.closing,
+                    self.stats,
+                    self.now,
+                    self.max_pending,
+                );
+                answers.ok(event.id, None);
             }
         }
     }
+}
 
-    /// Queues the event's shared frame on every stream of its topics (once per stream).
-    fn fan_out(&mut self, event: &Event) {
-        for &t in event.topics.iter() {
-            for &sub in self.hub.topics.get(t).subscribers.iter() {
-                let Some(conn) = self.conns.get_mut(sub as usize) else {
-                    continue;
-                };
-                let delivery = fanout::deliver(
-                    conn,
-                    sub,
-                    &event.frame,
-                    event.id,
-                    self.now,
-                    self.max_pending,
-                    self.pending,
-                );
-                match delivery {
-                    Delivery::Queued => {
-                        self.stats.deliveries += 1;
-                        if event.is_final
-                            && let ConnState::Streaming { topics } = &conn.state
-                            && self.hub.stream_finished(topics, conn.cursor)
-                        {
-                            // Every topic of this stream is final and sent: end it.
-                            conn.set(flags::CLOSE_AFTER_FLUSH);
-                        }
+/// Queues a committed event's shared frame on every stream of its topics (once per
+/// stream); ends streams whose topics are now all final; cuts off slow subscribers.
+#[allow(clippy::too_many_arguments)]
+fn fan_out(
+    event: &Event,
+    hub: &Hub,
+    conns: &mut Slab<Conn>,
+    pending: &mut Vec<u32>,
+    closing: &mut Vec<u32>,
+    stats: &mut Stats,
+    now: Millis,
+    max_pending: usize,
+) {
+    for &t in event.topics.iter() {
+        for &sub in hub.topics.get(t).subscribers.iter() {
+            let Some(conn) = conns.get_mut(sub as usize) else {
+                continue;
+            };
+            match fanout::deliver(conn, sub, &event.frame, event.id, now, max_pending, pending) {
+                Delivery::Queued => {
+                    stats.deliveries += 1;
+                    if event.is_final
+                        && let ConnState::Streaming { topics } = &conn.state
+                        && hub.stream_finished(topics, conn.cursor)
+                    {
+                        // Every topic of this stream is final and sent: end it.
+                        conn.set(flags::CLOSE_AFTER_FLUSH);
                     }
-                    Delivery::Skipped => {}
-                    Delivery::Overflow => {
-                        self.stats.slow_disconnects += 1;
-                        self.stats.slow_unreported += 1;
-                        conn.set(flags::CLOSING);
-                        self.closing.push(sub);
-                    }
+                }
+                Delivery::Skipped => {}
+                Delivery::Overflow => {
+                    stats.slow_disconnects += 1;
+                    stats.slow_unreported += 1;
+                    conn.set(flags::CLOSING);
+                    closing.push(sub);
                 }
             }
         }
     }
+}
+
+/// Opens the log in `history.data_dir` and rebuilds the hub's history from it.
+fn open_log(config: &Config, waker: Arc<Waker>, hub: &mut Hub) -> io::Result<Log> {
+    let options = LogOptions {
+        max_age_ms: config.history.max_age.as_millis() as u64,
+        max_log_bytes: config.history.max_log_bytes,
+        fsync: config.history.durability == Durability::Fsync,
+        ..LogOptions::default()
+    };
+    let started = Instant::now();
+    let dir = &config.history.data_dir;
+    let (log, report) = Log::open(dir, options, waker, |r| {
+        let event = hub.recover(
+            r.id,
+            r.published_unix_ms,
+            &r.topics,
+            r.event.as_deref(),
+            &r.data,
+            r.is_final,
+        );
+        hub.commit(&event);
+    })
+    .map_err(|e| io::Error::new(e.kind(), format!("history.data_dir {}: {e}", dir.display())))?;
+    for line in &report.dropped {
+        warn!("log recovery dropped: {line}");
+    }
+    if let Some(first) = report.first_id_ever {
+        hub.set_remembers_from(first);
+    }
+    hub.note_forgotten(report.forgotten_up_to);
+    hub.prune(unix_millis());
+    info!(
+        "log recovered dir={} records={} segments={} last_id={} retained_events={} ms={}",
+        dir.display(),
+        report.records,
+        report.segments,
+        report.last_id.unwrap_or(0),
+        hub.retained_events(),
+        started.elapsed().as_millis()
+    );
+    Ok(log)
 }
 
 impl Drop for Server {

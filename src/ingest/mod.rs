@@ -5,9 +5,133 @@
 pub mod line;
 
 use mio::net::{UnixListener, UnixStream};
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
+
+/// Answers waiting for their batch to become durable: past this many, the producer is not
+/// read from until a sync completes.
+pub const HELD_LIMIT: usize = 65_536;
+
+/// Batch number of answers whose records are in the log's buffer, not yet written.
+pub const BATCH_UNWRITTEN: u64 = u64::MAX;
+
+/// A producer's answers, in input order: `ready` bytes to write, and `held` answers whose
+/// events wait for their log batch to become durable (SPEC 3.2: `ok` only once durable).
+#[derive(Debug, Default)]
+pub struct Answers {
+    ready: Vec<u8>,
+    held: VecDeque<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    /// The log batch the answer waits for (0: none, only earlier answers).
+    batch: u64,
+    answer: Answer,
+}
+
+#[derive(Debug)]
+enum Answer {
+    Ok(u64),
+    Err(String),
+}
+
+impl Answers {
+    /// `{"ok":true,...}` for event `id`, due once `batch` is durable (None: at once).
+    pub fn ok(&mut self, id: u64, batch: Option<u64>) {
+        match batch {
+            None if self.held.is_empty() => line::write_ok(&mut self.ready, id),
+            batch => self.held.push_back(Held {
+                batch: batch.unwrap_or(BATCH_UNWRITTEN),
+                answer: Answer::Ok(id),
+            }),
+        }
+    }
+
+    /// `{"ok":false,...}`, written after every earlier answer.
+    pub fn error(&mut self, reason: &str) {
+        if self.held.is_empty() {
+            line::write_error(&mut self.ready, reason);
+        } else {
+            // Behind held answers: it leaves with the batch being built (or at once, when
+            // that batch turns out to hold no record).
+            self.held.push_back(Held {
+                batch: BATCH_UNWRITTEN,
+                answer: Answer::Err(reason.to_string()),
+            });
+        }
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The unwritten batch got number `seq` (or, with `None`, held nothing that needs one).
+    pub fn batch_written(&mut self, seq: Option<u64>) {
+        for h in self
+            .held
+            .iter_mut()
+            .rev()
+            .take_while(|h| h.batch == BATCH_UNWRITTEN)
+        {
+            h.batch = seq.unwrap_or(0);
+        }
+    }
+
+    /// The batch being built could not be written: its `ok` answers become `reason`; they
+    /// still leave only after every earlier answer.
+    pub fn refuse_unwritten(&mut self, reason: &str) {
+        for h in self
+            .held
+            .iter_mut()
+            .rev()
+            .take_while(|h| h.batch == BATCH_UNWRITTEN)
+        {
+            h.batch = 0;
+            if matches!(h.answer, Answer::Ok(_)) {
+                h.answer = Answer::Err(reason.to_string());
+            }
+        }
+    }
+
+    /// Releases answers whose batches are durable (`batch <= durable`), in order.
+    pub fn release(&mut self, durable: u64) {
+        while let Some(h) = self.held.front() {
+            if h.batch > durable {
+                break;
+            }
+            if let Some(h) = self.held.pop_front() {
+                self.write(h.answer);
+            }
+        }
+    }
+
+    /// Batches up to `failed` will never be durable: their `ok` answers become errors.
+    /// Only batches newer than `durable` are affected.
+    pub fn fail(&mut self, durable: u64, failed: u64, reason: &str) {
+        while let Some(h) = self.held.front() {
+            if h.batch > failed {
+                break;
+            }
+            if let Some(h) = self.held.pop_front() {
+                let answer = match h.answer {
+                    Answer::Ok(_) if h.batch > durable => Answer::Err(reason.to_string()),
+                    other => other,
+                };
+                self.write(answer);
+            }
+        }
+    }
+
+    fn write(&mut self, answer: Answer) {
+        match answer {
+            Answer::Ok(id) => line::write_ok(&mut self.ready, id),
+            Answer::Err(reason) => line::write_error(&mut self.ready, &reason),
+        }
+    }
+}
 
 /// A producer whose unread answers pass this many bytes is not read from until they drain:
 /// a producer that never reads is slowed, never buffered without bound.
@@ -57,8 +181,8 @@ pub struct Producer {
     pub sock: UnixStream,
     /// The start of a line whose newline has not arrived yet.
     partial: Vec<u8>,
-    /// Answers not yet written, from `answers_written` on.
-    answers: Vec<u8>,
+    /// Answers, written from `answers_written` on.
+    pub answers: Answers,
     answers_written: usize,
     /// Inside a line already known to be too long: drop bytes until its newline.
     discarding: bool,
@@ -78,7 +202,7 @@ impl Producer {
         Producer {
             sock,
             partial: Vec::new(),
-            answers: Vec::new(),
+            answers: Answers::default(),
             answers_written: 0,
             discarding: false,
             eof: false,
@@ -88,12 +212,17 @@ impl Producer {
 
     /// Bytes of answers not yet written.
     pub fn unwritten(&self) -> usize {
-        self.answers.len() - self.answers_written
+        self.answers.ready.len() - self.answers_written
     }
 
-    /// Whether more input may be read now (answers are below the limit).
+    /// Whether more input may be read now (answers are below the limits).
     pub fn may_read(&self) -> bool {
-        !self.eof && self.unwritten() < ANSWER_LIMIT
+        !self.eof && self.unwritten() < ANSWER_LIMIT && self.answers.held() < HELD_LIMIT
+    }
+
+    /// Everything answered and written: at end of input the connection may close.
+    pub fn drained(&self) -> bool {
+        self.unwritten() == 0 && self.answers.held() == 0
     }
 
     /// Splits `input` into lines, calling `on_line` for each complete one (and for each
@@ -103,7 +232,7 @@ impl Producer {
         &mut self,
         input: &[u8],
         max_line: usize,
-        mut on_line: impl FnMut(InputLine<'_>, &mut Vec<u8>),
+        mut on_line: impl FnMut(InputLine<'_>, &mut Answers),
     ) {
         let mut rest = input;
         while !rest.is_empty() {
@@ -149,7 +278,7 @@ impl Producer {
     pub fn finish_input(
         &mut self,
         max_line: usize,
-        mut on_line: impl FnMut(InputLine<'_>, &mut Vec<u8>),
+        mut on_line: impl FnMut(InputLine<'_>, &mut Answers),
     ) {
         if self.discarding {
             self.discarding = false;
@@ -167,8 +296,8 @@ impl Producer {
 
     /// Writes pending answers until done or the socket is full.
     pub fn flush_answers(&mut self) -> io::Result<()> {
-        while self.answers_written < self.answers.len() {
-            match self.sock.write(&self.answers[self.answers_written..]) {
+        while self.answers_written < self.answers.ready.len() {
+            match self.sock.write(&self.answers.ready[self.answers_written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.answers_written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -179,10 +308,10 @@ impl Producer {
                 Err(e) => return Err(e),
             }
         }
-        self.answers.clear();
+        self.answers.ready.clear();
         self.answers_written = 0;
-        if self.answers.capacity() > ANSWER_LIMIT {
-            self.answers = Vec::new();
+        if self.answers.ready.capacity() > ANSWER_LIMIT {
+            self.answers.ready = Vec::new();
         }
         Ok(())
     }
@@ -206,6 +335,61 @@ mod tests {
             })
         });
         seen
+    }
+
+    fn text(a: &Answers) -> String {
+        String::from_utf8(a.ready.clone()).unwrap()
+    }
+
+    #[test]
+    fn held_answers_keep_input_order() {
+        let mut a = Answers::default();
+        a.ok(1, None);
+        a.ok(2, Some(BATCH_UNWRITTEN));
+        a.error("bad");
+        a.ok(3, Some(BATCH_UNWRITTEN));
+        a.batch_written(Some(7));
+        assert_eq!(
+            text(&a),
+            "{\"ok\":true,\"id\":\"1\"}\n",
+            "2 waits for its batch"
+        );
+        a.release(6);
+        assert_eq!(a.held(), 3);
+        a.release(7);
+        assert_eq!(a.held(), 0);
+        assert!(text(&a).ends_with(
+            "{\"ok\":true,\"id\":\"2\"}\n{\"ok\":false,\"error\":\"bad\"}\n{\"ok\":true,\"id\":\"3\"}\n"
+        ));
+    }
+
+    #[test]
+    fn failed_batches_turn_ok_into_errors() {
+        let mut a = Answers::default();
+        a.ok(1, Some(4));
+        a.ok(2, Some(5));
+        a.ok(3, Some(6));
+        a.fail(4, 5, "disk full");
+        assert_eq!(
+            text(&a),
+            "{\"ok\":true,\"id\":\"1\"}\n{\"ok\":false,\"error\":\"disk full\"}\n"
+        );
+        assert_eq!(a.held(), 1, "batch 6 still waits");
+    }
+
+    #[test]
+    fn an_unwritten_batch_is_refused_behind_earlier_answers() {
+        let mut a = Answers::default();
+        a.ok(1, Some(4));
+        a.ok(2, Some(BATCH_UNWRITTEN));
+        a.refuse_unwritten("disk full");
+        a.release(3);
+        assert_eq!(text(&a), "", "waits for batch 4");
+        a.release(4);
+        assert_eq!(
+            text(&a),
+            "{\"ok\":true,\"id\":\"1\"}\n{\"ok\":false,\"error\":\"disk full\"}\n"
+        );
     }
 
     #[test]

@@ -935,10 +935,3 @@ fn recovery_rate(n: u64, data_len: usize) {
 fn recovery_of_10k_records_is_fast() {
     recovery_rate(10_000, 200);
 }
-
-/// `cargo test --release --lib log::tests::recovery_of_1m -- --ignored --nocapture`
-#[test]
-#[ignore = "benchmark: writes 230 MB"]
-fn recovery_of_1m_records() {
-    recovery_rate(1_000_000, 200);
-}
