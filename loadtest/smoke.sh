@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Small smoke of the README quick start and the idle load generator: real binary, curl
-# subscriber, `ssehub publish` producer. Correctness only, never a timing. Bounded in time.
+# Small smoke of the README quick start and of every load-test scenario (idle, fanout,
+# churn with resume, slow readers): real binary, curl subscriber, `ssehub publish`
+# producer, `ssehub-loadtest`. Correctness only (nothing missing, nothing duplicated,
+# slow readers cut), never a timing. Bounded in time: each load run has its own deadline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/ssehub
@@ -8,8 +10,10 @@ loadtest=target/release/ssehub-loadtest
 cargo build --release --workspace --quiet
 dir=$(mktemp -d)
 server_pid=
+slow_pid=
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  [ -n "$slow_pid" ] && kill "$slow_pid" 2>/dev/null || true
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -36,6 +40,38 @@ echo "smoke: curl subscriber received both events exactly"
   --sources 127.0.0.1,127.0.0.2 --connect-timeout 20s >"$dir/idle.json"
 grep -q '"streams_open":500' "$dir/idle.json" || { cat "$dir/idle.json"; exit 1; }
 echo "smoke: idle load generator held 500 streams: $(cat "$dir/idle.json")"
+
+# Each scenario exits non-zero when anything was missing, duplicated or refused; the
+# summary line it prints on stderr is shown. Two worker processes where it matters, so the
+# coordinator's merge is exercised too.
+run_load() { # name server-pid args...
+  local name=$1 pid=$2
+  shift 2
+  if ! "$loadtest" "$@" --server-pid "$pid" --deadline 90s >"$dir/$name.json" 2>"$dir/$name.err"; then
+    echo "smoke: $name failed:"; cat "$dir/$name.err"; cat "$dir/$name.json"; exit 1
+  fi
+  echo "smoke: $(tail -n 1 "$dir/$name.err")"
+}
+run_load fanout "$server_pid" fanout --addr "127.0.0.1:$port" --socket "$dir/ingest.sock" \
+  --subscribers 200 --events 50 --rate 50 --workers 2
+grep -q '"missing":0,"duplicates":0' "$dir/fanout.json"
+run_load churn "$server_pid" churn --addr "127.0.0.1:$port" --socket "$dir/ingest.sock" \
+  --clients 200 --events 150 --rate 50 --max-events 10 --workers 2
+grep -q '"missing":0,"duplicates":0' "$dir/churn.json"
+
+# Slow readers need limits that a short run reaches: a second server with small ones.
+slow_port=$((port + 1))
+printf '[http]\nlisten = "127.0.0.1:%s"\n[ingest]\nsocket = "%s"\n[streams]\nmax_pending_bytes = 16384\nwrite_timeout = "2s"\n' \
+  "$slow_port" "$dir/slow.sock" >"$dir/slow.toml"
+"$bin" --config "$dir/slow.toml" 2>"$dir/slow-server.log" &
+slow_pid=$!
+for _ in $(seq 50); do [ -S "$dir/slow.sock" ] && break; sleep 0.1; done
+run_load slow "$slow_pid" slow --addr "127.0.0.1:$slow_port" --socket "$dir/slow.sock" \
+  --subscribers 100 --slow-share 0.1 --events 400 --size 16000 --rate 100
+grep -q '"slow_streams":10,"slow_cut":10' "$dir/slow.json"
+kill -TERM "$slow_pid"
+wait "$slow_pid"
+slow_pid=
 
 kill -TERM "$server_pid"
 wait "$server_pid"

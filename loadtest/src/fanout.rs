@@ -1,0 +1,400 @@
+//! `fanout` and `slow`: N subscribers on one topic, M events of S bytes published at R
+//! events/s on an open-loop schedule.
+//!
+//! Reported: publish-to-receipt latency from the time the publisher wrote each event and
+//! from the time the schedule meant it to (so a late publisher does not flatter the
+//! server), the time until the last subscriber had each event, deliveries per second
+//! (over the whole run, and the sustained rate from the last subscriber's pace over the
+//! last three quarters of the events: below 95% of the offered rate the run is a
+//! saturation run and the achieved rate is the figure to quote, not the latency; so is a
+//! run where the server was busy more than 90% of the time),
+//! deliveries per server CPU-second (`/proc/PID/stat` utime+stime) and per server write
+//! call (`syscw` of `/proc/PID/io`), missing and duplicate counts (must be 0).
+//!
+//! `slow`: a share of the subscribers (small `SO_RCVBUF`) stop reading after the response
+//! head. The others' latency is reported as above, the server's memory and descriptors are
+//! sampled every second, and at the end the slow ones read again: each must find its
+//! stream ended by the server (its limits cut it).
+
+use crate::coord::{Fleet, Watch};
+use crate::hist::{Hist, Summary};
+use crate::proto::{Mode, ToWorker, WorkerResult};
+use crate::publisher::{self, Plan};
+use crate::run::{Common, Provenance, Sampler, parse_duration, round1, topic};
+use crate::sys;
+use serde::Serialize;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers (streams).
+    #[arg(long, alias = "streams", default_value_t = 200)]
+    pub subscribers: usize,
+    /// Events to publish.
+    #[arg(long, default_value_t = 50)]
+    pub events: u64,
+    /// Payload bytes per event (at least the ~45 bytes of sequence and timestamps).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Events per second (open-loop schedule).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Topic (default: one of this run's own).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Share of subscribers that stop reading (default 0 for fanout, 0.1 for slow).
+    #[arg(long)]
+    pub slow_share: Option<f64>,
+    /// SO_RCVBUF of a slow subscriber's socket.
+    #[arg(long, default_value_t = 4096)]
+    pub slow_rcvbuf: usize,
+    /// Pause between the last stream opening and the first event.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Time allowed after the last event for every subscriber to have everything.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Whether every slow subscriber must have been disconnected by the server (a
+    /// problem otherwise). Kernel socket buffers absorb megabytes per stream on loopback
+    /// before a server sees backpressure, so a low byte rate may never reach the limits.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub expect_cut: bool,
+    /// Server memory sampling interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub sample_every: Duration,
+}
+
+#[derive(Serialize)]
+struct SlowPart {
+    slow_streams: usize,
+    /// Slow streams the server disconnected (what its limits must do).
+    slow_cut: usize,
+    /// Slow streams still open with every event (not cut).
+    slow_kept: usize,
+    slow_deliveries: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    scenario: &'static str,
+    target: &'static str,
+    label: Option<String>,
+    ok: bool,
+    problems: Vec<String>,
+    subscribers: usize,
+    reading_subscribers: usize,
+    events: u64,
+    size: usize,
+    rate: f64,
+    deliveries: u64,
+    expected_deliveries: u64,
+    missing: u64,
+    duplicates: u64,
+    closed_early: usize,
+    foreign_events: u64,
+    latency_us: Summary,
+    latency_sched_us: Summary,
+    last_subscriber_us: Summary,
+    last_subscriber_sched_us: Summary,
+    offered_deliveries_per_s: f64,
+    achieved_deliveries_per_s: f64,
+    sustained_deliveries_per_s: f64,
+    saturated: bool,
+    server_cpu_s: f64,
+    /// Server CPU seconds per second of the run (1.0: one core fully busy).
+    server_busy: f64,
+    deliveries_per_cpu_s: f64,
+    server_writes: u64,
+    deliveries_per_write: f64,
+    slow: Option<SlowPart>,
+    server_private_kib_before: u64,
+    server_private_kib_peak: u64,
+    server_private_kib_end: u64,
+    server_fds_before: u64,
+    server_fds_peak: u64,
+    server_fds_after_close: u64,
+    memory_series: Vec<(f64, u64, u64)>,
+    publish: publisher::Outcome,
+    workers: usize,
+    connect_ms: u64,
+    client_cpu_s: f64,
+    wall_s: f64,
+    #[serde(flatten)]
+    provenance: Provenance,
+}
+
+pub fn run(a: Args, slow_scenario: bool) -> i32 {
+    if let Err(e) = a.common.check() {
+        eprintln!("ssehub-loadtest: {e}");
+        return 2;
+    }
+    if a.events == 0 || a.rate <= 0.0 || a.subscribers == 0 {
+        eprintln!("ssehub-loadtest: --subscribers, --events and --rate must be positive");
+        return 2;
+    }
+    if a.events > 10_000_000 {
+        eprintln!("ssehub-loadtest: at most 10,000,000 events per run");
+        return 2;
+    }
+    let share = a
+        .slow_share
+        .unwrap_or(if slow_scenario { 0.1 } else { 0.0 })
+        .clamp(0.0, 1.0);
+    let slow = (a.subscribers as f64 * share).round() as usize;
+    let mut prov = Provenance::start();
+    let publish_s = a.events as f64 / a.rate;
+    let total = a.common.deadline.unwrap_or(
+        a.common.connect_timeout
+            + a.settle
+            + Duration::from_secs_f64(publish_s)
+            + a.grace
+            + Duration::from_secs(30),
+    );
+    let deadline = sys::mono_ns() + total.as_nanos() as u64;
+    let watch = Watch::start(deadline, total.as_secs_f64());
+    let topic = topic(&a.topic, if slow_scenario { "slow" } else { "fanout" });
+    let mut configs = a.common.layout(Mode::Fanout, a.subscribers, slow, &topic);
+    for c in &mut configs {
+        c.events = a.events;
+        c.slow_rcvbuf = a.slow_rcvbuf;
+        c.deadline_ns = deadline;
+    }
+    let before = a.common.sample();
+    let sampler = Sampler::start(a.common.server_pid, a.sample_every);
+    watch.stage("opening streams");
+    let mut fleet = match Fleet::spawn(&configs, &watch) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ssehub-loadtest: cannot start workers: {e}");
+            return 1;
+        }
+    };
+    let ready = match fleet.wait_ready() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ssehub-loadtest: {e}");
+            return 1;
+        }
+    };
+    let open: usize = ready.iter().map(|r| r.open).sum();
+    let connect_ms = ready.iter().map(|r| r.connect_ms).max().unwrap_or(0);
+    eprintln!("ready streams={open} after_ms={connect_ms}");
+    let mut problems = Vec::new();
+    if open < a.subscribers {
+        let first = ready.iter().find_map(|r| r.first_error.clone());
+        problems.push(format!(
+            "only {open} of {} streams opened (first error: {})",
+            a.subscribers,
+            first.unwrap_or_else(|| "none".into())
+        ));
+    }
+    std::thread::sleep(a.settle);
+    watch.stage("publishing");
+    let plan = Plan {
+        target: a.common.target,
+        socket: a.common.socket.clone(),
+        addr: a.common.addr,
+        pub_path: a.common.pub_path.clone(),
+        topic: topic.clone(),
+        events: a.events,
+        rate: a.rate,
+        size: a.size,
+        start_ns: sys::mono_ns() + 50_000_000,
+    };
+    let cpu0 = a.common.sample();
+    let self_cpu0 = sys::self_cpu_s();
+    let outcome = match publisher::run(&plan) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("ssehub-loadtest: {e}");
+            return 1;
+        }
+    };
+    if outcome.ok < a.events {
+        problems.push(format!(
+            "publisher: {} of {} events accepted ({})",
+            outcome.ok,
+            a.events,
+            outcome.first_error.clone().unwrap_or_default()
+        ));
+    }
+    watch.stage("waiting for the last deliveries");
+    fleet.send_all(&ToWorker::Finish {
+        grace_ms: a.grace.as_millis() as u64,
+    });
+    let results = match fleet.wait_results() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ssehub-loadtest: {e}");
+            return 1;
+        }
+    };
+    let cpu1 = a.common.sample();
+    let self_cpu = sys::self_cpu_s() - self_cpu0;
+    let end_ns = sys::mono_ns();
+    watch.stage("closing");
+    fleet.finish();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = a.common.sample();
+    let series = sampler.finish();
+    prov.end();
+
+    let sum = |f: fn(&WorkerResult) -> u64| results.iter().map(f).sum::<u64>();
+    let reading = a.subscribers - slow;
+    let deliveries = sum(|r| r.deliveries);
+    let missing = sum(|r| r.missing);
+    let duplicates = sum(|r| r.duplicates);
+    let closed_early: usize = results.iter().map(|r| r.closed_early).sum();
+    let foreign = sum(|r| r.foreign);
+    let mut lat = Hist::default();
+    let mut lat_sched = Hist::default();
+    for r in &results {
+        lat.merge(&r.latency_sent);
+        lat_sched.merge(&r.latency_sched);
+    }
+    // The last subscriber's receipt of each event, over all workers.
+    let m = a.events as usize;
+    let mut last = vec![0u64; m];
+    for r in &results {
+        for (l, &t) in last.iter_mut().zip(&r.last_recv_ns) {
+            *l = (*l).max(t);
+        }
+    }
+    let mut last_lag = Hist::default();
+    let mut last_lag_sched = Hist::default();
+    for (seq, &t) in last.iter().enumerate() {
+        if t == 0 || seq >= outcome.sent_ns.len() {
+            continue;
+        }
+        last_lag.record(t.saturating_sub(outcome.sent_ns[seq]) / 1000);
+        last_lag_sched.record(t.saturating_sub(plan.sched_ns(seq as u64)) / 1000);
+    }
+    let last_any = last.iter().copied().max().unwrap_or(0);
+    // From the first event due to the last receipt, plus one publish interval (M events
+    // span M intervals), so a server that keeps up scores the offered rate.
+    let span_s = last_any.saturating_sub(plan.start_ns) as f64 / 1e9 + 1.0 / a.rate;
+    let achieved = if span_s > 0.0 {
+        deliveries as f64 / span_s
+    } else {
+        0.0
+    };
+    // Sustained pace: the last subscriber's progress over the last three quarters.
+    let k1 = m / 4;
+    let k2 = m - 1;
+    let sustained = if m >= 8 && last[k1] > 0 && last[k2] > last[k1] {
+        (k2 - k1) as f64 / ((last[k2] - last[k1]) as f64 / 1e9) * reading as f64
+    } else {
+        achieved
+    };
+    let offered = a.rate * reading as f64;
+    let cpu = cpu1.cpu_s - cpu0.cpu_s;
+    // Share of one core the server used while events were flowing.
+    let busy = if span_s > 0.0 { cpu / span_s } else { 0.0 };
+    let saturated = sustained < 0.95 * offered || busy > 0.9;
+    let writes = cpu1.syscw.saturating_sub(cpu0.syscw);
+    let slow_cut: usize = results.iter().map(|r| r.slow_cut).sum();
+    let slow_kept: usize = results.iter().map(|r| r.slow_kept).sum();
+    let slow_part = (slow > 0).then(|| SlowPart {
+        slow_streams: slow,
+        slow_cut,
+        slow_kept,
+        slow_deliveries: sum(|r| r.slow_deliveries),
+    });
+    if missing > 0 || duplicates > 0 {
+        problems.push(format!("missing {missing}, duplicated {duplicates}"));
+    }
+    if closed_early > 0 {
+        problems.push(format!("{closed_early} reading streams ended early"));
+    }
+    if foreign > 0 {
+        problems.push(format!("{foreign} events that are not load-test payloads"));
+    }
+    if a.expect_cut && slow > 0 && slow_cut < slow {
+        problems.push(format!(
+            "only {slow_cut} of {slow} slow subscribers were disconnected by the server"
+        ));
+    }
+    for r in &results {
+        for e in r.errors.iter().take(3) {
+            eprintln!("worker error: {e}");
+        }
+    }
+    let report = Report {
+        scenario: if slow_scenario { "slow" } else { "fanout" },
+        target: a.common.target.name(),
+        label: a.common.label.clone(),
+        ok: problems.is_empty(),
+        problems,
+        subscribers: a.subscribers,
+        reading_subscribers: reading,
+        events: a.events,
+        size: a.size,
+        rate: a.rate,
+        deliveries,
+        expected_deliveries: reading as u64 * a.events,
+        missing,
+        duplicates,
+        closed_early,
+        foreign_events: foreign,
+        latency_us: lat.summary(),
+        latency_sched_us: lat_sched.summary(),
+        last_subscriber_us: last_lag.summary(),
+        last_subscriber_sched_us: last_lag_sched.summary(),
+        offered_deliveries_per_s: round1(offered),
+        achieved_deliveries_per_s: round1(achieved),
+        sustained_deliveries_per_s: round1(sustained),
+        saturated,
+        server_cpu_s: (cpu * 100.0).round() / 100.0,
+        server_busy: (busy * 100.0).round() / 100.0,
+        deliveries_per_cpu_s: if cpu > 0.0 {
+            (deliveries as f64 / cpu).round()
+        } else {
+            0.0
+        },
+        server_writes: writes,
+        deliveries_per_write: if writes > 0 {
+            (deliveries as f64 / writes as f64 * 100.0).round() / 100.0
+        } else {
+            0.0
+        },
+        slow: slow_part,
+        server_private_kib_before: before.private_kib,
+        server_private_kib_peak: series.iter().map(|s| s.1).max().unwrap_or(0),
+        server_private_kib_end: cpu1.private_kib,
+        server_fds_before: before.fds,
+        server_fds_peak: series.iter().map(|s| s.2).max().unwrap_or(0),
+        server_fds_after_close: after.fds,
+        memory_series: series,
+        publish: outcome,
+        workers: configs.len(),
+        connect_ms,
+        client_cpu_s: round1(results.iter().map(|r| r.cpu_s).sum::<f64>() + self_cpu),
+        wall_s: round1(end_ns.saturating_sub(plan.start_ns) as f64 / 1e9),
+        provenance: prov,
+    };
+    println!("{}", serde_json::to_string(&report).expect("report"));
+    eprintln!(
+        "{} {}: deliveries={} missing={} dup={} p50={}us p99={}us max={}us last-subscriber p99={}us \
+         sustained={:.0}/s offered={:.0}/s saturated={} per-cpu-s={:.0} per-write={:.2}",
+        report.scenario,
+        report.target,
+        report.deliveries,
+        report.missing,
+        report.duplicates,
+        report.latency_us.p50,
+        report.latency_us.p99,
+        report.latency_us.max,
+        report.last_subscriber_us.p99,
+        report.sustained_deliveries_per_s,
+        report.offered_deliveries_per_s,
+        report.saturated,
+        report.deliveries_per_cpu_s,
+        report.deliveries_per_write,
+    );
+    for p in &report.problems {
+        eprintln!("problem: {p}");
+    }
+    if report.ok { 0 } else { 1 }
+}
