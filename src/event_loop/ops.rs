@@ -1,0 +1,415 @@
+//! Operations side of the event loop: systemd notifications and the watchdog, `/metrics`
+//! and the admin listener, configuration reload. A child of `event_loop` (so it may use
+//! the server's fields) that keeps the loop's own file about the data path. Nothing here
+//! blocks: notifications are non-blocking datagrams; a reload reads one small file.
+
+use super::{Due, Server};
+use crate::config::Config;
+use crate::conn::{Conn, ConnState, OutQueue, flags};
+use crate::fanout;
+use crate::http::request::Method;
+use crate::http::response::After;
+use crate::metrics::{self, Snapshot};
+use crate::notify::Notifier;
+use crate::reload::{self, ConfigSource, Diff};
+use crate::timer::Millis;
+use log::{debug, error, info, warn};
+use mio::net::TcpListener;
+use mio::{Interest, Token};
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The admin listener (`http.admin_listen`): `/metrics` and `/healthz` only.
+pub(super) const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
+/// How often `STATUS=` is refreshed (sent only when it changed).
+const STATUS_EVERY_MS: Millis = 2_000;
+/// Latency quantiles cover one to two of these windows.
+const LATENCY_WINDOW_MS: Millis = 60_000;
+/// Admin connections allowed beyond `max_connections` (the descriptor reserve covers them),
+/// so metrics stay readable when the public side is full.
+const ADMIN_EXTRA: usize = 16;
+
+/// Timers of this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OpsTimer {
+    Watchdog,
+    Status,
+    RotateLatency,
+}
+
+/// Operations state of the server.
+pub(super) struct Ops {
+    notifier: Option<Notifier>,
+    /// Half of `WATCHDOG_USEC`: how often `WATCHDOG=1` is sent.
+    watchdog: Option<Millis>,
+    /// Where the configuration was read from, for reloads (None: no reload possible).
+    source: Option<ConfigSource>,
+    /// A reload answered but not applied yet: the configuration to continue with.
+    pending: Option<(Config, Diff)>,
+    pub(super) admin: Option<TcpListener>,
+    /// An admin listener was configured (it is closed during the drain).
+    admin_configured: bool,
+    /// The ingest socket file is ours to remove at exit (false when systemd passed it in).
+    pub(super) owns_ingest_file: bool,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    start_unix_s: f64,
+}
+
+impl Ops {
+    pub(super) fn new(admin: Option<TcpListener>, owns_ingest_file: bool) -> Ops {
+        Ops {
+            notifier: None,
+            watchdog: None,
+            source: None,
+            pending: None,
+            admin_configured: admin.is_some(),
+            admin,
+            owns_ingest_file,
+            reloads_ok: 0,
+            reloads_failed: 0,
+            start_unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+
+    /// `{"admin":"reload"}` from a producer: reads the configuration again and answers at
+    /// once with what differs; the loop applies it at the end of the turn (`apply_reload`).
+    /// Err is the reason for an `{"ok":false,...}` answer.
+    pub(super) fn request_reload(&mut self, running: &Config) -> Result<String, String> {
+        let Some(source) = &self.source else {
+            return Err("cannot reload: no configuration source".into());
+        };
+        let Some(path) = &source.path else {
+            self.reloads_failed += 1;
+            return Err("cannot reload: started without --config".into());
+        };
+        let new = match source.load() {
+            Ok(c) => c,
+            Err(e) => {
+                self.reloads_failed += 1;
+                error!("reload failed, configuration unchanged: {e}");
+                return Err(format!("reload failed: {e}"));
+            }
+        };
+        // Two reloads in one read: the second compares with what the first will apply.
+        let base = self.pending.as_ref().map_or(running, |(c, _)| c);
+        let diff = reload::diff(base, &new);
+        let merged = reload::merge(base, &new);
+        debug!(
+            "reload requested file={} changed={:?} needs_restart={:?}",
+            path.display(),
+            diff.changed,
+            diff.needs_restart
+        );
+        let answer = reload::answer(&diff);
+        self.pending = Some((merged, diff));
+        self.reloads_ok += 1;
+        Ok(answer)
+    }
+}
+
+/// Binds `http.admin_listen` (or takes the socket systemd passed for it).
+pub(super) fn admin_listener(
+    config: &Config,
+    passed: Option<std::net::TcpListener>,
+) -> io::Result<Option<TcpListener>> {
+    if let Some(l) = passed {
+        return Ok(Some(TcpListener::from_std(l)));
+    }
+    if config.http.admin_listen.is_empty() {
+        return Ok(None);
+    }
+    let addr = config.http.admin_listen.parse().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("http.admin_listen {:?}: {e}", config.http.admin_listen),
+        )
+    })?;
+    super::bind_http(addr).map(Some).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("http.admin_listen {}: {e}", config.http.admin_listen),
+        )
+    })
+}
+
+impl Server {
+    /// Talk to systemd: `notifier` from `NOTIFY_SOCKET`, `watchdog` from `WATCHDOG_USEC`.
+    pub fn set_systemd(&mut self, notifier: Option<Notifier>, watchdog: Option<Duration>) {
+        self.ops.notifier = notifier;
+        self.ops.watchdog = watchdog.map(|d| (d.as_millis() as Millis).max(1));
+    }
+
+    /// Where `{"admin":"reload"}` reads the configuration from.
+    pub fn set_config_source(&mut self, source: ConfigSource) {
+        self.ops.source = Some(source);
+    }
+
+    /// The admin listener's address, when there is one.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The loop is about to serve: tell systemd, start the periodic timers.
+    pub(super) fn ops_ready(&mut self) {
+        let status = self.status_line();
+        if let Some(n) = &mut self.ops.notifier {
+            n.ready(&status);
+            self.wheel
+                .insert(self.now + STATUS_EVERY_MS, Due::Ops(OpsTimer::Status));
+        }
+        if self.ops.notifier.is_some()
+            && let Some(every) = self.ops.watchdog
+        {
+            if let Some(n) = &self.ops.notifier {
+                n.watchdog();
+            }
+            self.wheel
+                .insert(self.now + every, Due::Ops(OpsTimer::Watchdog));
+        }
+        self.wheel.insert(
+            self.now + LATENCY_WINDOW_MS,
+            Due::Ops(OpsTimer::RotateLatency),
+        );
+    }
+
+    pub(super) fn ops_timer(&mut self, timer: OpsTimer) {
+        match timer {
+            OpsTimer::Watchdog => {
+                // Sent from the loop itself: a stuck loop stops sending and systemd restarts it.
+                if let (Some(n), Some(every)) = (&self.ops.notifier, self.ops.watchdog) {
+                    n.watchdog();
+                    self.wheel
+                        .insert(self.now + every, Due::Ops(OpsTimer::Watchdog));
+                }
+            }
+            OpsTimer::Status => {
+                if self.draining_until.is_none() {
+                    let status = self.status_line();
+                    if let Some(n) = &mut self.ops.notifier {
+                        n.status(&status);
+                    }
+                    self.wheel
+                        .insert(self.now + STATUS_EVERY_MS, Due::Ops(OpsTimer::Status));
+                }
+            }
+            OpsTimer::RotateLatency => {
+                self.stats.latency.rotate();
+                self.wheel.insert(
+                    self.now + LATENCY_WINDOW_MS,
+                    Due::Ops(OpsTimer::RotateLatency),
+                );
+            }
+        }
+    }
+
+    /// The drain begins: `STOPPING=1`; the admin listener closes with the others.
+    pub(super) fn ops_stopping(&mut self) {
+        let status = format!("stopping: draining {} streams", self.streams_open());
+        if let Some(n) = &mut self.ops.notifier {
+            n.stopping(&status);
+        }
+        if let Some(mut l) = self.ops.admin.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+    }
+
+    fn streams_open(&self) -> usize {
+        self.conns.iter().filter(|(_, c)| c.is_streaming()).count()
+    }
+
+    fn status_line(&self) -> String {
+        format!(
+            "{} streams, {} connections, {} producers; {} events published, {} delivered",
+            self.streams_open(),
+            self.conns.len(),
+            self.producers.len(),
+            self.stats.events_published,
+            self.stats.deliveries,
+        )
+    }
+
+    // ---- reload ------------------------------------------------------------------------
+
+    /// Applies a reload answered this turn: the new values take effect for everything that
+    /// happens from now on; streams stay open.
+    pub(super) fn apply_reload(&mut self) {
+        let Some((config, diff)) = self.ops.pending.take() else {
+            return;
+        };
+        let old_keepalive = self.config.streams.keepalive;
+        self.config = config;
+        if diff.changed.contains(&"http.max_connections") {
+            self.max_connections = match self.config.http.max_connections {
+                0 => super::derived_max_connections(),
+                n => n,
+            };
+        }
+        if diff.changed.contains(&"log.level") {
+            set_log_level(&self.config.log.level);
+        }
+        if self.config.streams.keepalive < old_keepalive {
+            self.pull_keepalives_forward();
+        }
+        info!(
+            "config reloaded changed={:?} needs_restart={:?} max_connections={}",
+            diff.changed, diff.needs_restart, self.max_connections
+        );
+        if !diff.needs_restart.is_empty() {
+            warn!(
+                "config keys need a restart to take effect: {:?}",
+                diff.needs_restart
+            );
+        }
+        let status = self.status_line();
+        if let Some(n) = &mut self.ops.notifier {
+            n.status(&format!("reloaded; {status}"));
+        }
+    }
+
+    /// A shorter keepalive: idle streams whose next keepalive is further away than the new
+    /// interval get it sooner (a longer one takes effect after each stream's next timer).
+    fn pull_keepalives_forward(&mut self) {
+        let keepalive = self.config.streams.keepalive.as_millis() as Millis;
+        for (key, conn) in self.conns.iter_mut() {
+            if !conn.is_streaming() || conn.out.is_some() {
+                continue;
+            }
+            let due = (conn.last_write + keepalive).max(self.now);
+            match conn.timer {
+                Some(t) if self.wheel.deadline(t).is_some_and(|d| d > due) => {
+                    self.wheel.reschedule(t, due);
+                }
+                Some(_) => {}
+                None => conn.timer = Some(self.wheel.insert(due, Due::Conn(key as u32))),
+            }
+        }
+    }
+
+    // ---- admin listener and /metrics ---------------------------------------------------
+
+    pub(super) fn accept_admin(&mut self) {
+        loop {
+            let Some(listener) = &self.ops.admin else {
+                return;
+            };
+            let mut sock = match listener.accept() {
+                Ok((sock, _)) => sock,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("admin accept failed: {e}");
+                    return;
+                }
+            };
+            self.stats.accepted += 1;
+            if self.conns.len() >= self.max_connections + ADMIN_EXTRA {
+                continue;
+            }
+            let deadline = self.now + self.request_timeout();
+            let entry = self.conns.vacant_entry();
+            let key = entry.key() as u32;
+            if let Err(e) = self.poll.registry().register(
+                &mut sock,
+                Token(key as usize),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                debug!("register failed: {e}");
+                continue;
+            }
+            let mut conn = Conn::new(sock, self.now);
+            conn.set(flags::ADMIN);
+            conn.timer = Some(self.wheel.insert(deadline, Due::Conn(key)));
+            entry.insert(conn);
+        }
+    }
+
+    /// Routes `/metrics` (and, on the admin listener, everything): true when answered.
+    /// With an admin listener, `/metrics` and `/healthz` are served only there.
+    pub(super) fn route_admin(
+        &mut self,
+        key: u32,
+        path: &str,
+        method: Method,
+        after: After,
+        head_only: bool,
+    ) -> bool {
+        let on_admin = self.conns[key as usize].has(flags::ADMIN);
+        let split = self.ops.admin_configured;
+        match path {
+            "/metrics" | "/healthz" if split && !on_admin => {
+                self.answer(key, 404, "not found", after, &[], head_only);
+            }
+            "/metrics" | "/healthz" if !matches!(method, Method::Get | Method::Head) => {
+                let allow = [("Allow", "GET, HEAD")];
+                self.answer(key, 405, "method not allowed", after, &allow, false);
+            }
+            "/metrics" => {
+                let body = self.render_metrics();
+                self.queue_answer(key, metrics::http_response(&body, after, head_only), after);
+            }
+            "/healthz" if on_admin => self.answer(key, 200, "ok", after, &[], head_only),
+            _ if on_admin => self.answer(key, 404, "not found", after, &[], head_only),
+            _ => return false,
+        }
+        true
+    }
+
+    fn queue_answer(&mut self, key: u32, bytes: Vec<u8>, after: After) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if after == After::Close {
+            conn.set(flags::CLOSE_AFTER_FLUSH);
+        }
+        conn.out
+            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)))
+            .push(bytes.into());
+        fanout::mark_pending(conn, key, &mut self.pending);
+    }
+
+    fn render_metrics(&self) -> String {
+        let mut s = Snapshot {
+            producers: self.producers.len() as u64,
+            topics: self.hub.topics.len() as u64,
+            max_connections: self.max_connections as u64,
+            accepted: self.stats.accepted,
+            streams_opened: self.stats.streams_opened,
+            events_published: self.stats.events_published,
+            events_delivered: self.stats.deliveries,
+            events_replayed: self.stats.events_replayed,
+            bytes_written: self.stats.bytes_written,
+            slow_disconnects: self.stats.slow_disconnects,
+            ingest_errors: self.stats.ingest_errors,
+            history_events: self.hub.retained_events() as u64,
+            history_bytes: self.hub.retained_bytes() as u64,
+            reloads_ok: self.ops.reloads_ok,
+            reloads_failed: self.ops.reloads_failed,
+            start_time_unix_s: self.ops.start_unix_s,
+            ..Snapshot::default()
+        };
+        for (_, conn) in self.conns.iter() {
+            match conn.state {
+                ConnState::Streaming { .. } => s.conns_streaming += 1,
+                ConnState::Lingering => s.conns_lingering += 1,
+                ConnState::Reading { .. } => s.conns_reading += 1,
+            }
+        }
+        metrics::render(&s, &self.stats.rejected, &self.stats.latency)
+    }
+}
+
+/// The configured level, unless `RUST_LOG` (which wins, as at start) names one.
+fn set_log_level(level: &str) {
+    if std::env::var("RUST_LOG")
+        .ok()
+        .is_some_and(|v| crate::logger::parse_level(&v).is_ok())
+    {
+        return;
+    }
+    if let Ok(level) = crate::logger::parse_level(level) {
+        log::set_max_level(level);
+    }
+}
