@@ -9,12 +9,14 @@
 # prints a table of case × client. Exits non-zero on any failure; `pending` (a feature the
 # server does not have yet) is not a failure. --record also writes the table to
 # tests/conformance/RESULTS.md (otherwise target/conformance/results.md).
+# Honours CARGO_TARGET_DIR.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cd "$repo"
 
-out="$repo/target/conformance/results.md"
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+out="$target_dir/conformance/results.md"
 args=()
 for a in "$@"; do
   if [ "$a" = "--record" ]; then out="$here/RESULTS.md"; else args+=("$a"); fi
@@ -66,7 +68,7 @@ cargo build --release --quiet --bin ssehub
 # A private copy, so that a rebuild during the run cannot swap the binary under the suite.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp target/release/ssehub "$work/ssehub"
+cp "$target_dir/release/ssehub" "$work/ssehub"
 
 echo "== conformance: run"
 node "$here/suite.mjs" --bin "$work/ssehub" --chromium /usr/bin/chromium --nginx "$nginx_bin" \
