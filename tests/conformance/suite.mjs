@@ -410,6 +410,82 @@ cases.push({
   },
 });
 
+cases.push({
+  key: 'burst',
+  title: 'burst of 2,000 events (1 MB): all, in order, once (resuming if cut off)',
+  clients: ALL,
+  async run(ctx, agents) {
+    // The burst is bigger than max_pending_bytes: a client that does not keep up is cut
+    // off as a slow subscriber and must resume with Last-Event-ID from history.
+    const server = await ctx.server({
+      history: { max_events: 10000 },
+      streams: { max_pending_bytes: 65536, retry_base: '300ms', retry_jitter: '0s' },
+    });
+    const n = 2000;
+    return perClient(agents, async (a) => {
+      const topic = `burst:${a.name}`;
+      const s = await openOn(a, server.base, `topic=${topic}`, { types: ['message', 'tick'] });
+      await s.waitOpen();
+      const first = await server.publish({ topic, data: 'first' });
+      await s.waitMessages(1);
+      const p = await server.producer();
+      // Pipelined: every line is written before any answer is read.
+      const t0 = now();
+      const datas = Array.from({ length: n }, (_, i) => `${i}:` + 'x€\n'.repeat(i % 97) + 'ü'.repeat((i * 7) % 300));
+      const answers = await Promise.all(
+        datas.map((data, i) => p.request(JSON.stringify(i % 3 ? { topic, data } : { topic, event: 'tick', data }))),
+      );
+      const expected = [{ type: 'message', data: 'first', lastEventId: first }];
+      answers.forEach((line, i) => {
+        const ans = JSON.parse(line);
+        if (!ans.ok) fail(`publish refused: ${line}`);
+        expected.push({ type: i % 3 ? 'message' : 'tick', data: datas[i], lastEventId: ans.id });
+      });
+      const tPub = now();
+      await s.waitMessages(n + 1, 30000);
+      const tAll = now();
+      await sleep(300);
+      const seen = got(s);
+      if (seen.length !== expected.length) fail(`${seen.length} events, expected ${expected.length}: ${s.summary()}`);
+      for (let i = 0; i < expected.length; i++) eq(seen[i], expected[i], `event ${i} of ${expected.length}`);
+      await s.close();
+      const reconnects = s.opens().length - 1;
+      return `${n + 1} events, ${reconnects} reconnect(s), published in ${(tPub - t0).toFixed(0)} ms, all received after ${(tAll - t0).toFixed(0)} ms`;
+    });
+  },
+});
+
+cases.push({
+  key: 'reset',
+  title: 'unknown resume id: typed reset event (no id), then the history',
+  clients: ALL,
+  async run(ctx, agents) {
+    const server = await ctx.server();
+    return perClient(agents, async (a) => {
+      const topic = `reset:${a.name}`;
+      const ids = [];
+      for (let i = 0; i < 3; i++) ids.push(await server.publish({ topic, data: `kept ${i}` }));
+      // A first connection resuming from an id the hub never issued.
+      const s = await openOn(a, server.base, `topic=${topic}&lastEventId=not-an-id`, { types: ['message', 'reset'] });
+      await s.waitMessages(4);
+      const live = await server.publish({ topic, data: 'live' });
+      await s.waitMessages(5);
+      await sleep(200);
+      const [reset, ...rest] = got(s);
+      eq(reset.type, 'reset', 'first event type');
+      eq(JSON.parse(reset.data), { lastEventId: 'not-an-id', earliestId: ids[0] }, 'reset data');
+      // No id: line, so the client's last event id is unchanged (still empty).
+      eq(reset.lastEventId, '', 'lastEventId of the reset event');
+      eq(
+        rest,
+        [...ids.map((id, i) => ({ type: 'message', data: `kept ${i}`, lastEventId: id })), { type: 'message', data: 'live', lastEventId: live }],
+        'replay then live',
+      );
+      await s.close();
+    });
+  },
+});
+
 /**
  * ssehub behind nginx configured by docs/nginx.conf (read timeout replaced). With
  * `http10`, the example's HTTP/1.1 upstream lines are dropped: nginx's default HTTP/1.0
@@ -709,6 +785,55 @@ cases.push({
       await n.close();
     });
     return pendingWithoutCli(res, minted);
+  },
+});
+
+cases.push({
+  key: 'cors-resume',
+  title: 'cross-origin page: reconnect with Last-Event-ID after a restart',
+  clients: ['browser'],
+  async run(ctx, agents) {
+    const page = await ctx.page();
+    const other = await ctx.page();
+    const retryMs = 1500;
+    const dir = tmpDir('cors-restart');
+    const sections = {
+      cors: { allowed_origins: [page.origin] },
+      history: { data_dir: path.join(dir, 'data') },
+      streams: { retry_base: `${retryMs}ms`, retry_jitter: '0s', shutdown_spread: '0s' },
+    };
+    let server = await Ssehub.start(BIN, sections, { dir });
+    ctx.track(server);
+    try {
+      await requireCors(server, page.origin, other.origin);
+    } catch (e) {
+      return allResult(agents, e);
+    }
+    return perClient(agents, async (a) => {
+      // The reconnect carries Last-Event-ID, which is not a CORS-safelisted header: the
+      // browser may preflight it (OPTIONS), which the server must allow.
+      const s = await openOn(a, server.base, 'topic=cors:resume', { pageUrl: `${page.origin}/` });
+      await s.waitOpen();
+      const before = await server.publish({ topic: 'cors:resume', data: 'before' });
+      await s.waitMessages(1);
+      const tStop = now();
+      await server.stop('SIGTERM');
+      server = await Ssehub.start(BIN, sections, { dir, listen: `127.0.0.1:${server.port}` });
+      ctx.track(server);
+      const missed = await server.publish({ topic: 'cors:resume', data: 'missed' });
+      if (now() - tStop > retryMs * 0.9) fail('restart + publish too slow to be sure the client was away');
+      await s.waitMessages(2, retryMs * 3);
+      await sleep(200);
+      eq(
+        got(s),
+        [
+          { type: 'message', data: 'before', lastEventId: before },
+          { type: 'message', data: 'missed', lastEventId: missed },
+        ],
+        'events across the restart',
+      );
+      await s.close();
+    });
   },
 });
 

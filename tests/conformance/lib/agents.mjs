@@ -38,14 +38,27 @@ export class Stream {
 
   /** A short account of what was seen, for failure messages. */
   summary() {
-    return this.obs
-      .map((o) => {
+    const parts = this.obs.map((o) => {
         if (o.kind === 'message') return `message(${o.type}, id=${o.lastEventId}, ${JSON.stringify(o.data).slice(0, 60)})`;
         if (o.kind === 'error') return `error(readyState=${o.readyState}${o.status ? `, status=${o.status}` : ''}${o.message ? `, ${o.message}` : ''})`;
         if (o.kind === 'http') return `http(${o.status})`;
         return o.kind;
-      })
-      .join(', ');
+      });
+    // Long runs of messages are elided to their count.
+    const out = [];
+    let run = 0;
+    for (let i = 0; i < parts.length; i++) {
+      const isMsg = parts[i].startsWith('message(');
+      if (isMsg && run >= 3 && parts[i + 1]?.startsWith('message(')) {
+        run++;
+        if (out.at(-1)?.startsWith('…')) out[out.length - 1] = `… ${run - 3} more messages …`;
+        else out.push(`… ${run - 3} more messages …`);
+        continue;
+      }
+      run = isMsg ? run + 1 : 0;
+      out.push(parts[i]);
+    }
+    return out.join(', ');
   }
 
   /** Resolves when `pred(this)` holds; rejects after `ms` with what was seen. */
@@ -197,9 +210,11 @@ export class BrowserAgent {
     const page = await context.newPage();
     s.page = page;
     let seq = 0;
-    await page.exposeBinding('__report', (_src, o) => {
-      if (o.seq !== seq++) s.push({ kind: 'harness-error', message: `report out of order: ${o.seq}` });
-      s.push(o);
+    await page.exposeBinding('__report', (_src, batch) => {
+      for (const o of batch) {
+        if (o.seq !== seq++) s.push({ kind: 'harness-error', message: `report out of order: ${o.seq}` });
+        s.push(o);
+      }
     });
     page.on('response', (r) => {
       if (r.request().resourceType() === 'eventsource') s.push({ kind: 'http', status: r.status() });
@@ -211,8 +226,19 @@ export class BrowserAgent {
     await page.goto(spec.pageUrl, { timeout: 10000 });
     await page.evaluate(
       ({ url, types, withCredentials }) => {
+        // Reports go out in batches (one binding call per task), in order; each carries
+        // the page's own time of the event.
         let seq = 0;
-        const report = (o) => window.__report({ ...o, seq: seq++, t: performance.now() });
+        let batch = [];
+        const report = (o) => {
+          batch.push({ ...o, seq: seq++, t: performance.now() });
+          if (batch.length === 1)
+            setTimeout(() => {
+              const b = batch;
+              batch = [];
+              window.__report(b);
+            }, 0);
+        };
         const es = new EventSource(url, { withCredentials: !!withCredentials });
         window.__es = es;
         es.onopen = () => report({ kind: 'open', readyState: es.readyState });
