@@ -493,6 +493,20 @@ cases.push({
  */
 async function behindNginx(ctx, serverSections, readTimeout, { server, http10 = false } = {}) {
   server = server || (await ctx.server(serverSections));
+  let lastError;
+  // The free port is released before nginx binds it: try again should another process
+  // take it meanwhile.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await startBehind(ctx, server, readTimeout, http10);
+    } catch (e) {
+      lastError = e;
+    }
+  }
+  throw lastError;
+}
+
+async function startBehind(ctx, server, readTimeout, http10) {
   const port = await freePort();
   const subst = [
     ['listen 80;', `listen 127.0.0.1:${port};`],
@@ -505,8 +519,12 @@ async function behindNginx(ctx, serverSections, readTimeout, { server, http10 = 
   const base = `http://127.0.0.1:${port}`;
   let r;
   try {
-    r = await waitHttp(`${base}/healthz`);
+    r = await Promise.race([
+      waitHttp(`${base}/healthz`),
+      ngx.exited.then((code) => Promise.reject(new Error(`nginx exited with ${code}`))),
+    ]);
   } catch (e) {
+    await ngx.stop();
     fail(`nginx did not come up: ${e.message}\n${ngx.stderr()}\n${ngx.errorLog()}`);
   }
   if (r.status !== 200 || !/nginx/.test(r.headers.server || '')) fail(`/healthz through nginx: ${r.status} ${JSON.stringify(r.headers)}`);
@@ -867,6 +885,58 @@ cases.push({
       await n.waitFor((x) => x.errors().some((e) => e.readyState === 2), 5000, 'CLOSED');
       if (n.messages().length || n.opens().length) fail(`got a stream without a token: ${n.summary()}`);
       await n.close();
+    });
+    return pendingWithoutCli(res, minted);
+  },
+});
+
+cases.push({
+  key: 'token-expiry',
+  title: 'token expires: stream closed, reconnect refused (401), CLOSED',
+  clients: ALL,
+  async run(ctx, agents) {
+    const server = await ctx.server({
+      auth: { ...AUTH, leeway: '0s' },
+      streams: { retry_base: '300ms', retry_jitter: '0s' },
+    });
+    let minted;
+    try {
+      await requireAuth(server, 'private:probe');
+      minted = mintToken(SECRET, ['private:*'], '3s');
+    } catch (e) {
+      return allResult(agents, e);
+    }
+    const token = minted.token;
+    const exp = JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString()).exp;
+    const res = await perClient(agents, async (a) => {
+      const topic = `private:expiry-${a.name}`;
+      const auth =
+        a.name === 'browser'
+          ? { cookies: [{ name: 'ssehub_token', value: token, url: server.base }] }
+          : { headers: { Authorization: `Bearer ${token}` } };
+      const s = await openOn(a, server.base, `topic=${topic}`, auth);
+      await s.waitOpen();
+      const id = await server.publish({ topic, data: 'while valid' });
+      await s.waitMessages(1);
+      await s.waitFor((x) => x.errors().some((e) => e.readyState === 2), 8000, 'CLOSED after the token expired');
+      eq(got(s), [{ type: 'message', data: 'while valid', lastEventId: id }], 'events');
+      const errs = s.errors();
+      // Wall-clock time of the stream's end (the first error), from the harness clock.
+      const closedAt = (Date.now() - (now() - errs[0].at)) / 1000;
+      if (closedAt < exp - 0.05) fail(`closed ${(exp - closedAt).toFixed(2)} s before the token expired`);
+      if (closedAt > exp + 1.5) fail(`closed ${(closedAt - exp).toFixed(2)} s after the token expired`);
+      const unanswered = errs.slice(1).filter((e) => e.readyState === 0).length;
+      if (unanswered)
+        fail(
+          `after the stream ended at expiry, ${unanswered} reconnect(s) got no answer at all ` +
+            `(connection closed without a status line) before the 401: ${s.summary()}`,
+        );
+      eq(errs.map((e) => e.readyState), [0, 2], `error readyStates (stream closed, reconnect refused); saw ${s.summary()}`);
+      if (a.name !== 'browser' && errs[1].status !== 401) fail(`reconnect answered ${errs[1].status}, not 401`);
+      if (a.name === 'browser' && !s.obs.some((o) => o.kind === 'http' && o.status === 401))
+        fail(`no 401 seen: ${s.summary()}`);
+      await s.close();
+      return `closed ${(closedAt - exp).toFixed(1)} s after exp`;
     });
     return pendingWithoutCli(res, minted);
   },

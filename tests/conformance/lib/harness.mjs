@@ -89,7 +89,7 @@ export class Ssehub {
     const listening = new Promise((resolve, reject) => {
       readline.createInterface({ input: child.stderr }).on('line', (line) => {
         s.log.push(line);
-        const m = line.match(/listening http=(\S+)/);
+        const m = line.match(/listening https?=(\S+)/);
         if (m) resolve(m[1]);
       });
       s.exited.then(({ code, sig }) =>
