@@ -7,15 +7,18 @@
 //! Ingest data path: accept → read → split lines → decode → publish (hub) → fan-out →
 //! answer.
 
+use crate::auth::{Auth, Credentials};
 use crate::config::{Config, Durability};
 use crate::conn::{Conn, ConnState, Flush, OutQueue, flags};
 use crate::fanout::{self, Delivery};
 use crate::history::{Event, Limits, TopicId};
+use crate::http::cors::{Cors, Verdict};
 use crate::http::request::{self, Method, Parsed, Request};
-use crate::http::response::{self, ALLOW_EVENTS, After, STREAM_HEAD};
+use crate::http::response::{self, ALLOW_EVENTS, After};
 use crate::hub::{Hub, Resume};
 use crate::ingest::line::{self, Line};
 use crate::ingest::{self, Answers, BATCH_UNWRITTEN, InputLine, Producer};
+use crate::limits::{ClientKey, Counted, PerClient, forwarded_client};
 use crate::log::{Log, LogOptions, RecordRef};
 use crate::sse::{self, Frame};
 use crate::timer::{Millis, Wheel};
@@ -31,6 +34,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod ops;
 
 const HTTP_LISTENER: Token = Token(usize::MAX - 1);
 const INGEST_LISTENER: Token = Token(usize::MAX - 2);
@@ -49,6 +54,8 @@ const INGEST_READ_PER_TURN: usize = 256 * 1024;
 const MAX_DISCARDED: u16 = 4096;
 /// How long a closing connection waits for the client to close after our last answer.
 const LINGER_MS: Millis = 2_000;
+/// `Retry-After` of the cap answers (`503`, `429`), in seconds.
+const RETRY_AFTER_S: &str = "5";
 /// A replaying stream's queue is refilled from history up to this many bytes at a time.
 const REPLAY_BATCH_BYTES: usize = 64 * 1024;
 /// How often retained history is checked against `history.max_age`.
@@ -65,6 +72,8 @@ enum Due {
     ResumeAccept,
     /// Log the slow-subscriber disconnects of the last second in one line.
     SlowSummary,
+    /// systemd watchdog and status, latency windows (`ops`).
+    Ops(ops::OpsTimer),
 }
 
 /// Lets another thread (the signal handler) ask the loop to stop gracefully.
@@ -81,7 +90,7 @@ impl StopHandle {
     }
 }
 
-/// Counters for logs now and `/metrics` later.
+/// Counters for logs and `/metrics`.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub accepted: u64,
@@ -93,6 +102,14 @@ pub struct Stats {
     pub slow_unreported: u64,
     pub ingest_errors: u64,
     pub rejected_at_cap: u64,
+    /// Bytes written to HTTP clients.
+    pub bytes_written: u64,
+    /// Retained events queued to resuming streams.
+    pub events_replayed: u64,
+    /// Answers with an error status, by status.
+    pub rejected: crate::metrics::Rejected,
+    /// Publish-to-write latency.
+    pub latency: crate::metrics::Latency,
 }
 
 pub struct Server {
@@ -127,6 +144,13 @@ pub struct Server {
     replay_floors: HashMap<u32, u64>,
     /// The on-disk log (`history.data_dir`), if any.
     log: Option<Log>,
+    auth: Auth,
+    cors: Cors,
+    per_client: PerClient,
+    /// How each connection is counted by the per-client cap (only when the cap is on).
+    counted_as: HashMap<u32, Counted>,
+    /// Streams opened with a token: when it expires (loop ms, `exp` + leeway).
+    token_deadline: HashMap<u32, Millis>,
     /// Highest log batch known durable (or refused): answers and deliveries up to it are due.
     durable: u64,
     /// Accepted events whose log batch is not durable yet, in id order, with their batch.
@@ -134,11 +158,19 @@ pub struct Server {
     /// A batch was written this turn (fsync mode: ask for a sync before sleeping).
     sync_wanted: bool,
     pub stats: Stats,
+    /// systemd, admin listener, reload (`ops`).
+    ops: ops::Ops,
 }
 
 impl Server {
     /// Binds the HTTP listener and the ingest socket; nothing is accepted until `run`.
     pub fn bind(config: Config) -> io::Result<Server> {
+        Server::bind_with(config, crate::listen_fds::Passed::default())
+    }
+
+    /// As `bind`, but takes the listeners systemd passed in (socket activation) instead of
+    /// binding them; a kind not passed is bound from the configuration as usual.
+    pub fn bind_with(config: Config, passed: crate::listen_fds::Passed) -> io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let limits = Limits {
@@ -151,12 +183,29 @@ impl Server {
             true => None,
             false => Some(open_log(&config, waker.clone(), &mut hub)?),
         };
-        let mut http = bind_http(config.http.listen)?;
-        let mut ingest = ingest::bind(&config.ingest.socket, config.ingest.mode)?;
+        let auth = Auth::from_config(&config.auth)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let cors = Cors::new(&config.cors.allowed_origins, config.cors.allow_credentials);
+        let per_client = PerClient::new(config.http.max_per_ip, &config.http.trusted_proxies);
+        let mut http = match passed.http {
+            Some(l) => TcpListener::from_std(l),
+            None => bind_http(config.http.listen)?,
+        };
+        // A socket passed in belongs to the socket unit: its file stays at exit.
+        let owns_ingest_file = passed.ingest.is_none();
+        let mut ingest = match passed.ingest {
+            Some(l) => UnixListener::from_std(l),
+            None => ingest::bind(&config.ingest.socket, config.ingest.mode)?,
+        };
+        let mut admin = ops::admin_listener(&config, passed.admin)?;
         poll.registry()
             .register(&mut http, HTTP_LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut ingest, INGEST_LISTENER, Interest::READABLE)?;
+        if let Some(l) = &mut admin {
+            poll.registry()
+                .register(l, ops::ADMIN_LISTENER, Interest::READABLE)?;
+        }
         let max_connections = match config.http.max_connections {
             0 => derived_max_connections(),
             n => n,
@@ -174,6 +223,11 @@ impl Server {
             producers: Slab::new(),
             hub,
             log,
+            auth,
+            cors,
+            per_client,
+            counted_as: HashMap::new(),
+            token_deadline: HashMap::new(),
             durable: 0,
             unsynced: VecDeque::new(),
             sync_wanted: false,
@@ -194,6 +248,7 @@ impl Server {
             slow_summary_armed: false,
             replay_floors: HashMap::new(),
             stats: Stats::default(),
+            ops: ops::Ops::new(admin, owns_ingest_file),
         })
     }
 
@@ -218,6 +273,8 @@ impl Server {
     /// Runs until stopped and drained.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        self.now = self.clock();
+        self.ops_ready();
         loop {
             let now = self.clock();
             let timeout = self.poll_timeout(now);
@@ -237,6 +294,7 @@ impl Server {
             self.poll_log();
             self.fire_timers();
             self.read_producers_left_over();
+            self.apply_reload();
             if std::mem::take(&mut self.sync_wanted)
                 && let Some(log) = &mut self.log
             {
@@ -280,6 +338,7 @@ impl Server {
         match token {
             HTTP_LISTENER => self.accept_http(),
             INGEST_LISTENER => self.accept_producers(),
+            ops::ADMIN_LISTENER => self.accept_admin(),
             WAKER => {}
             Token(t) if t >= PRODUCER_BASE => {
                 let key = t - PRODUCER_BASE;
@@ -310,7 +369,7 @@ impl Server {
         }
         loop {
             let Some(listener) = &self.http else { return };
-            let (mut sock, _peer) = match listener.accept() {
+            let (mut sock, peer) = match listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -336,15 +395,38 @@ impl Server {
                     503,
                     "server at connection limit",
                     After::Close,
-                    &[("Retry-After", "5")],
+                    &[("Retry-After", RETRY_AFTER_S)],
                     false,
                 );
                 let _ = io::Write::write(&mut sock, &answer);
                 continue;
             }
+            let counted = if !self.per_client.enabled() {
+                None
+            } else if self.per_client.is_trusted(peer.ip()) {
+                Some(Counted::ViaProxy)
+            } else {
+                let client = ClientKey::of(peer.ip());
+                if !self.per_client.try_add(client) {
+                    self.stats.rejected_at_cap += 1;
+                    let answer = response::plain(
+                        429,
+                        "too many connections from your address",
+                        After::Close,
+                        &[("Retry-After", RETRY_AFTER_S)],
+                        false,
+                    );
+                    let _ = io::Write::write(&mut sock, &answer);
+                    continue;
+                }
+                Some(Counted::As(client))
+            };
             let deadline = self.now + self.request_timeout();
             let entry = self.conns.vacant_entry();
             let key = entry.key() as u32;
+            if let Some(counted) = counted {
+                self.counted_as.insert(key, counted);
+            }
             if let Err(e) = self.poll.registry().register(
                 &mut sock,
                 Token(key as usize),
@@ -475,44 +557,86 @@ impl Server {
             self.wheel
                 .reschedule(timer, self.now + self.request_timeout());
         }
+        // `/metrics`, and everything on the admin listener (`ops`).
+        if self.route_admin(key, &req.path, req.method, after, head_only) {
+            return;
+        }
+        if !self.count_forwarded_client(key, &req) {
+            self.stats.rejected_at_cap += 1;
+            let headers = [("Retry-After", RETRY_AFTER_S)];
+            let reason = "too many connections from your address";
+            return self.answer(key, 429, reason, After::Close, &headers, head_only);
+        }
+        // CORS headers go on every answer to an allowed origin, errors included.
+        let cors = self.cors.clone();
+        let verdict = cors.verdict(req.origin.as_deref());
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Verdict::Allowed(origin) = verdict {
+            cors.headers(origin, &mut headers);
+        }
         match req.path.as_str() {
             "/events" => match req.method {
                 Method::Get | Method::Head => {}
                 Method::Options => {
-                    return self.answer(key, 204, "", after, &[("Allow", ALLOW_EVENTS)], false);
+                    if verdict == Verdict::Refused {
+                        return self.answer(key, 403, "origin not allowed", after, &[], false);
+                    }
+                    headers.push(("Allow", ALLOW_EVENTS));
+                    if matches!(verdict, Verdict::Allowed(_)) {
+                        let mut preflight = Vec::new();
+                        Cors::preflight_headers(&mut preflight);
+                        headers.extend(preflight);
+                    }
+                    return self.answer(key, 204, "", after, &headers, false);
                 }
                 Method::Other => {
-                    return self.answer(
-                        key,
-                        405,
-                        "method not allowed",
-                        after,
-                        &[("Allow", ALLOW_EVENTS)],
-                        false,
-                    );
+                    headers.push(("Allow", ALLOW_EVENTS));
+                    return self.answer(key, 405, "method not allowed", after, &headers, false);
                 }
             },
             "/healthz" => {
                 return match req.method {
                     Method::Get | Method::Head => {
-                        self.answer(key, 200, "ok", after, &[], head_only)
+                        self.answer(key, 200, "ok", after, &headers, head_only)
                     }
-                    _ => self.answer(
-                        key,
-                        405,
-                        "method not allowed",
-                        after,
-                        &[("Allow", "GET, HEAD")],
-                        false,
-                    ),
+                    _ => {
+                        headers.push(("Allow", "GET, HEAD"));
+                        self.answer(key, 405, "method not allowed", after, &headers, false)
+                    }
                 };
             }
-            _ => return self.answer(key, 404, "not found", after, &[], head_only),
+            _ => return self.answer(key, 404, "not found", after, &headers, head_only),
         }
         let query = match request::parse_stream_query(&req.query, self.config.streams.max_topics) {
             Ok(q) => q,
             // After a 400 the connection is closed (SPEC 2).
-            Err(reason) => return self.answer(key, 400, &reason, After::Close, &[], head_only),
+            Err(reason) => {
+                return self.answer(key, 400, &reason, After::Close, &headers, head_only);
+            }
+        };
+        if verdict == Verdict::Refused {
+            return self.answer(key, 403, "origin not allowed", after, &headers, head_only);
+        }
+        let creds = Credentials {
+            authorization: req.authorization.as_deref(),
+            cookie_header: req.cookie.as_deref(),
+            query_token: query.token.as_deref(),
+        };
+        let token_exp = match self.auth.check(&query.topics, &creds) {
+            Ok(exp) => exp,
+            Err(denied) => {
+                if denied.status == 401 {
+                    headers.push(("WWW-Authenticate", "Bearer"));
+                }
+                return self.answer(
+                    key,
+                    denied.status,
+                    denied.reason,
+                    after,
+                    &headers,
+                    head_only,
+                );
+            }
         };
         // The resume point: the Last-Event-ID header wins (what EventSource sends on
         // reconnect), else the lastEventId parameter (a first connection).
@@ -522,19 +646,18 @@ impl Server {
             .iter()
             .map(|name| self.hub.topics.intern(name))
             .collect();
-        match self.hub.plan_resume(&topics, resume.as_deref()) {
-            Resume::Finished => {
-                for &t in topics.iter() {
-                    self.hub.topics.forget_if_idle(t);
-                }
-                self.answer(key, 204, "", after, &[], false)
+        let plan = self.hub.plan_resume(&topics, resume.as_deref());
+        if head_only || plan == Resume::Finished {
+            for &t in topics.iter() {
+                self.hub.topics.forget_if_idle(t);
             }
-            Resume::Stream { .. } if head_only => {
-                for &t in topics.iter() {
-                    self.hub.topics.forget_if_idle(t);
-                }
-                self.start_stream(key, topics, None, true)
+            if plan == Resume::Finished {
+                return self.answer(key, 204, "", after, &headers, false);
             }
+            return self.start_stream(key, topics, None, &headers, true);
+        }
+        let replay = match plan {
+            Resume::Finished => None,
             Resume::Stream {
                 cursor,
                 reset,
@@ -548,10 +671,34 @@ impl Server {
                     // for); only later evictions of unsent events end the replay.
                     self.replay_floors.insert(key, gone);
                 }
-                let replay = replay.then_some((cursor, reset_frame));
-                self.start_stream(key, topics, replay, false)
+                replay.then_some((cursor, reset_frame))
             }
+        };
+        if let Some(exp) = token_exp {
+            // The stream ends when its token expires (exp + leeway), by the wheel.
+            let left_ms = (exp + self.auth.leeway_s())
+                .saturating_mul(1000)
+                .saturating_sub(unix_millis());
+            self.token_deadline.insert(key, self.now + left_ms);
         }
+        self.start_stream(key, topics, replay, &headers, false);
+    }
+
+    /// With a per-client cap behind a trusted proxy, counts the client named by the
+    /// proxy's `X-Forwarded-For` entry; false when that client is at its cap.
+    fn count_forwarded_client(&mut self, key: u32, req: &Request) -> bool {
+        if self.counted_as.get(&key) != Some(&Counted::ViaProxy) {
+            return true;
+        }
+        let Some(client) = req.forwarded_for.as_deref().and_then(forwarded_client) else {
+            return true;
+        };
+        let client = ClientKey::of(client);
+        if !self.per_client.try_add(client) {
+            return false;
+        }
+        self.counted_as.insert(key, Counted::As(client));
+        true
     }
 
     /// Queues a plain answer; `After::Close` lingers and closes once it is written.
@@ -565,6 +712,9 @@ impl Server {
         head_only: bool,
     ) {
         let bytes = response::plain(status, reason, after, headers, head_only);
+        if status >= 400 {
+            self.stats.rejected.count(status);
+        }
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -587,9 +737,10 @@ impl Server {
         key: u32,
         topics: Box<[TopicId]>,
         replay: Option<(u64, Option<Vec<u8>>)>,
+        headers: &[(&str, &str)],
         head_only: bool,
     ) {
-        let mut head = STREAM_HEAD.to_vec();
+        let mut head = response::stream_head(headers);
         let conn = &mut self.conns[key as usize];
         if head_only {
             conn.set(flags::CLOSE_AFTER_FLUSH);
@@ -633,6 +784,9 @@ impl Server {
             debug!("closing stream: client sent too much after its request");
             return self.close(key);
         }
+        if let Some(&deadline) = self.token_deadline.get(&key) {
+            self.arm_no_later_than(key, deadline);
+        }
         self.refill_replay(key);
         // The head may have filled the read buffer with more still in the socket; with
         // edge-triggered readiness nobody would tell us again, so drain it now.
@@ -674,6 +828,7 @@ impl Server {
             };
             out.push(event.frame.clone());
             conn.cursor = event.id;
+            self.stats.events_replayed += 1;
             if event.is_final && self.hub.stream_finished(topics, conn.cursor) {
                 finished = true;
                 break;
@@ -725,9 +880,11 @@ impl Server {
             let result = out.flush(&mut conn.sock, WRITES_PER_TURN);
             if out.pending_bytes() < before {
                 conn.last_write = self.now;
+                self.stats.bytes_written += (before - out.pending_bytes()) as u64;
             }
             match result {
                 Ok((Flush::Done, _)) => {
+                    self.stats.latency.written(conn.cursor, out.since);
                     conn.out = None;
                     if conn.has(flags::REPLAYING) {
                         self.refill_replay(key);
@@ -763,6 +920,11 @@ impl Server {
     /// Makes sure the connection's timer fires no later than the write deadline.
     fn arm_write_timeout(&mut self, key: u32, since: Millis) {
         let deadline = since + self.config.streams.write_timeout.as_millis() as Millis;
+        self.arm_no_later_than(key, deadline);
+    }
+
+    /// Makes sure the connection's timer fires no later than `deadline`.
+    fn arm_no_later_than(&mut self, key: u32, deadline: Millis) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -809,6 +971,7 @@ impl Server {
                     self.stats.slow_unreported = 0;
                     self.slow_summary_armed = false;
                 }
+                Due::Ops(timer) => self.ops_timer(timer),
             }
         }
     }
@@ -818,9 +981,14 @@ impl Server {
         let now = self.now;
         let keepalive = self.config.streams.keepalive.as_millis() as Millis;
         let write_timeout = self.config.streams.write_timeout.as_millis() as Millis;
+        let token_deadline = self.token_deadline.get(&key).copied();
         let conn = &mut self.conns[key as usize];
         if conn.has(flags::CLOSING) {
             return;
+        }
+        if token_deadline.is_some_and(|d| now >= d) {
+            debug!("closing stream: its token expired");
+            return self.close(key);
         }
         let next = match conn.state {
             ConnState::Reading { .. } | ConnState::Lingering => {
@@ -851,6 +1019,7 @@ impl Server {
                 }
             }
         };
+        let next = token_deadline.map_or(next, |d| next.min(d));
         conn.timer = Some(self.wheel.insert(next, Due::Conn(key)));
     }
 
@@ -875,6 +1044,8 @@ impl Server {
             max_pending: self.config.streams.max_pending_bytes,
             max_topics: self.config.streams.max_topics,
             max_line: self.config.ingest.max_event_bytes,
+            ops: &mut self.ops,
+            config: &self.config,
         };
         loop {
             let Some(p) = self.producers.get_mut(key) else {
@@ -1128,6 +1299,10 @@ impl Server {
         while let Some(key) = self.closing.pop() {
             self.hub_unsubscribe(key);
             self.replay_floors.remove(&key);
+            self.token_deadline.remove(&key);
+            if let Some(Counted::As(client)) = self.counted_as.remove(&key) {
+                self.per_client.remove(client);
+            }
             if let Some(mut conn) = self.conns.try_remove(key as usize) {
                 if let Some(t) = conn.timer {
                     self.wheel.cancel(t);
@@ -1159,12 +1334,15 @@ impl Server {
             self.conns.len()
         );
         self.draining_until = Some(self.now + drain);
+        self.ops_stopping();
         if let Some(mut l) = self.http.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         if let Some(mut l) = self.ingest.take() {
             let _ = self.poll.registry().deregister(&mut l);
-            let _ = std::fs::remove_file(&self.ingest_path);
+            if self.ops.owns_ingest_file {
+                let _ = std::fs::remove_file(&self.ingest_path);
+            }
         }
         let base = self.config.streams.retry_base.as_millis() as u64;
         let spread = self.config.streams.shutdown_spread.as_millis() as u64;
@@ -1214,6 +1392,9 @@ struct Publisher<'a> {
     max_pending: usize,
     max_topics: usize,
     max_line: usize,
+    /// Admin commands (`{"admin":"reload"}`) and the configuration they compare with.
+    ops: &'a mut ops::Ops,
+    config: &'a Config,
 }
 
 impl Publisher<'_> {
@@ -1229,7 +1410,12 @@ impl Publisher<'_> {
         let publish = match decoded {
             Ok(Line::Blank) => return,
             Ok(Line::Publish(publish)) => publish,
-            Ok(Line::Admin(_)) => return answers.error("admin commands are not supported yet"),
+            Ok(Line::Admin(line::Admin::Reload)) => {
+                return match self.ops.request_reload(self.config) {
+                    Ok(answer) => answers.raw(&answer),
+                    Err(reason) => answers.error(&reason),
+                };
+            }
             Err(e) => {
                 self.stats.ingest_errors += 1;
                 return answers.error(&e.0);
@@ -1290,6 +1476,7 @@ fn fan_out(
     now: Millis,
     max_pending: usize,
 ) {
+    stats.latency.committed(event.id);
     for &t in event.topics.iter() {
         for &sub in hub.topics.get(t).subscribers.iter() {
             let Some(conn) = conns.get_mut(sub as usize) else {
@@ -1362,7 +1549,7 @@ fn open_log(config: &Config, waker: Arc<Waker>, hub: &mut Hub) -> io::Result<Log
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.ingest.is_some() {
+        if self.ingest.is_some() && self.ops.owns_ingest_file {
             let _ = std::fs::remove_file(&self.ingest_path);
         }
     }

@@ -21,8 +21,11 @@
 //! out queue), `http` (request parsing, canned answers), `pubsub` (topics and subscribers),
 //! `fanout` (frames into queues), `sse` (wire format), `history` (ids, retention), `hub`
 //! (the publish path), `ingest` (Unix-socket producers), `timer` (the wheel), `publish`
-//! (the command-line producer), `logger`, `rlimit`.
+//! (the command-line producer), `logger`, `rlimit`. Operations: `metrics` (Prometheus
+//! text), `notify` (systemd `sd_notify`), `listen_fds` (socket activation), `reload`
+//! (configuration source, diff, `ssehub reload`); their loop glue is `event_loop::ops`.
 
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod event_loop;
@@ -31,10 +34,15 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod limits;
+pub mod listen_fds;
 pub mod log;
 pub mod logger;
+pub mod metrics;
+pub mod notify;
 pub mod publish;
 pub mod pubsub;
+pub mod reload;
 pub mod rlimit;
 pub mod sse;
 pub mod timer;

@@ -1,10 +1,11 @@
 //! The `ssehub` command: parse the command line, load configuration, run. No logic here.
 
 use clap::{Args, Parser, Subcommand};
-use log::{error, info};
+use log::{error, info, warn};
 use ssehub::config::Config;
 use ssehub::event_loop::Server;
-use ssehub::{logger, publish, rlimit};
+use ssehub::reload::{ConfigSource, Overrides};
+use ssehub::{listen_fds, logger, notify, publish, reload, rlimit};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +31,23 @@ enum Command {
     Publish(PublishArgs),
     /// Validate a configuration file.
     CheckConfig { file: PathBuf },
+    /// Mint an HS256 token for private topics (for operators and tests).
+    Token(TokenArgs),
+    /// Ask a running hub to re-read its configuration file (the unit's ExecReload).
+    Reload(ReloadArgs),
+}
+
+#[derive(Args)]
+struct ReloadArgs {
+    /// Ingest socket path of the running hub.
+    #[arg(long, conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Take the ingest socket path from this configuration file instead.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How long to keep retrying to connect, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = ssehub::config::parse_duration)]
+    wait: std::time::Duration,
 }
 
 #[derive(Args, Default)]
@@ -49,6 +67,22 @@ struct ServeArgs {
     /// Log level: error, warn, info, debug, trace (log.level).
     #[arg(long)]
     log_level: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Read auth.secret from this configuration file.
+    #[arg(long, conflicts_with = "secret")]
+    config: Option<PathBuf>,
+    /// The HS256 secret.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Topic pattern the token may read (repeat; a trailing * matches by prefix).
+    #[arg(long, required = true)]
+    subscribe: Vec<String>,
+    /// Lifetime, e.g. 1h.
+    #[arg(long, default_value = "1h", value_parser = ssehub::config::parse_duration)]
+    ttl: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -81,6 +115,8 @@ fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Publish(args)) => run_publish(args),
+        Some(Command::Reload(args)) => run_reload(args),
+        Some(Command::Token(args)) => run_token(args),
         Some(Command::CheckConfig { file }) => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -95,28 +131,23 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let mut config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("ssehub: {e}");
-                return ExitCode::FAILURE;
-            }
+    // The file plus the flags; a reload reads the file again and re-applies the flags.
+    let source = ConfigSource {
+        path: args.config,
+        overrides: Overrides {
+            listen: args.listen,
+            socket: args.socket,
+            data_dir: args.data_dir,
+            log_level: args.log_level,
         },
-        None => Config::default(),
     };
-    if let Some(listen) = args.listen {
-        config.http.listen = listen;
-    }
-    if let Some(socket) = args.socket {
-        config.ingest.socket = socket;
-    }
-    if let Some(dir) = args.data_dir {
-        config.history.data_dir = dir;
-    }
-    if let Some(level) = args.log_level {
-        config.log.level = level;
-    }
+    let config = match source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ssehub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let level = match logger::parse_level(&config.log.level) {
         Ok(l) => l,
         Err(e) => {
@@ -125,18 +156,41 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     logger::init(level);
+    info!(
+        "starting ssehub version={} pid={}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    log_config(&source, &config);
     let (before, soft, hard) = rlimit::raise_nofile();
     info!(
         "file descriptor limit nofile_soft_before={before} nofile_soft={soft} nofile_hard={hard}"
     );
+    // systemd's environment is read (and cleared) before any other thread exists.
+    let passed = match listen_fds::take_from_env() {
+        Ok(p) => p,
+        Err(e) => {
+            error!("cannot take the sockets passed by systemd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for what in &passed.ignored {
+        warn!("ignoring a passed descriptor that is no listening TCP or Unix stream socket: {what}");
+    }
+    let socket_activated = !passed.is_empty();
+    let ingest_passed = passed.ingest.is_some();
+    let notifier = notify::Notifier::from_env();
+    let watchdog = notify::watchdog_interval_from_env();
     let ingest_path = config.ingest.socket.clone();
-    let mut server = match Server::bind(config) {
+    let mut server = match Server::bind_with(config, passed) {
         Ok(s) => s,
         Err(e) => {
             error!("cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
+    server.set_systemd(notifier, watchdog);
+    server.set_config_source(source);
     let stop = server.stop_handle();
     if let Err(e) = ctrlc::set_handler(move || stop.stop()) {
         error!("cannot install the signal handler: {e}");
@@ -144,9 +198,14 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     match server.http_addr() {
         Ok(addr) => info!(
-            "listening http={addr} ingest={} max_connections={}",
+            "listening http={addr} ingest={}{} admin={} max_connections={} socket_activated={socket_activated} watchdog_ms={}",
             ingest_path.display(),
-            server.max_connections()
+            if ingest_passed { " (passed in)" } else { "" },
+            server
+                .admin_addr()
+                .map_or_else(|| "-".to_string(), |a| a.to_string()),
+            server.max_connections(),
+            watchdog.map_or(0, |w| w.as_millis()),
         ),
         Err(e) => error!("no listener address: {e}"),
     }
@@ -182,6 +241,95 @@ fn run_publish(args: PublishArgs) -> ExitCode {
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("ssehub publish: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_token(args: TokenArgs) -> ExitCode {
+    let secret = match (args.secret, args.config) {
+        (Some(s), _) => s,
+        (None, Some(path)) => match Config::load(&path) {
+            Ok(c) => c.auth.secret,
+            Err(e) => {
+                eprintln!("ssehub token: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => {
+            eprintln!("ssehub token: give --secret or --config");
+            return ExitCode::from(2);
+        }
+    };
+    if secret.is_empty() {
+        eprintln!("ssehub token: the secret is empty (auth.secret)");
+        return ExitCode::FAILURE;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match ssehub::auth::mint(&secret, &args.subscribe, now, args.ttl.as_secs()) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ssehub token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line with the configuration in force (the notable keys; `check-config` shows none).
+fn log_config(source: &ConfigSource, c: &Config) {
+    info!(
+        "config file={} listen={} admin_listen={:?} ingest={} data_dir={:?} durability={:?} \
+         keepalive={:?} retry_base={:?} shutdown_spread={:?} drain_timeout={:?} \
+         max_connections={} max_per_ip={} tls={} private_patterns={} log_level={}",
+        source
+            .path
+            .as_ref()
+            .map_or_else(|| "(defaults)".to_string(), |p| p.display().to_string()),
+        c.http.listen,
+        c.http.admin_listen,
+        c.ingest.socket.display(),
+        c.history.data_dir,
+        c.history.durability,
+        c.streams.keepalive,
+        c.streams.retry_base,
+        c.streams.shutdown_spread,
+        c.streams.drain_timeout,
+        c.http.max_connections,
+        c.http.max_per_ip,
+        c.tls.is_some(),
+        c.auth.private.len(),
+        c.log.level,
+    );
+}
+
+fn run_reload(args: ReloadArgs) -> ExitCode {
+    let socket = match (args.socket, args.config) {
+        (Some(s), _) => s,
+        (None, Some(path)) => match Config::load(&path) {
+            Ok(c) => c.ingest.socket,
+            Err(e) => {
+                eprintln!("ssehub reload: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => PathBuf::from("./ssehub.sock"),
+    };
+    match reload::request(&socket, args.wait) {
+        Ok(answer) => {
+            println!("{answer}");
+            if answer.starts_with("{\"ok\":true") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ssehub reload: {e}");
             ExitCode::FAILURE
         }
     }

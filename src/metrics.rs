@@ -72,6 +72,13 @@ impl Latency {
         self.origin.elapsed().as_micros() as u64
     }
 
+    /// Measure from `origin`, the instant the loop's millisecond clock counts from, so that
+    /// commit times compare exactly with the queue times `written` is given.
+    pub fn set_origin(&mut self, origin: Instant) {
+        self.origin = origin;
+        self.commits.clear();
+    }
+
     /// Event `id` was committed just now.
     pub fn committed(&mut self, id: u64) {
         if self.commits.len() == COMMIT_RING {
@@ -304,7 +311,7 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
     family(
         "ssehub_history_bytes",
         "gauge",
-        "Payload bytes retained in history.",
+        "Bytes of the events retained in history (their encoded frames, what history.max_bytes caps).",
         &one(s.history_bytes),
     );
     family(

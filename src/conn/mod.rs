@@ -33,6 +33,8 @@ pub mod flags {
     pub const CLOSING: u8 = 8;
     /// Catching up from history: live events are not queued (the replay reaches them).
     pub const REPLAYING: u8 = 16;
+    /// Accepted on the admin listener (`http.admin_listen`): `/metrics` and `/healthz` only.
+    pub const ADMIN: u8 = 128;
 }
 
 #[derive(Debug)]

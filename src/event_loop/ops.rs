@@ -154,6 +154,7 @@ impl Server {
 
     /// The loop is about to serve: tell systemd, start the periodic timers.
     pub(super) fn ops_ready(&mut self) {
+        self.stats.latency.set_origin(self.started);
         let status = self.status_line();
         if let Some(n) = &mut self.ops.notifier {
             n.ready(&status);

@@ -10,6 +10,20 @@ X-Accel-Buffering: no\r\n\
 Connection: close\r\n\
 \r\n";
 
+/// The stream head with extra headers (CORS) before its end.
+pub fn stream_head(extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(STREAM_HEAD.len() + 160);
+    head.extend_from_slice(&STREAM_HEAD[..STREAM_HEAD.len() - 2]);
+    for (name, value) in extra {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
 /// Header value of `Allow` for the stream endpoint.
 pub const ALLOW_EVENTS: &str = "GET, HEAD, OPTIONS";
 
@@ -85,6 +99,16 @@ pub fn plain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_head_with_extra_headers() {
+        assert_eq!(stream_head(&[]), STREAM_HEAD);
+        let h = String::from_utf8(stream_head(&[("Vary", "Origin")])).unwrap();
+        assert!(
+            h.ends_with("Connection: close\r\nVary: Origin\r\n\r\n"),
+            "{h}"
+        );
+    }
 
     #[test]
     fn plain_close() {

@@ -36,6 +36,8 @@ struct Held {
 enum Answer {
     Ok(u64),
     Err(String),
+    /// A whole line (an admin command's answer).
+    Raw(String),
 }
 
 impl Answers {
@@ -60,6 +62,19 @@ impl Answers {
             self.held.push_back(Held {
                 batch: BATCH_UNWRITTEN,
                 answer: Answer::Err(reason.to_string()),
+            });
+        }
+    }
+
+    /// A complete answer line (without its newline), e.g. an admin command's, written
+    /// after every earlier answer.
+    pub fn raw(&mut self, line: &str) {
+        if self.held.is_empty() {
+            self.write(Answer::Raw(line.to_string()));
+        } else {
+            self.held.push_back(Held {
+                batch: BATCH_UNWRITTEN,
+                answer: Answer::Raw(line.to_string()),
             });
         }
     }
@@ -129,6 +144,10 @@ impl Answers {
         match answer {
             Answer::Ok(id) => line::write_ok(&mut self.ready, id),
             Answer::Err(reason) => line::write_error(&mut self.ready, &reason),
+            Answer::Raw(text) => {
+                self.ready.extend_from_slice(text.as_bytes());
+                self.ready.push(b'\n');
+            }
         }
     }
 }
