@@ -1,0 +1,168 @@
+//! Reload without restart (SPEC 3.3, 5): `{"admin":"reload"}` on the ingest socket (and
+//! `ssehub reload`, the unit's ExecReload) re-reads the config file, answers which keys
+//! changed and which need a restart, and applies the reloadable ones while streams stay
+//! open. A broken file changes nothing. SIGHUP is still a graceful stop (tests/signals.rs).
+mod common;
+mod ops_support;
+
+use common::*;
+use ops_support::*;
+use std::time::{Duration, Instant};
+
+fn reload_answer(socket: &std::path::Path) -> (Option<i32>, String) {
+    let out = run_bin(
+        &["reload", "--socket", socket.to_str().unwrap()],
+        b"",
+        Duration::from_secs(10),
+    );
+    (out.code, format!("{}{}", out.stdout, out.stderr))
+}
+
+#[test]
+fn reload_changes_limits_while_streams_stay_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let config = write_config(
+        dir.path(),
+        "max_header_bytes = 8192",
+        "[streams]\nkeepalive = \"60s\"\n",
+    );
+    let mut hub = Hub::start(&config, |_| {});
+    let mut open = Client::connect(hub.addr);
+    open.send("GET /events?topic=kept HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(open.read_head().starts_with("HTTP/1.1 200 OK"));
+    assert!(open.read_line().starts_with("retry: "));
+
+    // A 3 KB header is fine under 8192.
+    let big = format!("X-Pad: {}\r\n", "p".repeat(3000));
+    let mut c = Client::connect(hub.addr);
+    c.send(&format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{big}\r\n"));
+    assert_eq!(c.read_response().0, 200);
+
+    // New limits, and a key that needs a restart.
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:1\"\nmax_header_bytes = 1024\n\
+             [ingest]\nsocket = {:?}\n[streams]\nkeepalive = \"300ms\"\n",
+            socket.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, answer) = reload_answer(&socket);
+    assert_eq!(code, Some(0), "{answer}");
+    let v: serde_json::Value = serde_json::from_str(answer.trim()).expect("JSON answer");
+    assert_eq!(v["ok"], true);
+    let names = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names("changed"),
+        ["http.max_header_bytes", "streams.keepalive"]
+    );
+    assert_eq!(names("needs_restart"), ["http.listen"]);
+
+    // The open stream is still there and gets the new, shorter keepalive at once (not
+    // after the old 60 s).
+    let started = Instant::now();
+    assert_eq!(open.read_line(), ":\n");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let started = Instant::now();
+    assert_eq!(open.read_line(), ":\n");
+    let gap = started.elapsed();
+    assert!(
+        gap > Duration::from_millis(200) && gap < Duration::from_millis(1500),
+        "keepalive every 300 ms now, got {gap:?}"
+    );
+    // Events still flow to it.
+    let id = Producer::connect(&socket).publish("kept", "still here");
+    let mut event = open.read_event();
+    while event.starts_with(":\n") {
+        event = event[2..].to_string() + &open.read_event();
+    }
+    assert_eq!(event, format!("id: {id}\ndata: still here\n\n"));
+
+    // The new header limit applies to new requests: 3 KB is now 431.
+    let mut c = Client::connect(hub.addr);
+    c.send(&format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{big}\r\n"));
+    assert_eq!(c.read_response().0, 431);
+
+    // http.listen needs a restart: the hub still listens where it did.
+    let mut c = Client::connect(hub.addr);
+    c.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read_response().0, 200);
+    assert!(wait_for(Duration::from_secs(2), || {
+        hub.log_contains(
+            "config reloaded changed=[\"http.max_header_bytes\", \"streams.keepalive\"]",
+        )
+    }));
+    assert!(hub.log_contains("need a restart"));
+
+    hub.signal(libc::SIGTERM);
+    assert_eq!(hub.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn a_broken_file_changes_nothing_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let config = write_config(dir.path(), "", "[streams]\nkeepalive = \"60s\"\n");
+    let hub = Hub::start(&config, |_| {});
+    std::fs::write(&config, "[streams]\nkeepalve = \"1s\"\n").unwrap();
+    let (code, answer) = reload_answer(&socket);
+    assert_ne!(code, Some(0));
+    let reason = parse_error_answer(answer.trim()).unwrap_or_else(|| panic!("{answer}"));
+    assert!(
+        reason.contains("reload failed") && reason.contains("keepalve"),
+        "{reason}"
+    );
+    // Still serving with the old configuration.
+    let mut c = Client::connect(hub.addr);
+    c.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read_response().0, 200);
+}
+
+#[test]
+fn reload_answers_in_order_between_pipelined_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "");
+    let hub = Hub::start(&config, |_| {});
+    let _ = &hub;
+    let mut p = Producer::connect(&dir.path().join("ingest.sock"));
+    p.send_raw(
+        b"{\"topic\":\"a\",\"data\":1}\n{\"admin\":\"reload\"}\n{\"topic\":\"a\",\"data\":2}\n",
+    );
+    assert!(parse_ok(&p.read_answer()).is_some());
+    assert_eq!(
+        p.read_answer(),
+        r#"{"ok":true,"changed":[],"needs_restart":[]}"#
+    );
+    assert!(parse_ok(&p.read_answer()).is_some());
+}
+
+#[test]
+fn without_a_config_file_reload_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let mut run = spawn_bin(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(wait_for(Duration::from_secs(5), || socket.exists()));
+    let (code, answer) = reload_answer(&socket);
+    assert_ne!(code, Some(0));
+    assert!(answer.contains("started without --config"), "{answer}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGTERM) };
+    let _ = run.child.wait();
+}
