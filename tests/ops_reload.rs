@@ -166,3 +166,83 @@ fn without_a_config_file_reload_says_so() {
     unsafe { libc::kill(run.child.id() as i32, libc::SIGTERM) };
     let _ = run.child.wait();
 }
+
+#[test]
+fn reload_applies_auth_and_cors_to_new_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let config = write_config(dir.path(), "", "");
+    let hub = Hub::start(&config, |_| {});
+    let status = |query: &str, headers: &str| {
+        let mut c = Client::connect(hub.addr);
+        c.send(&format!(
+            "GET /events?{query} HTTP/1.1\r\nHost: t\r\n{headers}\r\n"
+        ));
+        let head = c.read_head();
+        head.split(' ').nth(1).unwrap().parse::<u16>().unwrap()
+    };
+    assert_eq!(
+        status("topic=secret:1", "Origin: https://evil.example\r\n"),
+        200
+    );
+    // A stream opened before the reload stays open.
+    let mut before = Client::connect(hub.addr);
+    before.send("GET /events?topic=secret:2 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(before.read_head().starts_with("HTTP/1.1 200"));
+    before.read_line();
+
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "[auth]\nsecret = \"s3cret\"\nprivate = [\"secret:*\"]\n\
+         [cors]\nallowed_origins = [\"https://app.example\"]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let (code, answer) = reload_answer(&socket);
+    assert_eq!(code, Some(0), "{answer}");
+    assert_eq!(
+        answer.trim(),
+        r#"{"ok":true,"changed":["auth.secret","auth.private","cors.allowed_origins"],"needs_restart":[]}"#
+    );
+    assert_eq!(
+        status("topic=secret:1", ""),
+        401,
+        "private after the reload"
+    );
+    assert_eq!(
+        status("topic=public", "Origin: https://evil.example\r\n"),
+        403
+    );
+    assert_eq!(
+        status("topic=public", "Origin: https://app.example\r\n"),
+        200
+    );
+    let token = run_bin(
+        &[
+            "token",
+            "--secret",
+            "s3cret",
+            "--subscribe",
+            "secret:*",
+            "--ttl",
+            "1h",
+        ],
+        b"",
+        Duration::from_secs(10),
+    );
+    let bearer = format!("Authorization: Bearer {}\r\n", token.stdout.trim());
+    assert_eq!(status("topic=secret:1", &bearer), 200);
+    let id = Producer::connect(&socket).publish("secret:2", "kept");
+    assert_eq!(before.read_event(), format!("id: {id}\ndata: kept\n\n"));
+
+    // A private pattern without any key is refused and nothing changes.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace("secret = \"s3cret\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    let (code, answer) = reload_answer(&socket);
+    assert_ne!(code, Some(0), "{answer}");
+    assert_eq!(
+        status("topic=secret:1", &bearer),
+        200,
+        "old keys still in force"
+    );
+}
