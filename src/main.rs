@@ -175,7 +175,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     for what in &passed.ignored {
-        warn!("ignoring a passed descriptor that is no listening TCP or Unix stream socket: {what}");
+        warn!(
+            "ignoring a passed descriptor that is no listening TCP or Unix stream socket: {what}"
+        );
     }
     let socket_activated = !passed.is_empty();
     let ingest_passed = passed.ingest.is_some();
