@@ -9,7 +9,7 @@
 
 use crate::auth::{Auth, Credentials};
 use crate::config::{Config, Durability};
-use crate::conn::{Conn, ConnState, Flush, OutQueue, flags};
+use crate::conn::{Conn, ConnState, Flush, OutQueue, flags, tls};
 use crate::fanout::{self, Delivery};
 use crate::history::{Event, Limits, TopicId};
 use crate::http::cors::{Cors, Verdict};
@@ -146,6 +146,8 @@ pub struct Server {
     log: Option<Log>,
     auth: Auth,
     cors: Cors,
+    /// HTTPS on the HTTP listener when `[tls]` is configured.
+    tls_config: Option<Arc<rustls::ServerConfig>>,
     per_client: PerClient,
     /// How each connection is counted by the per-client cap (only when the cap is on).
     counted_as: HashMap<u32, Counted>,
@@ -187,6 +189,13 @@ impl Server {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let cors = Cors::new(&config.cors.allowed_origins, config.cors.allow_credentials);
         let per_client = PerClient::new(config.http.max_per_ip, &config.http.trusted_proxies);
+        let tls_config = match &config.tls {
+            Some(t) => Some(
+                tls::server_config(&t.cert, &t.key)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
         let mut http = match passed.http {
             Some(l) => TcpListener::from_std(l),
             None => bind_http(config.http.listen)?,
@@ -225,6 +234,7 @@ impl Server {
             log,
             auth,
             cors,
+            tls_config,
             per_client,
             counted_as: HashMap::new(),
             token_deadline: HashMap::new(),
@@ -391,6 +401,7 @@ impl Server {
             self.stats.accepted += 1;
             if self.conns.len() >= self.max_connections {
                 self.stats.rejected_at_cap += 1;
+                self.stats.rejected.count(503);
                 let answer = response::plain(
                     503,
                     "server at connection limit",
@@ -409,6 +420,7 @@ impl Server {
                 let client = ClientKey::of(peer.ip());
                 if !self.per_client.try_add(client) {
                     self.stats.rejected_at_cap += 1;
+                    self.stats.rejected.count(429);
                     let answer = response::plain(
                         429,
                         "too many connections from your address",
@@ -436,6 +448,16 @@ impl Server {
                 continue;
             }
             let mut conn = Conn::new(sock, self.now);
+            if let Some(config) = &self.tls_config {
+                match tls::new_session(config) {
+                    Ok(session) => conn.tls = Some(session),
+                    Err(e) => {
+                        warn!("tls session: {e}");
+                        let _ = self.poll.registry().deregister(&mut conn.sock);
+                        continue;
+                    }
+                }
+            }
             conn.timer = Some(self.wheel.insert(deadline, Due::Conn(key)));
             entry.insert(conn);
         }
@@ -478,7 +500,13 @@ impl Server {
         match &mut conn.state {
             ConnState::Reading { buf } => {
                 let limit = self.config.http.max_header_bytes + 1;
-                match read_into(&mut conn.sock, buf, limit, &mut self.scratch) {
+                let tls = conn.tls.as_deref_mut();
+                let outcome = read_into(&mut conn.sock, tls, buf, limit, &mut self.scratch);
+                if conn.tls.as_ref().is_some_and(|t| t.wants_write()) {
+                    // Handshake messages to send.
+                    fanout::mark_pending(conn, key, &mut self.pending);
+                }
+                match outcome {
                     ReadOutcome::Open => self.process_requests(key),
                     ReadOutcome::Closed => self.close(key),
                 }
@@ -486,10 +514,12 @@ impl Server {
             ConnState::Streaming { .. } | ConnState::Lingering => {
                 let lingering = matches!(conn.state, ConnState::Lingering);
                 loop {
-                    match conn
-                        .sock
-                        .read(&mut self.scratch[..MAX_DISCARDED as usize + 1])
-                    {
+                    let scratch = &mut self.scratch[..MAX_DISCARDED as usize + 1];
+                    let read = match conn.tls.as_deref_mut() {
+                        Some(tls) if !lingering => tls::read(&mut conn.sock, tls, scratch),
+                        _ => conn.sock.read(scratch),
+                    };
+                    match read {
                         Ok(0) => return self.close(key),
                         Ok(n) if lingering => {
                             // Discard what is still in flight, but not forever.
@@ -638,6 +668,24 @@ impl Server {
                 );
             }
         };
+        // The stream ends when its token expires (exp + leeway), by the wheel. A token in
+        // its last second (the check counts whole seconds) is refused right here.
+        let token_left_ms = token_exp.map(|exp| {
+            (exp + self.auth.leeway_s())
+                .saturating_mul(1000)
+                .saturating_sub(unix_millis())
+        });
+        if token_left_ms == Some(0) {
+            headers.push(("WWW-Authenticate", "Bearer"));
+            return self.answer(
+                key,
+                401,
+                "the token has expired",
+                after,
+                &headers,
+                head_only,
+            );
+        }
         // The resume point: the Last-Event-ID header wins (what EventSource sends on
         // reconnect), else the lastEventId parameter (a first connection).
         let resume = req.last_event_id.or(query.last_event_id);
@@ -674,11 +722,7 @@ impl Server {
                 replay.then_some((cursor, reset_frame))
             }
         };
-        if let Some(exp) = token_exp {
-            // The stream ends when its token expires (exp + leeway), by the wheel.
-            let left_ms = (exp + self.auth.leeway_s())
-                .saturating_mul(1000)
-                .saturating_sub(unix_millis());
+        if let Some(left_ms) = token_left_ms {
             self.token_deadline.insert(key, self.now + left_ms);
         }
         self.start_stream(key, topics, replay, &headers, false);
@@ -758,7 +802,7 @@ impl Server {
                 conn.discarded = buf.len().min(usize::from(u16::MAX)) as u16;
             }
             conn.state = ConnState::Streaming { topics };
-            conn.last_write = self.now;
+            conn.wrote_at(self.now);
             match replay {
                 Some((cursor, reset)) => {
                     conn.cursor = cursor;
@@ -856,7 +900,7 @@ impl Server {
             return;
         };
         conn.clear(flags::WRITE_BLOCKED);
-        if conn.out.is_some() {
+        if conn.out.is_some() || conn.tls.as_ref().is_some_and(|t| t.wants_write()) {
             fanout::mark_pending(conn, key, &mut self.pending);
         }
     }
@@ -873,18 +917,23 @@ impl Server {
             if conn.has(flags::CLOSING) {
                 continue;
             }
-            let Some(out) = conn.out.as_mut() else {
-                continue;
+            let before = conn.pending_bytes();
+            let since = conn.out.as_ref().map(|o| o.since);
+            let result = match (conn.tls.as_deref_mut(), conn.out.as_deref_mut()) {
+                (Some(tls), out) => flush_tls(&mut conn.sock, tls, out),
+                (None, Some(out)) => out.flush(&mut conn.sock, WRITES_PER_TURN).map(|(f, _)| f),
+                (None, None) => continue,
             };
-            let before = out.pending_bytes();
-            let result = out.flush(&mut conn.sock, WRITES_PER_TURN);
-            if out.pending_bytes() < before {
-                conn.last_write = self.now;
-                self.stats.bytes_written += (before - out.pending_bytes()) as u64;
+            let after = conn.pending_bytes();
+            if after < before {
+                conn.wrote_at(self.now);
+                self.stats.bytes_written += (before - after) as u64;
             }
             match result {
-                Ok((Flush::Done, _)) => {
-                    self.stats.latency.written(conn.cursor, out.since);
+                Ok(Flush::Done) => {
+                    if let Some(since) = since {
+                        self.stats.latency.written(conn.cursor, since);
+                    }
                     conn.out = None;
                     if conn.has(flags::REPLAYING) {
                         self.refill_replay(key);
@@ -896,12 +945,13 @@ impl Server {
                         self.conn_readable(key);
                     }
                 }
-                Ok((Flush::Blocked, _)) => {
-                    let since = out.since;
+                Ok(Flush::Blocked) => {
                     conn.set(flags::WRITE_BLOCKED);
-                    self.arm_write_timeout(key, since);
+                    if let Some(since) = since {
+                        self.arm_write_timeout(key, since);
+                    }
                 }
-                Ok((Flush::Budget, _)) => {
+                Ok(Flush::Budget) => {
                     conn.set(flags::IN_PENDING);
                     again.push(key);
                 }
@@ -1004,10 +1054,10 @@ impl Server {
                         );
                         return self.close_slow(key);
                     }
-                    (conn.last_write + keepalive)
+                    conn.keepalive_due(now, keepalive)
                         .max(now + 1)
                         .min(out.since + write_timeout)
-                } else if now >= conn.last_write + keepalive {
+                } else if conn.since_write(now) >= keepalive {
                     conn.out = Some(Box::new(OutQueue::new(now)));
                     if let Some(out) = conn.out.as_mut() {
                         out.push(self.keepalive.clone());
@@ -1015,7 +1065,7 @@ impl Server {
                     fanout::mark_pending(conn, key, &mut self.pending);
                     now + keepalive
                 } else {
-                    conn.last_write + keepalive
+                    conn.keepalive_due(now, keepalive)
                 }
             }
         };
@@ -1269,6 +1319,11 @@ impl Server {
         conn.clear(flags::CLOSE_AFTER_FLUSH);
         conn.state = ConnState::Lingering;
         conn.discarded = 0;
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            // One last write so the close_notify alert reaches the peer.
+            tls.send_close_notify();
+            let _ = tls::write_pending(&mut conn.sock, tls);
+        }
         if conn.sock.shutdown(Shutdown::Write).is_err() {
             return self.close(key);
         }
@@ -1563,13 +1618,18 @@ enum ReadOutcome {
 /// Reads until `WouldBlock` or until `buf` holds `limit` bytes.
 fn read_into(
     sock: &mut TcpStream,
+    mut tls: Option<&mut rustls::ServerConnection>,
     buf: &mut Vec<u8>,
     limit: usize,
     scratch: &mut [u8],
 ) -> ReadOutcome {
     while buf.len() < limit {
         let room = (limit - buf.len()).min(scratch.len());
-        match sock.read(&mut scratch[..room]) {
+        let read = match tls.as_deref_mut() {
+            Some(tls) => tls::read(sock, tls, &mut scratch[..room]),
+            None => sock.read(&mut scratch[..room]),
+        };
+        match read {
             Ok(0) => return ReadOutcome::Closed,
             Ok(n) => buf.extend_from_slice(&scratch[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1580,7 +1640,28 @@ fn read_into(
     ReadOutcome::Open
 }
 
-fn bind_http(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Writes a TLS connection's queue: plaintext into the session (up to its buffer limit),
+/// ciphertext to the socket, a bounded number of rounds per turn.
+fn flush_tls(
+    sock: &mut TcpStream,
+    tls: &mut rustls::ServerConnection,
+    mut out: Option<&mut OutQueue>,
+) -> io::Result<Flush> {
+    for _ in 0..WRITES_PER_TURN {
+        if let Some(out) = out.as_deref_mut() {
+            out.feed(|bytes| tls::write_plaintext(tls, bytes))?;
+        }
+        if !tls::write_pending(sock, tls)? {
+            return Ok(Flush::Blocked);
+        }
+        if out.as_deref().is_none_or(OutQueue::is_empty) {
+            return Ok(Flush::Done);
+        }
+    }
+    Ok(Flush::Budget)
+}
+
+pub(crate) fn bind_http(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;

@@ -45,6 +45,13 @@ impl PerClient {
         }
     }
 
+    /// New limits from a configuration reload; connections already counted stay counted
+    /// (and are uncounted as they close), so a lowered cap applies to new connections.
+    pub fn reconfigure(&mut self, max: usize, trusted: &[IpAddr]) {
+        self.max = max;
+        self.trusted = trusted.to_vec();
+    }
+
     pub fn enabled(&self) -> bool {
         self.max > 0
     }

@@ -6,7 +6,19 @@ pub type Millis = u64;
 
 /// Handle of a pending timer. Ids are reused once the timer fires or is cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimerId(u32);
+pub struct TimerId(std::num::NonZeroU32);
+
+impl TimerId {
+    /// Stored as index + 1 so that `Option<TimerId>` is 4 bytes (it lives in every
+    /// connection).
+    fn from_idx(idx: u32) -> TimerId {
+        TimerId(std::num::NonZeroU32::MIN.saturating_add(idx))
+    }
+
+    fn idx(self) -> u32 {
+        self.0.get() - 1
+    }
+}
 
 /// End of a list (slot list or free list).
 const NIL: u32 = u32::MAX;
@@ -103,7 +115,7 @@ impl<T: Copy> Wheel<T> {
         };
         self.link(idx);
         self.len += 1;
-        TimerId(idx)
+        TimerId::from_idx(idx)
     }
 
     /// Removes a pending timer and returns its value. The caller guarantees `id` is pending
@@ -113,8 +125,8 @@ impl<T: Copy> Wheel<T> {
         if !self.is_pending(id) {
             return None;
         }
-        let value = self.entries[id.0 as usize].value;
-        self.remove(id.0);
+        let value = self.entries[id.idx() as usize].value;
+        self.remove(id.idx());
         Some(value)
     }
 
@@ -123,16 +135,16 @@ impl<T: Copy> Wheel<T> {
         if !self.is_pending(id) {
             return false;
         }
-        self.unlink(id.0);
-        self.entries[id.0 as usize].deadline = deadline;
-        self.link(id.0);
+        self.unlink(id.idx());
+        self.entries[id.idx() as usize].deadline = deadline;
+        self.link(id.idx());
         true
     }
 
     /// The deadline of a pending timer.
     pub fn deadline(&self, id: TimerId) -> Option<Millis> {
         self.is_pending(id)
-            .then(|| self.entries[id.0 as usize].deadline)
+            .then(|| self.entries[id.idx() as usize].deadline)
     }
 
     pub fn len(&self) -> usize {
@@ -209,7 +221,7 @@ impl<T: Copy> Wheel<T> {
 
     fn is_pending(&self, id: TimerId) -> bool {
         self.entries
-            .get(id.0 as usize)
+            .get(id.idx() as usize)
             .is_some_and(|e| e.prev != VACANT)
     }
 
@@ -360,7 +372,7 @@ mod tests {
         assert_eq!(w.cancel(c), Some(3));
         assert_eq!(fire(&mut w, 100), vec![1]);
         assert_eq!(w.cancel(a), None, "fired timer is not pending");
-        assert_eq!(w.cancel(TimerId(12345)), None, "never-issued id");
+        assert_eq!(w.cancel(TimerId::from_idx(12345)), None, "never-issued id");
         assert!(w.is_empty());
         assert_eq!(w.next_timeout(100), None);
     }

@@ -3,6 +3,7 @@
 //! `size_of::<Conn>()` is pinned by a test so that growth is a visible decision.
 
 pub mod out_queue;
+pub mod tls;
 
 use crate::history::TopicId;
 use crate::timer::{Millis, TimerId};
@@ -43,8 +44,11 @@ pub struct Conn {
     pub state: ConnState,
     /// Pending output; `None` whenever nothing is pending.
     pub out: Option<Box<OutQueue>>,
-    /// Last time bytes were written (the keepalive counts from here).
-    pub last_write: Millis,
+    /// The TLS session of an HTTPS connection (boxed: plain connections pay 8 bytes).
+    pub tls: Option<Box<rustls::ServerConnection>>,
+    /// Last time bytes were written, loop milliseconds truncated to 32 bits (compared
+    /// with wrapping arithmetic; the keepalive counts from here).
+    last_write: u32,
     /// Id of the newest event queued to this stream: an event published to several of its
     /// topics is queued once.
     pub cursor: u64,
@@ -61,12 +65,27 @@ impl Conn {
             sock,
             state: ConnState::Reading { buf: Vec::new() },
             out: None,
-            last_write: now,
+            tls: None,
+            last_write: now as u32,
             cursor: 0,
             timer: None,
             discarded: 0,
             flags: 0,
         }
+    }
+
+    pub fn wrote_at(&mut self, now: Millis) {
+        self.last_write = now as u32;
+    }
+
+    /// Milliseconds since bytes were last written.
+    pub fn since_write(&self, now: Millis) -> Millis {
+        Millis::from((now as u32).wrapping_sub(self.last_write))
+    }
+
+    /// When the keepalive is due if nothing is written before.
+    pub fn keepalive_due(&self, now: Millis, keepalive: Millis) -> Millis {
+        now + keepalive.saturating_sub(self.since_write(now))
     }
 
     pub fn has(&self, flag: u8) -> bool {
@@ -98,7 +117,23 @@ mod tests {
     /// say why in the commit.
     #[test]
     fn per_connection_state_stays_small() {
+        assert_eq!(std::mem::size_of::<Option<TimerId>>(), 4);
         assert_eq!(std::mem::size_of::<ConnState>(), 24);
         assert_eq!(std::mem::size_of::<Conn>(), 64);
+    }
+
+    #[test]
+    fn keepalive_arithmetic_survives_the_32_bit_wrap() {
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(sock.local_addr().unwrap()).unwrap();
+        let near_wrap = Millis::from(u32::MAX) - 100;
+        let mut c = Conn::new(client, near_wrap);
+        assert_eq!(c.since_write(near_wrap + 1_000), 1_000);
+        assert_eq!(
+            c.keepalive_due(near_wrap + 1_000, 15_000),
+            near_wrap + 15_000
+        );
+        c.wrote_at(near_wrap + 2_000);
+        assert_eq!(c.since_write(near_wrap + 2_500), 500);
     }
 }

@@ -94,6 +94,22 @@ impl OutQueue {
         }
     }
 
+    /// Passes queued bytes, front first, to `take` (e.g. a TLS session's plaintext
+    /// writer) until the queue is empty or `take` accepts nothing more; returns how many
+    /// bytes were taken.
+    pub fn feed(&mut self, mut take: impl FnMut(&[u8]) -> io::Result<usize>) -> io::Result<usize> {
+        let mut total = 0;
+        while let Some(front) = self.frames.front() {
+            let n = take(&front[self.head_written..])?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+            self.consume(n);
+        }
+        Ok(total)
+    }
+
     /// Drops `written` bytes from the front; returns how many frames were finished.
     fn consume(&mut self, mut written: usize) -> usize {
         self.pending -= written;

@@ -93,6 +93,12 @@ impl Ops {
                 return Err(format!("reload failed: {e}"));
             }
         };
+        // Keys and patterns are checked (and a public key file read) before saying ok.
+        if let Err(e) = crate::auth::Auth::from_config(&new.auth) {
+            self.reloads_failed += 1;
+            error!("reload failed, configuration unchanged: {e}");
+            return Err(format!("reload failed: {e}"));
+        }
         // Two reloads in one read: the second compares with what the first will apply.
         let base = self.pending.as_ref().map_or(running, |(c, _)| c);
         let diff = reload::diff(base, &new);
@@ -251,6 +257,21 @@ impl Server {
         if diff.changed.contains(&"log.level") {
             set_log_level(&self.config.log.level);
         }
+        if diff.changed.iter().any(|k| k.starts_with("auth.")) {
+            // Checked when the reload was answered; a key file that vanished since keeps
+            // the old policy (and says so).
+            match crate::auth::Auth::from_config(&self.config.auth) {
+                Ok(auth) => self.auth = auth,
+                Err(e) => error!("reload: auth keeps its previous keys: {e}"),
+            }
+        }
+        if diff.changed.iter().any(|k| k.starts_with("cors.")) {
+            let c = &self.config.cors;
+            self.cors = crate::http::cors::Cors::new(&c.allowed_origins, c.allow_credentials);
+        }
+        let http = &self.config.http;
+        self.per_client
+            .reconfigure(http.max_per_ip, &http.trusted_proxies);
         if self.config.streams.keepalive < old_keepalive {
             self.pull_keepalives_forward();
         }
@@ -278,7 +299,7 @@ impl Server {
             if !conn.is_streaming() || conn.out.is_some() {
                 continue;
             }
-            let due = (conn.last_write + keepalive).max(self.now);
+            let due = conn.keepalive_due(self.now, keepalive);
             match conn.timer {
                 Some(t) if self.wheel.deadline(t).is_some_and(|d| d > due) => {
                     self.wheel.reschedule(t, due);

@@ -1,0 +1,255 @@
+//! HTTPS (SPEC 4): with `[tls] cert/key` the listener speaks TLS 1.2 and 1.3 with ALPN
+//! `http/1.1`; a real TLS client that verifies the certificate (a CA made here, with the
+//! openssl CLI) streams events; a stalled handshake is closed by the request timeout; a
+//! bad certificate file is a clear start-up error.
+mod common;
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a leaf certificate for 127.0.0.1 / localhost signed by it.
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ssehub test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+fn client_config(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+fn connect(server: &Server, config: Arc<rustls::ClientConfig>) -> Tls {
+    let sock = std::net::TcpStream::connect(server.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn =
+        rustls::ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+fn read_until(tls: &mut Tls, buf: &mut Vec<u8>, pat: &[u8]) -> String {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(pat.len()).position(|w| w == pat) {
+            let out: Vec<u8> = buf.drain(..i + pat.len()).collect();
+            return String::from_utf8(out).unwrap();
+        }
+        let n = tls.read(&mut chunk).expect("tls read");
+        assert!(n > 0, "EOF waiting for {pat:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Server {
+    let tls = format!(
+        "cert = {:?}\nkey = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    Server::start_at_socket(
+        &dir.join("ingest.sock"),
+        &[("tls", &tls), ("http", "request_timeout = \"1s\"")],
+    )
+}
+
+#[test]
+fn https_streams_to_a_verifying_client_with_tls_1_3_and_1_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path());
+    let server = start_tls(dir.path(), &cert, &key);
+    let mut p = server.producer();
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let mut tls = connect(&server, client_config(&ca, versions));
+        tls.write_all(b"GET /events?topic=secure HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let head = read_until(&mut tls, &mut buf, b"\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(tls.conn.protocol_version(), Some(versions[0].version));
+        assert!(read_until(&mut tls, &mut buf, b"\n").starts_with("retry: "));
+        let big = "é".repeat(20_000); // larger than one TLS record
+        let id = p.publish("secure", &big);
+        let event = read_until(&mut tls, &mut buf, b"\n\n");
+        assert_eq!(event, format!("id: {id}\ndata: {big}\n\n"));
+    }
+    // Plain answers keep the connection alive over TLS too.
+    let mut tls = connect(&server, client_config(&ca, &[&rustls::version::TLS13]));
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        assert!(read_until(&mut tls, &mut buf, b"ok\n").starts_with("HTTP/1.1 200 OK"));
+    }
+}
+
+#[test]
+fn the_server_sends_close_notify_when_it_ends_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path());
+    let server = start_tls(dir.path(), &cert, &key);
+    let mut p = server.producer();
+    let mut tls = connect(&server, client_config(&ca, &[&rustls::version::TLS13]));
+    tls.write_all(b"GET /events?topic=job HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut tls, &mut buf, b"\r\n\r\n");
+    read_until(&mut tls, &mut buf, b"\n");
+    p.publish_json("{\"topic\":\"job\",\"data\":\"done\",\"final\":true}");
+    read_until(&mut tls, &mut buf, b"\n\n");
+    // A clean TLS end: read returns 0 (close_notify), not an unexpected-EOF error.
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).expect("clean close_notify");
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn a_stalled_handshake_is_closed_by_the_request_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, cert, key) = make_certs(dir.path());
+    let server = start_tls(dir.path(), &cert, &key);
+    let mut sock = std::net::TcpStream::connect(server.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(&[0x16, 0x03, 0x01, 0x00]).unwrap(); // the start of a ClientHello, then nothing
+    let start = Instant::now();
+    let mut b = [0u8; 64];
+    let n = sock.read(&mut b).unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "closed by the 1 s request timeout"
+    );
+    // A client that is not speaking TLS at all gets closed too (an alert, then EOF).
+    let mut plain = Client::connect(server.addr);
+    plain.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(plain.read_to_close(Duration::from_secs(4)).is_some());
+}
+
+#[test]
+fn a_bad_certificate_file_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate\n").unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[ingest]\nsocket = {:?}\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            dir.path().join("s.sock").display().to_string(),
+            bad.display().to_string(),
+            bad.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tls.cert") && stderr.contains("bad.pem"),
+        "{stderr}"
+    );
+}
