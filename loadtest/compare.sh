@@ -12,6 +12,8 @@
 #   WORKLOADS="..."   subset of: idle fanout latency slow slowcut churn
 #   QUICK=1           small sizes, to try the script out in a minute (results not for quoting)
 #   OUT=bench-results output folder; DATE=YYYY-MM-DD overrides the file date
+#   NICE=-20          niceness of both servers and the load (other work on the machine then
+#                     yields to them, the same for both servers); NICE=0 to run as is
 #
 # Loopback only; every run is bounded by the load generator's own hard deadline.
 set -euo pipefail
@@ -22,6 +24,15 @@ RUNS=${RUNS:-3}
 WORKLOADS=${WORKLOADS:-"idle fanout latency slow slowcut churn"}
 QUICK=${QUICK:-0}
 OUT=${OUT:-bench-results}
+NICE=${NICE:--20}
+# With sched_autogroup (the default), nice only orders processes within one session's
+# group and every session's group gets an equal share of the CPU: a build in another
+# session would still take half of the server's core. Raising this session's group too
+# makes other work on the machine yield to the benchmark (both servers alike).
+if [ "$NICE" != 0 ] && [ -w /proc/self/autogroup ]; then
+  echo "$NICE" >/proc/self/autogroup 2>/dev/null || true
+fi
+autogroup=$(cat /proc/self/autogroup 2>/dev/null || echo none)
 DATE=${DATE:-$(date +%F)}
 cores=$(nproc)
 if [ "$cores" -lt 2 ]; then
@@ -44,11 +55,12 @@ nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
 nchan_version=$(dpkg-query -W -f='${Version}' libnginx-mod-nchan)
 
 cargo build --release --workspace --quiet
-ssehub_bin=$root/target/release/ssehub
-lt_bin=$root/target/release/ssehub-loadtest
-[ -x "$ssehub_bin" ] && [ -x "$lt_bin" ]
-
 work=$(mktemp -d /tmp/ssehub-compare.XXXXXX)
+# Private copies: a rebuild in the work tree during the session cannot swap the binaries.
+mkdir -p "$work/bin"
+cp "$root/target/release/ssehub" "$root/target/release/ssehub-loadtest" "$work/bin/"
+ssehub_bin=$work/bin/ssehub
+lt_bin=$work/bin/ssehub-loadtest
 server_pid=
 cleanup() {
   if [ -n "$server_pid" ]; then
@@ -143,7 +155,7 @@ start_server() { # target keepalive
     ssehub)
       ssehub_config "$2"
       rm -f "$work/ssehub.sock"
-      taskset -c 0 "$ssehub_bin" --config "$work/ssehub.toml" 2>>"$work/ssehub.log" &
+      taskset -c 0 nice -n "$NICE" "$ssehub_bin" --config "$work/ssehub.toml" 2>>"$work/ssehub.log" &
       server_pid=$!
       for _ in $(seq 100); do [ -S "$work/ssehub.sock" ] && break; sleep 0.05; done
       wait_port $port_ssehub
@@ -151,7 +163,7 @@ start_server() { # target keepalive
     nchan)
       nchan_config "$2"
       mkdir -p "$work/nginx-body"
-      taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx-error.log" &
+      taskset -c 0 nice -n "$NICE" nginx -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx-error.log" &
       server_pid=$!
       wait_port $port_nchan
       ;;
@@ -176,19 +188,19 @@ fi
 workload() {
   case $1 in
     idle) echo "idle: $idle_n streams|5|idle --streams $idle_n --hold 12s" ;;
-    fanout) echo "fanout: $fan_n subscribers x $fan_m events of 100 B at 20/s|15|fanout --subscribers $fan_n --events $fan_m --size 100 --rate 20" ;;
-    latency) echo "latency: $lat_n subscribers at 10/s, 100 B|15|fanout --subscribers $lat_n --events $lat_m --size 100 --rate 10" ;;
-    slow) echo "slow: $slow_n subscribers at 10/s, 100 B, 10% not reading|15|slow --subscribers $slow_n --events $lat_m --size 100 --rate 10 --slow-share 0.1 --expect-cut false" ;;
-    slowcut) echo "slow-cut: $cut_n subscribers at 50/s, 4 KB, 10% not reading|15|slow --subscribers $cut_n --events $cut_m --size 4000 --rate 50 --slow-share 0.1" ;;
+    fanout) echo "fanout: $fan_n subscribers x $fan_m events of 100 B at 20/s|15|fanout --subscribers $fan_n --events $fan_m --size 100 --rate 20 --grace 30s --deadline 400s" ;;
+    latency) echo "latency: $lat_n subscribers at 10/s, 100 B|15|fanout --subscribers $lat_n --events $lat_m --size 100 --rate 10 --grace 30s --deadline 400s" ;;
+    slow) echo "slow: $slow_n subscribers at 10/s, 100 B, 10% not reading|15|slow --subscribers $slow_n --events $lat_m --size 100 --rate 10 --slow-share 0.1 --expect-cut false --grace 30s --deadline 400s" ;;
+    slowcut) echo "slow-cut: $cut_n subscribers at 50/s, 4 KB, 10% not reading|15|slow --subscribers $cut_n --events $cut_m --size 4000 --rate 50 --slow-share 0.1 --grace 30s --deadline 400s" ;;
     churn) echo "churn: $churn_n clients, $churn_m events at 50/s, resume|15|churn --clients $churn_n --events $churn_m --rate 50 --size 100 --min-events 1 --max-events 20 --max-delay 200ms --rst-share 0.1" ;;
     *) echo "compare: unknown workload $1" >&2; return 1 ;;
   esac
 }
 
 {
-  echo "# servers (each run on a fresh server, pinned to core 0)"
-  echo "taskset -c 0 $ssehub_bin --config ssehub.toml"
-  echo "taskset -c 0 nginx -c nginx.conf -p WORKDIR     # nginx $nginx_version, libnginx-mod-nchan $nchan_version"
+  echo "# servers (each run on a fresh server, pinned to core 0, niceness $NICE like the load)"
+  echo "taskset -c 0 nice -n $NICE target/release/ssehub --config ssehub.toml   # binaries copied to WORKDIR/bin at the start"
+  echo "taskset -c 0 nice -n $NICE nginx -c nginx.conf -p WORKDIR     # nginx $nginx_version, libnginx-mod-nchan $nchan_version"
   echo
   echo "# ssehub.toml (keepalive 5s for idle, 15s otherwise)"
   ssehub_config 15 && cat "$work/ssehub.toml"
@@ -207,7 +219,7 @@ load_cmd() { # target args...
   else
     common+=(--addr "127.0.0.1:$port_nchan" --pub-path "/pub?topic=")
   fi
-  taskset -c 1 "$lt_bin" "$@" "${common[@]}"
+  taskset -c 1 nice -n "$NICE" "$lt_bin" "$@" "${common[@]}"
 }
 
 echo "compare: workloads: $WORKLOADS; $RUNS runs each; work dir $work"
@@ -228,7 +240,7 @@ for w in $WORKLOADS; do
         # The same workload from a minimal in-process writer (one write per delivery),
         # its writing thread on core 0 like the servers.
         # shellcheck disable=SC2086
-        if ! taskset -c 1 "$lt_bin" floor --cpu 0 ${args#fanout } --label "$label" \
+        if ! taskset -c 1 nice -n "$NICE" "$lt_bin" floor --cpu 0 ${args#fanout } --label "$label" \
           >>"$runs_file" 2>"$work/last.err"; then
           echo "compare: floor run for $label reported a problem (kept in the results):"
         fi
@@ -251,9 +263,11 @@ mkdir -p "$OUT"
 base=$OUT/$DATE-compare
 [ "$QUICK" = 1 ] && base=$OUT/$DATE-compare-quick
 cat >"$work/notes.md" <<EOF
-Produced by \`loadtest/compare.sh\` (RUNS=$RUNS, QUICK=$QUICK). Every workload ran $RUNS times on
+Produced by \`loadtest/compare.sh\` (RUNS=$RUNS, QUICK=$QUICK, NICE=$NICE). Every workload ran $RUNS times on
 each server, alternating which server went first; each run on a fresh server process pinned
-to core 0 with \`taskset -c 0\`, the load generator pinned to core 1, loopback, plain HTTP.
+to core 0 with \`taskset -c 0\`, the load generator pinned to core 1, both at niceness
+$NICE, and so was the session's scheduler autogroup (\`$autogroup\`), so that other work on
+the machine yields to them alike; loopback, plain HTTP.
 The tables give the **median** of the runs, every run's value, and the ratio ssehub/nchan
 (for memory, latency and CPU lower is better; for rates higher is better). The machine has
 two cores and other work (builds, tests) may have run on it during the session: each run's

@@ -224,12 +224,13 @@ fn render(a: &Args) -> Result<(), String> {
     let mut rows = Vec::new();
     for label in &order {
         let g = &groups[label];
+        // The servers' scenario names the metrics (a floor run stands beside a fanout).
         let scenario = g
             .values()
             .flatten()
-            .next()
-            .and_then(|r| r["scenario"].as_str())
-            .unwrap_or("")
+            .filter_map(|r| r["scenario"].as_str())
+            .find(|s| *s != "floor")
+            .unwrap_or("fanout")
             .to_string();
         for &(name, ptr, unit, _) in metrics(&scenario) {
             let vals = |t: &str| -> Vec<f64> {
