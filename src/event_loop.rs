@@ -204,7 +204,13 @@ impl Server {
         let owns_ingest_file = passed.ingest.is_none();
         let mut ingest = match passed.ingest {
             Some(l) => UnixListener::from_std(l),
-            None => ingest::bind(&config.ingest.socket, config.ingest.mode)?,
+            None => {
+                let listener = ingest::bind(&config.ingest.socket, config.ingest.mode)?;
+                if !config.ingest.group.is_empty() {
+                    ingest::set_group(&config.ingest.socket, &config.ingest.group)?;
+                }
+                listener
+            }
         };
         let mut admin = ops::admin_listener(&config, passed.admin)?;
         poll.registry()
@@ -475,6 +481,23 @@ impl Server {
                     return;
                 }
             };
+            let allowed = &self.config.ingest.allowed_uids;
+            if !allowed.is_empty() {
+                match ingest::peer_uid(&sock) {
+                    Ok(uid) if allowed.contains(&uid) => {}
+                    other => {
+                        let reason = match other {
+                            Ok(uid) => format!("uid {uid} may not publish (ingest.allowed_uids)"),
+                            Err(e) => format!("cannot check the peer's uid: {e}"),
+                        };
+                        warn!("ingest connection refused: {reason}");
+                        let mut answer = Vec::new();
+                        line::write_error(&mut answer, &reason);
+                        let _ = io::Write::write(&mut sock, &answer);
+                        continue;
+                    }
+                }
+            }
             let entry = self.producers.vacant_entry();
             let token = Token(PRODUCER_BASE + entry.key());
             if self

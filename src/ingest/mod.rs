@@ -194,6 +194,52 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub fn peer_uid(sock: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket owned by `sock`; getsockopt writes at most `len`
+    // bytes into `cred`, a properly sized and aligned ucred on our stack, and sets `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Gives the socket file to group `name` (`ingest.group`).
+pub fn set_group(path: &Path, name: &str) -> io::Result<()> {
+    let group = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ingest.group holds a NUL"))?;
+    // SAFETY: getgrnam reads a NUL-terminated string we own; the returned pointer (if not
+    // null) points to static storage that we read once, immediately, on this thread
+    // before any other call that could overwrite it (start-up, single-threaded).
+    let gid = unsafe {
+        let entry = libc::getgrnam(group.as_ptr());
+        if entry.is_null() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("ingest.group {name:?}: no such group"),
+            ));
+        }
+        (*entry).gr_gid
+    };
+    std::os::unix::fs::chown(path, None, Some(gid))
+}
+
 /// One producer connection.
 #[derive(Debug)]
 pub struct Producer {
