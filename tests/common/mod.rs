@@ -585,3 +585,32 @@ impl Client {
         }
     }
 }
+
+// ---- Security and caps helpers (tests/security.rs, tests/caps.rs) --------------------------
+
+/// The value of header `name` (case-insensitive) in a response head; None when absent.
+pub fn header_of(head: &str, name: &str) -> Option<String> {
+    head.split("\r\n").skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// Reads one plain answer and checks it is `status` with `text/plain` and a one-line,
+/// non-empty reason; returns (head, reason without its newline).
+pub fn read_plain(c: &mut Client, status: u16) -> (String, String) {
+    let (got, head, body) = c.read_response();
+    assert_eq!(got, status, "head: {head:?} body: {body:?}");
+    assert!(
+        header_of(&head, "content-type").is_some_and(|v| v.starts_with("text/plain")),
+        "not plain text: {head:?}"
+    );
+    assert!(
+        body.ends_with('\n') && body.len() > 1 && body.matches('\n').count() == 1,
+        "reason must be one non-empty line: {body:?}"
+    );
+    assert!(!body.contains('\r'), "reason must be one line: {body:?}");
+    (head, body.trim_end().to_string())
+}
