@@ -246,3 +246,93 @@ fn reload_applies_auth_and_cors_to_new_requests() {
         "old keys still in force"
     );
 }
+
+/// A self-signed P-256 certificate for `cn`, written over `dir/cert.pem` and `dir/key.pem`.
+fn self_signed(dir: &std::path::Path, cn: &str) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+        ])
+        .arg(format!("/CN={cn}"))
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The subject CN of the certificate the hub presents now.
+fn presented_cn(addr: std::net::SocketAddr) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        ))
+        .output()
+        .expect("openssl s_client");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn renewed_certificate_files_are_taken_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    self_signed(dir.path(), "first");
+    let tls = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n",
+        dir.path().join("cert.pem").display().to_string(),
+        dir.path().join("key.pem").display().to_string()
+    );
+    let config = write_config(dir.path(), "", &tls);
+    let hub = Hub::start(&config, |_| {});
+    assert!(
+        presented_cn(hub.addr).contains("CN = first"),
+        "{}",
+        presented_cn(hub.addr)
+    );
+
+    // Nothing changed on disk: nothing to report.
+    let (code, answer) = reload_answer(&socket);
+    assert_eq!(code, Some(0), "{answer}");
+    assert_eq!(
+        answer.trim(),
+        r#"{"ok":true,"changed":[],"needs_restart":[]}"#
+    );
+
+    // Renewed in place (same paths, as certbot does): new handshakes get the new one.
+    self_signed(dir.path(), "second");
+    let (code, answer) = reload_answer(&socket);
+    assert_eq!(code, Some(0), "{answer}");
+    assert_eq!(
+        answer.trim(),
+        r#"{"ok":true,"changed":["tls.cert","tls.key"],"needs_restart":[]}"#
+    );
+    assert!(
+        presented_cn(hub.addr).contains("CN = second"),
+        "{}",
+        presented_cn(hub.addr)
+    );
+
+    // A broken certificate file is refused and the one in force stays.
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate\n").unwrap();
+    let (code, answer) = reload_answer(&socket);
+    assert_ne!(code, Some(0), "{answer}");
+    assert!(answer.contains("reload failed"), "{answer}");
+    assert!(presented_cn(hub.addr).contains("CN = second"));
+}

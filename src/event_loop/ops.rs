@@ -5,6 +5,7 @@
 
 use super::{Due, Server};
 use crate::config::Config;
+use crate::conn::tls;
 use crate::conn::{Conn, ConnState, OutQueue, flags};
 use crate::fanout;
 use crate::http::request::Method;
@@ -17,6 +18,8 @@ use log::{debug, error, info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Token};
 use std::io;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The admin listener (`http.admin_listen`): `/metrics` and `/healthz` only.
@@ -44,8 +47,12 @@ pub(super) struct Ops {
     watchdog: Option<Millis>,
     /// Where the configuration was read from, for reloads (None: no reload possible).
     source: Option<ConfigSource>,
-    /// A reload answered but not applied yet: the configuration to continue with.
-    pending: Option<(Config, Diff)>,
+    /// A reload answered but not applied yet: the configuration to continue with, and a
+    /// TLS configuration built from certificate files that changed.
+    pending: Option<(Config, Diff, Option<Arc<rustls::ServerConfig>>)>,
+    /// The bytes of the certificate and key files in force (TLS on), so that a reload
+    /// can tell renewed files at the same paths from unchanged ones.
+    tls_files: Option<Vec<u8>>,
     pub(super) admin: Option<TcpListener>,
     /// An admin listener was configured (it is closed during the drain).
     admin_configured: bool,
@@ -63,6 +70,7 @@ impl Ops {
             watchdog: None,
             source: None,
             pending: None,
+            tls_files: None,
             admin_configured: admin.is_some(),
             admin,
             owns_ingest_file,
@@ -100,9 +108,37 @@ impl Ops {
             return Err(format!("reload failed: {e}"));
         }
         // Two reloads in one read: the second compares with what the first will apply.
-        let base = self.pending.as_ref().map_or(running, |(c, _)| c);
-        let diff = reload::diff(base, &new);
+        let base = self.pending.as_ref().map_or(running, |(c, _, _)| c);
+        let mut diff = reload::diff(base, &new);
         let merged = reload::merge(base, &new);
+        // TLS stays on: certificate files renewed in place count as changed too.
+        let mut tls_config = self.pending.as_ref().and_then(|(_, _, t)| t.clone());
+        if let (Some(_), Some(t)) = (&base.tls, &new.tls) {
+            let files = match tls_file_bytes(&t.cert, &t.key) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.reloads_failed += 1;
+                    error!("reload failed, configuration unchanged: {e}");
+                    return Err(format!("reload failed: {e}"));
+                }
+            };
+            if self.tls_files.as_ref() != Some(&files) {
+                match tls::server_config(&t.cert, &t.key) {
+                    Ok(c) => tls_config = Some(c),
+                    Err(e) => {
+                        self.reloads_failed += 1;
+                        error!("reload failed, configuration unchanged: {e}");
+                        return Err(format!("reload failed: {e}"));
+                    }
+                }
+                for key in ["tls.cert", "tls.key"] {
+                    if !diff.changed.contains(&key) {
+                        diff.changed.push(key);
+                    }
+                }
+                self.tls_files = Some(files);
+            }
+        }
         debug!(
             "reload requested file={} changed={:?} needs_restart={:?}",
             path.display(),
@@ -110,7 +146,7 @@ impl Ops {
             diff.needs_restart
         );
         let answer = reload::answer(&diff);
-        self.pending = Some((merged, diff));
+        self.pending = Some((merged, diff, tls_config));
         self.reloads_ok += 1;
         Ok(answer)
     }
@@ -151,6 +187,9 @@ impl Server {
     /// Where `{"admin":"reload"}` reads the configuration from.
     pub fn set_config_source(&mut self, source: ConfigSource) {
         self.ops.source = Some(source);
+        if let Some(t) = &self.config.tls {
+            self.ops.tls_files = tls_file_bytes(&t.cert, &t.key).ok();
+        }
     }
 
     /// The admin listener's address, when there is one.
@@ -243,9 +282,13 @@ impl Server {
     /// Applies a reload answered this turn: the new values take effect for everything that
     /// happens from now on; streams stay open.
     pub(super) fn apply_reload(&mut self) {
-        let Some((config, diff)) = self.ops.pending.take() else {
+        let Some((config, diff, tls_config)) = self.ops.pending.take() else {
             return;
         };
+        if let Some(tls_config) = tls_config {
+            // New connections handshake with the new certificate; open ones keep theirs.
+            self.tls_config = Some(tls_config);
+        }
         let old_keepalive = self.config.streams.keepalive;
         self.config = config;
         if diff.changed.contains(&"http.max_connections") {
@@ -421,6 +464,13 @@ impl Server {
         }
         metrics::render(&s, &self.stats.rejected, &self.stats.latency)
     }
+}
+
+/// The certificate and key files' bytes, to notice renewed files at unchanged paths.
+fn tls_file_bytes(cert: &Path, key: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(cert).map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+    bytes.extend(std::fs::read(key).map_err(|e| format!("tls.key {}: {e}", key.display()))?);
+    Ok(bytes)
 }
 
 /// The configured level, unless `RUST_LOG` (which wins, as at start) names one.
