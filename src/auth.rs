@@ -144,10 +144,11 @@ impl Auth {
     /// bearer token is refused, never passed over for the cookie.
     fn token<'a>(&self, creds: &Credentials<'a>) -> Result<&'a str, Denied> {
         if let Some(header) = creds.authorization {
+            // The scheme is case-insensitive (RFC 7235).
             let token = header
-                .strip_prefix("Bearer ")
-                .or_else(|| header.strip_prefix("bearer "))
-                .map(str::trim)
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim())
                 .filter(|t| !t.is_empty());
             return token.ok_or(Denied {
                 status: 401,

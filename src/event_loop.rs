@@ -54,6 +54,9 @@ const INGEST_READ_PER_TURN: usize = 256 * 1024;
 const MAX_DISCARDED: u16 = 4096;
 /// How long a closing connection waits for the client to close after our last answer.
 const LINGER_MS: Millis = 2_000;
+/// Connections accepted past `http.max_connections` with `overload_as_retry`, just long
+/// enough to read their request (they use the descriptor reserve).
+const OVERLOAD_SLOTS: usize = 32;
 /// `Retry-After` of the cap answers (`503`, `429`), in seconds.
 const RETRY_AFTER_S: &str = "5";
 /// A replaying stream's queue is refilled from history up to this many bytes at a time.
@@ -405,7 +408,15 @@ impl Server {
                 }
             };
             self.stats.accepted += 1;
-            if self.conns.len() >= self.max_connections {
+            let overload_as_retry = self.config.http.overload_as_retry;
+            let mut over_cap = 0;
+            if self.conns.len() >= self.max_connections
+                && overload_as_retry
+                && self.conns.len() < self.max_connections + OVERLOAD_SLOTS
+            {
+                // Read the request first: a stream request gets a retry-only stream.
+                over_cap = flags::OVER_CAP;
+            } else if self.conns.len() >= self.max_connections {
                 self.stats.rejected_at_cap += 1;
                 self.stats.rejected.count(503);
                 let answer = response::plain(
@@ -418,13 +429,21 @@ impl Server {
                 let _ = io::Write::write(&mut sock, &answer);
                 continue;
             }
-            let counted = if !self.per_client.enabled() {
+            let counted = if !self.per_client.enabled() || over_cap != 0 {
                 None
             } else if self.per_client.is_trusted(peer.ip()) {
                 Some(Counted::ViaProxy)
             } else {
                 let client = ClientKey::of(peer.ip());
-                if !self.per_client.try_add(client) {
+                let added = self.per_client.try_add(client);
+                if added {
+                    Some(Counted::As(client))
+                } else if overload_as_retry
+                    && self.conns.len() < self.max_connections + OVERLOAD_SLOTS
+                {
+                    over_cap = flags::OVER_PER_IP;
+                    None
+                } else {
                     self.stats.rejected_at_cap += 1;
                     self.stats.rejected.count(429);
                     let answer = response::plain(
@@ -437,7 +456,6 @@ impl Server {
                     let _ = io::Write::write(&mut sock, &answer);
                     continue;
                 }
-                Some(Counted::As(client))
             };
             let deadline = self.now + self.request_timeout();
             let entry = self.conns.vacant_entry();
@@ -454,6 +472,7 @@ impl Server {
                 continue;
             }
             let mut conn = Conn::new(sock, self.now);
+            conn.set(over_cap);
             if let Some(config) = &self.tls_config {
                 match tls::new_session(config) {
                     Ok(session) => conn.tls = Some(session),
@@ -476,6 +495,16 @@ impl Server {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // Edge-triggered: nobody would tell us again, so retry on a timer.
+                    if !self.accept_paused {
+                        warn!("ingest accept paused: out of file descriptors");
+                        self.accept_paused = true;
+                        self.wheel
+                            .insert(self.now + ACCEPT_RETRY_MS, Due::ResumeAccept);
+                    }
+                    return;
+                }
                 Err(e) => {
                     warn!("ingest accept failed: {e}");
                     return;
@@ -614,6 +643,10 @@ impl Server {
         if self.route_admin(key, &req.path, req.method, after, head_only) {
             return;
         }
+        let over_cap = self.conns[key as usize].flags & (flags::OVER_CAP | flags::OVER_PER_IP);
+        if over_cap != 0 {
+            return self.answer_over_cap(key, over_cap, &req, head_only);
+        }
         if !self.count_forwarded_client(key, &req) {
             self.stats.rejected_at_cap += 1;
             let headers = [("Retry-After", RETRY_AFTER_S)];
@@ -749,6 +782,35 @@ impl Server {
             self.token_deadline.insert(key, self.now + left_ms);
         }
         self.start_stream(key, topics, replay, &headers, false);
+    }
+
+    /// A connection accepted past a cap with `http.overload_as_retry`: a stream request
+    /// gets a `200` stream carrying only a jittered `retry:` (at least `Retry-After`), so
+    /// browsers come back later instead of giving up; anything else the plain cap answer.
+    fn answer_over_cap(&mut self, key: u32, over_cap: u8, req: &Request, head_only: bool) {
+        let (status, reason) = if over_cap == flags::OVER_CAP {
+            (503, "server at connection limit")
+        } else {
+            (429, "too many connections from your address")
+        };
+        self.stats.rejected_at_cap += 1;
+        self.stats.rejected.count(status);
+        if req.path != "/events" || req.method != Method::Get {
+            let headers = [("Retry-After", RETRY_AFTER_S)];
+            return self.answer(key, status, reason, After::Close, &headers, head_only);
+        }
+        let base = RETRY_AFTER_S.parse::<u64>().unwrap_or(5) * 1000;
+        let jitter = self
+            .rng
+            .below(self.config.streams.retry_jitter.as_millis() as u64 + 1);
+        let mut bytes = response::stream_head(&[]);
+        bytes.extend_from_slice(&sse::retry(base + jitter));
+        let conn = &mut self.conns[key as usize];
+        conn.set(flags::CLOSE_AFTER_FLUSH);
+        conn.out
+            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)))
+            .push(bytes.into());
+        fanout::mark_pending(conn, key, &mut self.pending);
     }
 
     /// With a per-client cap behind a trusted proxy, counts the client named by the
@@ -1035,6 +1097,7 @@ impl Server {
                 Due::ResumeAccept => {
                     self.accept_paused = false;
                     self.accept_http();
+                    self.accept_producers();
                 }
                 Due::SlowSummary => {
                     info!(

@@ -117,16 +117,18 @@ fn main() -> ExitCode {
         Some(Command::Publish(args)) => run_publish(args),
         Some(Command::Reload(args)) => run_reload(args),
         Some(Command::Token(args)) => run_token(args),
-        Some(Command::CheckConfig { file }) => match Config::load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
+        Some(Command::CheckConfig { file }) => {
+            match Config::load(&file).and_then(|c| check_keys(&c)) {
+                Ok(()) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ssehub: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("ssehub: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
     }
 }
 
@@ -335,4 +337,14 @@ fn run_reload(args: ReloadArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `serve` would refuse beyond the file's syntax: auth keys, TLS files, log level.
+fn check_keys(c: &Config) -> Result<(), String> {
+    ssehub::auth::Auth::from_config(&c.auth)?;
+    logger::parse_level(&c.log.level).map_err(|e| format!("log.level: {e}"))?;
+    if let Some(tls) = &c.tls {
+        ssehub::conn::tls::server_config(&tls.cert, &tls.key)?;
+    }
+    Ok(())
 }

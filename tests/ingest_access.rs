@@ -32,7 +32,10 @@ fn an_unlisted_uid_is_refused_with_an_answer_and_closed() {
         "{reason}"
     );
     assert!(lines.next().is_none(), "then closed");
-    assert!(server.log_contains("ingest connection refused"));
+    let logged = wait_for(std::time::Duration::from_secs(5), || {
+        server.log_contains("ingest connection refused")
+    });
+    assert!(logged, "the refusal is logged");
 }
 
 #[test]

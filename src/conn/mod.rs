@@ -34,6 +34,10 @@ pub mod flags {
     pub const CLOSING: u8 = 8;
     /// Catching up from history: live events are not queued (the replay reaches them).
     pub const REPLAYING: u8 = 16;
+    /// Accepted past `http.max_connections` (`overload_as_retry`): answer, then close.
+    pub const OVER_CAP: u8 = 32;
+    /// Accepted past `http.max_per_ip` (`overload_as_retry`): answer, then close.
+    pub const OVER_PER_IP: u8 = 64;
     /// Accepted on the admin listener (`http.admin_listen`): `/metrics` and `/healthz` only.
     pub const ADMIN: u8 = 128;
 }
