@@ -31,24 +31,7 @@ impl Server {
     pub fn start_with(sections: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("ingest.sock");
-        let mut config = String::new();
-        let mut http = String::from("listen = \"127.0.0.1:0\"\n");
-        let mut ingest = format!("socket = {:?}\n", socket.display().to_string());
-        let mut others: Vec<(String, String)> = Vec::new();
-        for (section, lines) in sections {
-            match *section {
-                "http" => http.push_str(&format!("{lines}\n")),
-                "ingest" => ingest.push_str(&format!("{lines}\n")),
-                s => match others.iter_mut().find(|(n, _)| n == s) {
-                    Some((_, body)) => body.push_str(&format!("{lines}\n")),
-                    None => others.push((s.to_string(), format!("{lines}\n"))),
-                },
-            }
-        }
-        config.push_str(&format!("[http]\n{http}\n[ingest]\n{ingest}\n"));
-        for (name, body) in others {
-            config.push_str(&format!("[{name}]\n{body}\n"));
-        }
+        let config = config_with_socket(&socket, sections);
         let config_path = dir.path().join("ssehub.toml");
         std::fs::write(&config_path, config).expect("write config");
         Server::spawn(dir, &config_path, socket)
