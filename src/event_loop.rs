@@ -654,11 +654,10 @@ impl Server {
             return self.answer(key, 429, reason, After::Close, &headers, head_only);
         }
         // CORS headers go on every answer to an allowed origin, errors included.
-        let cors = self.cors.clone();
-        let verdict = cors.verdict(req.origin.as_deref());
+        let verdict = self.cors.verdict(req.origin.as_deref());
         let mut headers: Vec<(&str, &str)> = Vec::new();
         if let Verdict::Allowed(origin) = verdict {
-            cors.headers(origin, &mut headers);
+            self.cors.headers(origin, &mut headers);
         }
         match req.path.as_str() {
             "/events" => match req.method {
