@@ -747,7 +747,7 @@ impl Server {
         let topics: Box<[TopicId]> = query
             .topics
             .iter()
-            .map(|name| self.hub.topics.intern(name))
+            .map(|name| self.hub.intern(name))
             .collect();
         let plan = self.hub.plan_resume(&topics, resume.as_deref());
         if head_only || plan == Resume::Finished {
@@ -1088,7 +1088,7 @@ impl Server {
                     self.hub.prune(unix_millis());
                     if let Some(log) = &mut self.log {
                         log.enforce_retention(unix_millis());
-                        self.hub.note_forgotten(log.forgotten_up_to());
+                        self.hub.note_log_trimmed(log.forgotten_up_to());
                     }
                     self.wheel
                         .insert(self.now + PRUNE_EVERY_MS, Due::PruneHistory);

@@ -4,6 +4,7 @@
 //! in (Unix milliseconds, so ages survive restarts); never touches sockets.
 
 use crate::sse::Frame;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -42,6 +43,43 @@ pub struct Event {
     pub published_at: u64,
     pub topics: Box<[TopicId]>,
     pub is_final: bool,
+    /// How many topics' histories hold this event; at 0 it leaves the timeline (and
+    /// memory) wherever it is (fits in `Event`'s padding: the struct stays 56 bytes).
+    held_by: Cell<u8>,
+}
+
+/// Bookkeeping of one retained event beyond its frame bytes, counted against
+/// `history.max_bytes` so that memory stays within a small factor of it: the `Rc<Event>`
+/// allocation (16 + 56 bytes, 80 with malloc's header), the frame's `Rc` header and malloc
+/// rounding (~24), the topic list allocation (32) and the event's timeline slot (16 bytes,
+/// up to twice that with deque growth and not yet compacted gaps): 176 in all. Measured:
+/// `tests/history_memory.rs` and bench-results/2026-11-28-history-memory.md.
+pub const EVENT_OVERHEAD: usize = 176;
+/// Per topic of an event: its slot in that topic's deque (8 bytes, up to 16 with growth).
+pub const EVENT_PER_TOPIC: usize = 16;
+
+impl Event {
+    pub fn new(
+        id: u64,
+        frame: Frame,
+        published_at: u64,
+        topics: Box<[TopicId]>,
+        is_final: bool,
+    ) -> Event {
+        Event {
+            id,
+            frame,
+            published_at,
+            topics,
+            is_final,
+            held_by: Cell::new(0),
+        }
+    }
+
+    /// What retaining this event costs, as counted against `history.max_bytes`.
+    pub fn cost(&self) -> usize {
+        self.frame.len() + EVENT_OVERHEAD + EVENT_PER_TOPIC * self.topics.len()
+    }
 }
 
 /// The retention limits of `[history]`.
@@ -50,6 +88,8 @@ pub struct Limits {
     pub max_events: usize,
     /// Milliseconds.
     pub max_age: u64,
+    /// Bytes of retained events and topic metadata together (`Event::cost`,
+    /// `pubsub::Topics::bytes`).
     pub max_bytes: usize,
 }
 
@@ -57,7 +97,8 @@ pub struct Limits {
 #[derive(Debug, Default)]
 pub struct Retained {
     events: VecDeque<Rc<Event>>,
-    /// Highest id this topic ever dropped from its history (0: none), so a resume can tell
+    /// Highest id this topic ever dropped from its history, or that may have been published
+    /// to it and forgotten before it was (re)created (0: none), so a resume can tell
     /// whether the client missed something that is gone.
     pub evicted_up_to: u64,
     /// Id of the newest event accepted for the topic (0: none yet).
@@ -70,6 +111,15 @@ pub struct Retained {
 }
 
 impl Retained {
+    /// A topic created now: resumes from below `horizon` may have missed events published
+    /// to an earlier topic of the same name that the hub has forgotten.
+    pub fn new(horizon: u64) -> Retained {
+        Retained {
+            evicted_up_to: horizon,
+            ..Retained::default()
+        }
+    }
+
     pub fn is_final(&self) -> bool {
         self.final_id != 0
     }
@@ -97,27 +147,27 @@ impl Retained {
         self.events.front().map(|e| e.id)
     }
 
-    pub fn newest_id(&self) -> Option<u64> {
-        self.events.back().map(|e| e.id)
-    }
-
     /// Retained events with an id greater than `id`, oldest first.
     pub fn after(&self, id: u64) -> impl Iterator<Item = &Rc<Event>> {
         let start = self.events.partition_point(|e| e.id <= id);
         self.events.range(start..)
     }
 
-    fn push(&mut self, event: Rc<Event>, max_events: usize) {
+    /// Appends `event`; returns the event the count limit pushed out, if any.
+    fn push(&mut self, event: Rc<Event>, max_events: usize) -> Option<Rc<Event>> {
+        event.held_by.set(event.held_by.get().saturating_add(1));
         self.events.push_back(event);
-        while self.events.len() > max_events {
-            self.pop_front();
+        if self.events.len() > max_events {
+            return self.pop_front();
         }
+        None
     }
 
-    fn pop_front(&mut self) {
-        if let Some(e) = self.events.pop_front() {
-            self.evicted_up_to = self.evicted_up_to.max(e.id);
-        }
+    fn pop_front(&mut self) -> Option<Rc<Event>> {
+        let e = self.events.pop_front()?;
+        self.evicted_up_to = self.evicted_up_to.max(e.id);
+        e.held_by.set(e.held_by.get().saturating_sub(1));
+        Some(e)
     }
 
     /// Drops the front event if it is `id` (used by age and byte eviction, which go in
@@ -140,73 +190,109 @@ impl Histories for Vec<Retained> {
     }
 }
 
-/// All retained events in id order, for age and total-byte eviction across topics.
+/// All retained events in id order, for age and total-byte eviction across topics. An
+/// event every topic has dropped (by its count limit) leaves at once, wherever it is: its
+/// slot becomes a gap, so that one old event kept by a quiet topic never keeps the later
+/// events of busy topics alive. Gaps at the front go at once; the deque is compacted when
+/// gaps outnumber events, so slots stay within about twice the retained events.
 #[derive(Debug, Default)]
 pub struct Timeline {
-    events: VecDeque<Rc<Event>>,
+    slots: VecDeque<Slot>,
+    /// Events in `slots` (slots that are not gaps).
+    events: usize,
+    /// `Event::cost` of those events.
     bytes: usize,
 }
 
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    /// None: a gap (the event was dropped by every topic's count limit).
+    event: Option<Rc<Event>>,
+}
+
+/// Gaps tolerated before compaction is considered at all.
+const MIN_GAPS_TO_COMPACT: usize = 1024;
+
 impl Timeline {
+    /// Bytes counted against `history.max_bytes` (`Event::cost` of every retained event).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.events
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.events == 0
     }
 
-    /// Retains `event` in each of its topics and in the timeline, then enforces the limits.
-    pub fn retain(&mut self, event: Rc<Event>, limits: &Limits, topics: &mut impl Histories) {
+    /// Retains `event` in each of its topics and in the timeline; events pushed out by a
+    /// topic's count limit that no topic holds any more are released.
+    pub fn retain(&mut self, event: Rc<Event>, max_events: usize, topics: &mut impl Histories) {
+        let mut released = Vec::new();
         for &t in event.topics.iter() {
-            topics.history(t).push(event.clone(), limits.max_events);
-        }
-        self.bytes += event.frame.len();
-        self.events.push_back(event);
-        self.forget_unreferenced();
-        while self.bytes > limits.max_bytes && self.evict_oldest(topics).is_some() {}
-    }
-
-    /// Evicts events older than `max_age`; returns them (their topics may now be empty).
-    pub fn prune(
-        &mut self,
-        now_unix_ms: u64,
-        limits: &Limits,
-        topics: &mut impl Histories,
-    ) -> Vec<Rc<Event>> {
-        let mut evicted = Vec::new();
-        while let Some(front) = self.events.front() {
-            if now_unix_ms.saturating_sub(front.published_at) < limits.max_age {
-                break;
+            if let Some(out) = topics.history(t).push(event.clone(), max_events)
+                && out.held_by.get() == 0
+            {
+                released.push(out.id);
             }
-            evicted.extend(self.evict_oldest(topics));
         }
-        evicted
+        self.bytes += event.cost();
+        self.events += 1;
+        self.slots.push_back(Slot {
+            id: event.id,
+            event: Some(event),
+        });
+        for id in released {
+            self.release(id);
+        }
     }
 
-    fn evict_oldest(&mut self, topics: &mut impl Histories) -> Option<Rc<Event>> {
-        let event = self.events.pop_front()?;
+    /// Evicts the oldest event from every topic and from the timeline.
+    pub fn evict_oldest(&mut self, topics: &mut impl Histories) -> Option<Rc<Event>> {
+        let event = self.slots.pop_front()?.event?;
         for &t in event.topics.iter() {
             topics.history(t).drop_if_front(event.id);
         }
-        self.bytes -= event.frame.len();
-        self.forget_unreferenced();
+        self.forget(&event);
+        self.drop_front_gaps();
         Some(event)
     }
 
-    /// Events at the front that no topic holds any more (evicted by a topic's count limit)
-    /// are released here so their bytes stop counting.
-    fn forget_unreferenced(&mut self) {
-        while let Some(front) = self.events.front() {
-            if Rc::strong_count(front) > 1 {
-                break;
-            }
-            self.bytes -= front.frame.len();
-            self.events.pop_front();
+    /// Unix ms of the oldest retained event.
+    pub fn oldest_published_at(&self) -> Option<u64> {
+        self.slots
+            .front()
+            .and_then(|s| s.event.as_ref())
+            .map(|e| e.published_at)
+    }
+
+    /// The event `id` is held by no topic any more: turn its slot into a gap.
+    fn release(&mut self, id: u64) {
+        let Ok(i) = self.slots.binary_search_by_key(&id, |s| s.id) else {
+            return;
+        };
+        if let Some(event) = self.slots[i].event.take() {
+            self.forget(&event);
+        }
+        self.drop_front_gaps();
+        let gaps = self.slots.len() - self.events;
+        if gaps > MIN_GAPS_TO_COMPACT && gaps > self.events {
+            self.slots.retain(|s| s.event.is_some());
+            self.slots.shrink_to(self.events * 2);
+        }
+    }
+
+    fn forget(&mut self, event: &Event) {
+        self.bytes -= event.cost();
+        self.events -= 1;
+    }
+
+    fn drop_front_gaps(&mut self) {
+        while self.slots.front().is_some_and(|s| s.event.is_none()) {
+            self.slots.pop_front();
         }
     }
 }
@@ -216,20 +302,17 @@ mod tests {
     use super::*;
 
     fn event(id: u64, at: u64, topics: &[TopicId], size: usize) -> Rc<Event> {
-        Rc::new(Event {
-            id,
-            frame: vec![b'x'; size].into(),
-            published_at: at,
-            topics: topics.into(),
-            is_final: false,
-        })
+        Rc::new(Event::new(id, vec![b'x'; size].into(), at, topics.into(), false))
     }
 
-    const LIMITS: Limits = Limits {
-        max_events: 3,
-        max_age: 1000,
-        max_bytes: 1000,
-    };
+    fn cost(size: usize, topics: usize) -> usize {
+        size + EVENT_OVERHEAD + EVENT_PER_TOPIC * topics
+    }
+
+    #[test]
+    fn event_stays_small() {
+        assert_eq!(std::mem::size_of::<Event>(), 56);
+    }
 
     #[test]
     fn ids_increase_and_follow_the_clock() {
@@ -247,15 +330,58 @@ mod tests {
         let mut topics = vec![Retained::default(), Retained::default()];
         let mut tl = Timeline::default();
         for id in 1..=5 {
-            tl.retain(event(id, 0, &[0], 10), &LIMITS, &mut topics);
+            tl.retain(event(id, 0, &[0], 10), 3, &mut topics);
         }
-        tl.retain(event(6, 0, &[1], 10), &LIMITS, &mut topics);
+        tl.retain(event(6, 0, &[1], 10), 3, &mut topics);
         let ids: Vec<u64> = topics[0].after(0).map(|e| e.id).collect();
         assert_eq!(ids, [3, 4, 5]);
         assert_eq!(topics[0].evicted_up_to, 2);
         assert_eq!(topics[1].len(), 1);
         assert_eq!(tl.len(), 4, "evicted events no longer count");
-        assert_eq!(tl.bytes(), 40);
+        assert_eq!(tl.bytes(), 4 * cost(10, 1));
+    }
+
+    #[test]
+    fn count_evicted_events_leave_behind_an_older_pinned_one() {
+        // Topic 0 keeps one old event; topic 1 is busy. Every event topic 1 drops must
+        // leave the timeline although event 1 is still in front of it.
+        let mut topics = vec![Retained::default(), Retained::default()];
+        let mut tl = Timeline::default();
+        tl.retain(event(1, 0, &[0], 10), 10, &mut topics);
+        for id in 2..=100_002 {
+            tl.retain(event(id, 0, &[1], 60), 10, &mut topics);
+        }
+        assert_eq!(tl.len(), 11);
+        assert_eq!(tl.bytes(), cost(10, 1) + 10 * cost(60, 1));
+        assert!(
+            tl.slots.len() <= 2 * 11 + MIN_GAPS_TO_COMPACT + 1,
+            "gaps are compacted: {} slots",
+            tl.slots.len()
+        );
+        assert_eq!(topics[0].oldest_id(), Some(1));
+        assert_eq!(topics[0].evicted_up_to, 0, "the quiet topic lost nothing");
+        // The pinned event leaves by age (front), and the gaps behind it with it.
+        let e = tl.evict_oldest(&mut topics).unwrap();
+        assert_eq!(e.id, 1);
+        assert_eq!(tl.oldest_published_at(), Some(0));
+        assert_eq!(tl.len(), 10);
+        assert!(topics[0].is_empty());
+    }
+
+    #[test]
+    fn multi_topic_event_stays_while_one_topic_holds_it() {
+        let mut topics = vec![Retained::default(), Retained::default()];
+        let mut tl = Timeline::default();
+        tl.retain(event(1, 0, &[0, 1], 10), 2, &mut topics);
+        tl.retain(event(2, 0, &[0], 10), 2, &mut topics);
+        tl.retain(event(3, 0, &[0], 10), 2, &mut topics);
+        assert_eq!(topics[0].oldest_id(), Some(2), "topic 0 dropped event 1");
+        assert_eq!(topics[1].oldest_id(), Some(1), "topic 1 still holds it");
+        assert_eq!(tl.len(), 3);
+        tl.retain(event(4, 0, &[1], 10), 2, &mut topics);
+        tl.retain(event(5, 0, &[1], 10), 2, &mut topics);
+        assert_eq!(tl.len(), 4, "event 1 left once no topic held it");
+        assert_eq!(tl.bytes(), 4 * cost(10, 1));
     }
 
     #[test]
@@ -263,7 +389,7 @@ mod tests {
         let mut topics = vec![Retained::default()];
         let mut tl = Timeline::default();
         for id in [10, 20, 30] {
-            tl.retain(event(id, 0, &[0], 1), &LIMITS, &mut topics);
+            tl.retain(event(id, 0, &[0], 1), 3, &mut topics);
         }
         let after = |id| topics[0].after(id).map(|e| e.id).collect::<Vec<_>>();
         assert_eq!(after(0), [10, 20, 30]);
@@ -273,37 +399,22 @@ mod tests {
     }
 
     #[test]
-    fn age_limit_evicts_across_topics() {
+    fn oldest_eviction_goes_across_topics() {
         let mut topics = vec![Retained::default(), Retained::default()];
         let mut tl = Timeline::default();
-        tl.retain(event(1, 0, &[0, 1], 10), &LIMITS, &mut topics);
-        tl.retain(event(2, 500, &[1], 10), &LIMITS, &mut topics);
-        assert!(tl.prune(999, &LIMITS, &mut topics).is_empty());
-        assert_eq!(tl.prune(1000, &LIMITS, &mut topics).len(), 1);
+        tl.retain(event(1, 0, &[0, 1], 10), 3, &mut topics);
+        tl.retain(event(2, 500, &[1], 10), 3, &mut topics);
+        assert_eq!(tl.oldest_published_at(), Some(0));
+        assert_eq!(tl.evict_oldest(&mut topics).map(|e| e.id), Some(1));
         assert!(topics[0].is_empty());
         assert_eq!(topics[1].oldest_id(), Some(2));
         assert_eq!(topics[1].evicted_up_to, 1);
-        assert_eq!(tl.bytes(), 10);
+        assert_eq!(tl.bytes(), cost(10, 1));
+        assert_eq!(tl.oldest_published_at(), Some(500));
     }
 
     #[test]
-    fn byte_limit_evicts_oldest_first() {
-        let mut topics = vec![Retained::default(), Retained::default()];
-        let mut tl = Timeline::default();
-        let limits = Limits {
-            max_events: 100,
-            max_age: 1000,
-            max_bytes: 250,
-        };
-        for id in 1..=3 {
-            tl.retain(
-                event(id, 0, &[(id % 2) as TopicId], 100),
-                &limits,
-                &mut topics,
-            );
-        }
-        assert_eq!(tl.bytes(), 200);
-        assert_eq!(topics[1].oldest_id(), Some(3));
-        assert_eq!(topics[0].oldest_id(), Some(2));
+    fn new_topic_starts_at_the_horizon() {
+        assert_eq!(Retained::new(42).evicted_up_to, 42);
     }
 }

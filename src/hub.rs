@@ -18,7 +18,8 @@ pub struct Hub {
     /// data directory, or this process's start in Unix µs without one.
     remembers_from: u64,
     /// Highest id of any event whose topic metadata (or log segment) has been forgotten:
-    /// a resume from below it cannot be proven complete.
+    /// a topic created from now on cannot prove a resume from below it complete (it may be
+    /// the same name as a forgotten one), so it starts with this as its evicted id.
     forgotten_up_to: u64,
 }
 
@@ -62,16 +63,64 @@ impl Hub {
         self.timeline.len()
     }
 
+    /// What `history.max_bytes` caps: retained events (`Event::cost`) and topic metadata.
     pub fn retained_bytes(&self) -> usize {
-        self.timeline.bytes()
+        self.timeline.bytes() + self.topics.bytes()
     }
 
     pub fn set_remembers_from(&mut self, id: u64) {
         self.remembers_from = id;
     }
 
+    /// Ids up to `id` may be gone for any topic (log recovery cut damaged records, or
+    /// segments older than the retained ones are gone): a resume from below it, on any
+    /// topic, known now or created later, gets `reset`.
     pub fn note_forgotten(&mut self, id: u64) {
         self.forgotten_up_to = self.forgotten_up_to.max(id);
+        for t in self.topics.ids() {
+            let h = &mut self.topics.get_mut(t).history;
+            h.evicted_up_to = h.evicted_up_to.max(id);
+        }
+    }
+
+    /// The log deleted segments up to `id` while running. Topics in memory keep what they
+    /// know; only a topic created later (its past may be in those segments) is affected.
+    pub fn note_log_trimmed(&mut self, id: u64) {
+        self.forgotten_up_to = self.forgotten_up_to.max(id);
+    }
+
+    /// The topic named `name`, created when first used (see `forgotten_up_to`).
+    pub fn intern(&mut self, name: &str) -> TopicId {
+        self.topics.intern(name, self.forgotten_up_to)
+    }
+
+    /// Forgets a topic's metadata; resumes on a topic of that name created later cannot be
+    /// proven complete below its last id.
+    fn forget_topic(&mut self, t: TopicId) {
+        let h = &self.topics.get(t).history;
+        self.forgotten_up_to = self.forgotten_up_to.max(h.last_id.max(h.evicted_up_to));
+        self.topics.forget(t);
+    }
+
+    /// Evicts the oldest retained event, and with it the metadata of each of its topics
+    /// that is now quiet: no event left (nor one accepted and not yet committed: its
+    /// `TopicId` must stay valid), no subscriber, no final mark to keep.
+    fn evict_oldest(&mut self) -> bool {
+        let Some(event) = self.timeline.evict_oldest(&mut self.topics) else {
+            return false;
+        };
+        for &t in event.topics.iter() {
+            let topic = self.topics.get(t);
+            let h = &topic.history;
+            if h.is_empty()
+                && h.last_id <= h.evicted_up_to
+                && topic.subscribers.is_empty()
+                && !h.is_final()
+            {
+                self.forget_topic(t);
+            }
+        }
+        true
     }
 
     /// Accepts an event: refuses it if one of its topics is final, else assigns the next
@@ -126,26 +175,26 @@ impl Hub {
         is_final: bool,
     ) -> Rc<Event> {
         let frame = sse::encode_event(id, event, data).into();
-        let topics: Box<[TopicId]> = names.iter().map(|n| self.topics.intern(n)).collect();
+        let topics: Box<[TopicId]> = names.iter().map(|n| self.intern(n)).collect();
         for &t in topics.iter() {
             self.topics
                 .get_mut(t)
                 .history
                 .note_published(id, is_final, published_at);
         }
-        Rc::new(Event {
-            id,
-            frame,
-            published_at,
-            topics,
-            is_final,
-        })
+        Rc::new(Event::new(id, frame, published_at, topics, is_final))
     }
 
-    /// The event is durable: retain it in history (from now on it may be delivered).
+    /// The event is durable: retain it in history (from now on it may be delivered), then
+    /// evict the oldest events while events and topic metadata exceed `history.max_bytes`.
     pub fn commit(&mut self, event: &Rc<Event>) {
         self.timeline
-            .retain(event.clone(), &self.limits, &mut self.topics);
+            .retain(event.clone(), self.limits.max_events, &mut self.topics);
+        // Never the event just committed: it is about to be fanned out to its topics.
+        while self.retained_bytes() > self.limits.max_bytes
+            && self.timeline.len() > 1
+            && self.evict_oldest()
+        {}
     }
 
     /// The event could not be made durable: undo its final mark (the id stays used).
@@ -160,12 +209,18 @@ impl Hub {
 
     /// Evicts events past `history.max_age`, lifts expired final marks, and forgets the
     /// metadata of topics idle (no subscribers, no events) for longer than `max_age`.
+    /// Returns how many events were evicted.
     pub fn prune(&mut self, now_unix_ms: u64) -> usize {
-        let evicted = self
-            .timeline
-            .prune(now_unix_ms, &self.limits, &mut self.topics)
-            .len();
         let max_age = self.limits.max_age;
+        let mut evicted = 0;
+        while self
+            .timeline
+            .oldest_published_at()
+            .is_some_and(|at| now_unix_ms.saturating_sub(at) >= max_age)
+            && self.evict_oldest()
+        {
+            evicted += 1;
+        }
         let mut forget = Vec::new();
         for t in self.topics.ids() {
             let topic = self.topics.get_mut(t);
@@ -178,12 +233,11 @@ impl Hub {
                 && !h.is_final()
                 && now_unix_ms.saturating_sub(h.last_published_at) >= max_age
             {
-                forget.push((t, h.last_id.max(h.evicted_up_to)));
+                forget.push(t);
             }
         }
-        for (t, last) in forget {
-            self.note_forgotten(last);
-            self.topics.forget(t);
+        for t in forget {
+            self.forget_topic(t);
         }
         evicted
     }
@@ -227,9 +281,9 @@ impl Hub {
         }) {
             return Resume::Finished;
         }
-        let missed_something_gone = r < self.remembers_from
-            || r < self.forgotten_up_to
-            || topics.iter().any(|&t| history(t).evicted_up_to > r);
+        // A topic's evicted id also covers what was forgotten before it was created.
+        let missed_something_gone =
+            r < self.remembers_from || topics.iter().any(|&t| history(t).evicted_up_to > r);
         Resume::Stream {
             cursor: r,
             reset: if missed_something_gone { reset } else { None },
@@ -288,6 +342,8 @@ fn parse_id(raw: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::EVENT_OVERHEAD;
+    use crate::pubsub::TOPIC_OVERHEAD;
 
     const LIMITS: Limits = Limits {
         max_events: 3,
@@ -443,10 +499,109 @@ mod tests {
             hub.topics.lookup("gone").is_none(),
             "idle topic forgotten after max_age"
         );
-        let fresh = hub.topics.intern("gone");
+        let fresh = hub.intern("gone");
         let plan = hub.plan_resume(&[fresh], Some(&ids[0].to_string()));
         assert!(matches!(plan, Resume::Stream { reset: Some(_), .. }));
         let plan = hub.plan_resume(&[fresh], Some(&ids[1].to_string()));
         assert!(matches!(plan, Resume::Stream { reset: None, .. }));
+    }
+
+    fn limits(max_events: usize, max_bytes: usize) -> Limits {
+        Limits {
+            max_events,
+            max_age: 60_000,
+            max_bytes,
+        }
+    }
+
+    fn publish_to(hub: &mut Hub, topic: &str, at_us: u64) -> u64 {
+        let e = hub.accept(&publish(&[topic], false), at_us / 1000, at_us).unwrap();
+        hub.commit(&e);
+        e.id
+    }
+
+    #[test]
+    fn a_quiet_topic_keeps_its_event_while_a_busy_one_churns() {
+        let mut hub = Hub::new(limits(10, 1_000_000), 0, 500);
+        let quiet = publish_to(&mut hub, "quiet", 1_000);
+        for i in 0..20_000 {
+            publish_to(&mut hub, "busy", 2_000 + i);
+        }
+        assert_eq!(hub.retained_events(), 11, "10 busy + 1 quiet");
+        let q = hub.topics.lookup("quiet").unwrap();
+        assert_eq!(
+            hub.plan_resume(&[q], Some(&(quiet - 1).to_string())),
+            Resume::Stream {
+                cursor: quiet - 1,
+                reset: None,
+                replay: true
+            }
+        );
+        let per_event = hub.timeline.bytes() / 11;
+        assert!(per_event > EVENT_OVERHEAD, "bookkeeping counted: {per_event}");
+    }
+
+    #[test]
+    fn unique_topics_stay_within_the_byte_budget() {
+        let max_bytes = 100_000;
+        let mut hub = Hub::new(limits(1000, max_bytes), 0, 1_000);
+        let mut first = 0;
+        for i in 0..50_000u64 {
+            let id = publish_to(&mut hub, &format!("t{i:0>100}"), 1_000 + i);
+            if i == 0 {
+                first = id;
+            }
+            assert!(hub.retained_bytes() <= max_bytes);
+        }
+        assert!(hub.topics.len() < max_bytes / TOPIC_OVERHEAD, "{}", hub.topics.len());
+        assert_eq!(hub.topics.len(), hub.retained_events());
+        // The first topic was forgotten with its event: resuming it is a reset...
+        let gone = hub.intern(&format!("t{:0>100}", 0));
+        assert!(matches!(
+            hub.plan_resume(&[gone], Some(&first.to_string())),
+            Resume::Stream { reset: Some(_), .. }
+        ));
+    }
+
+    #[test]
+    fn forgetting_one_topic_does_not_reset_resumes_on_another() {
+        let mut hub = Hub::new(limits(1000, 1 << 20), 0, 1_000);
+        let k = publish_to(&mut hub, "kept", 1_000);
+        publish_to(&mut hub, "gone", 2_000);
+        publish_to(&mut hub, "kept", 70_000_000);
+        hub.prune(70_000);
+        assert!(hub.topics.lookup("gone").is_none(), "idle past max_age");
+        let kept_t = hub.topics.lookup("kept").unwrap();
+        // "kept" lost its first event to age: a resume from before it is a reset, but one
+        // from its first event is complete although "gone" (a later id) was forgotten.
+        assert!(matches!(
+            hub.plan_resume(&[kept_t], Some(&(k - 1).to_string())),
+            Resume::Stream { reset: Some(_), .. }
+        ));
+        assert_eq!(
+            hub.plan_resume(&[kept_t], Some(&k.to_string())),
+            Resume::Stream {
+                cursor: k,
+                reset: None,
+                replay: true
+            }
+        );
+    }
+
+    #[test]
+    fn recovery_cut_resets_every_topic() {
+        let mut hub = Hub::new(limits(1000, 1 << 20), 0, 1_000);
+        let a = publish_to(&mut hub, "a", 1_000);
+        hub.note_forgotten(a + 5);
+        let t = hub.topics.lookup("a").unwrap();
+        assert!(matches!(
+            hub.plan_resume(&[t], Some(&a.to_string())),
+            Resume::Stream { reset: Some(_), .. }
+        ));
+        let fresh = hub.intern("b");
+        assert!(matches!(
+            hub.plan_resume(&[fresh], Some(&a.to_string())),
+            Resume::Stream { reset: Some(_), .. }
+        ));
     }
 }

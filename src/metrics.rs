@@ -311,7 +311,7 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
     family(
         "ssehub_history_bytes",
         "gauge",
-        "Bytes of the events retained in history (their encoded frames, what history.max_bytes caps).",
+        "Bytes counted against history.max_bytes: retained events (frame plus bookkeeping) and topic metadata.",
         &one(s.history_bytes),
     );
     family(

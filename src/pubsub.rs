@@ -6,20 +6,31 @@ use crate::history::{Histories, Retained, TopicId};
 use slab::Slab;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 /// A connection's slab key, as stored in subscriber sets (u32 keeps the sets small).
 pub type ConnKey = u32;
 
 pub struct Topic {
-    pub name: Box<str>,
+    /// Shared with the name index: one allocation per topic name.
+    pub name: Rc<str>,
     pub subscribers: HashSet<ConnKey, BuildHasherDefault<KeyHasher>>,
     pub history: Retained,
 }
 
+/// Bookkeeping of one topic beyond its name bytes, counted against `history.max_bytes`
+/// with the retained events: the `Topic` in the slab (136 bytes, up to twice that with
+/// growth), its name-index entry (~40 with hashbrown's load factor and growth) and the
+/// name's `Rc` header and malloc rounding (~32). Measured with a million unique topics:
+/// bench-results/2026-11-28-history-memory.md.
+pub const TOPIC_OVERHEAD: usize = 320;
+
 #[derive(Default)]
 pub struct Topics {
-    by_name: HashMap<Box<str>, TopicId>,
+    by_name: HashMap<Rc<str>, TopicId>,
     topics: Slab<Topic>,
+    /// `TOPIC_OVERHEAD` plus the name length of every topic.
+    bytes: usize,
 }
 
 impl Topics {
@@ -31,21 +42,29 @@ impl Topics {
         self.topics.is_empty()
     }
 
+    /// What the topics' metadata costs, as counted against `history.max_bytes`.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn lookup(&self, name: &str) -> Option<TopicId> {
         self.by_name.get(name).copied()
     }
 
-    /// The topic named `name`, created when first used.
-    pub fn intern(&mut self, name: &str) -> TopicId {
+    /// The topic named `name`, created when first used. A created topic treats resumes from
+    /// below `horizon` as not provably complete (`Retained::new`).
+    pub fn intern(&mut self, name: &str, horizon: u64) -> TopicId {
         if let Some(&id) = self.by_name.get(name) {
             return id;
         }
+        let name: Rc<str> = name.into();
+        self.bytes += TOPIC_OVERHEAD + name.len();
         let id = self.topics.insert(Topic {
-            name: name.into(),
+            name: name.clone(),
             subscribers: HashSet::default(),
-            history: Retained::default(),
+            history: Retained::new(horizon),
         }) as TopicId;
-        self.by_name.insert(name.into(), id);
+        self.by_name.insert(name, id);
         id
     }
 
@@ -79,7 +98,16 @@ impl Topics {
 
     pub fn forget(&mut self, id: TopicId) {
         let topic = self.topics.remove(id as usize);
+        self.bytes -= TOPIC_OVERHEAD + topic.name.len();
         self.by_name.remove(&topic.name);
+        // Give back what a flood of short-lived topics grew (the slab cannot move its
+        // entries, so it only shrinks once empty).
+        if self.by_name.capacity() > 4 * self.by_name.len() + 1024 {
+            self.by_name.shrink_to(2 * self.by_name.len());
+        }
+        if self.topics.is_empty() {
+            self.topics.shrink_to_fit();
+        }
     }
 
     pub fn ids(&self) -> Vec<TopicId> {
@@ -121,9 +149,9 @@ mod tests {
     #[test]
     fn intern_subscribe_forget() {
         let mut t = Topics::default();
-        let a = t.intern("a");
-        assert_eq!(t.intern("a"), a);
-        let b = t.intern("b");
+        let a = t.intern("a", 0);
+        assert_eq!(t.intern("a", 0), a);
+        let b = t.intern("b", 0);
         assert_ne!(a, b);
         t.subscribe(a, 1);
         t.subscribe(a, 2);
@@ -133,5 +161,13 @@ mod tests {
         t.unsubscribe(a, 2);
         assert_eq!(t.lookup("a"), None, "unused topic forgotten");
         assert_eq!(t.len(), 1);
+        assert_eq!(t.bytes(), TOPIC_OVERHEAD + 1);
+        t.forget(b);
+        assert_eq!(t.bytes(), 0);
+    }
+
+    #[test]
+    fn topic_stays_the_size_its_overhead_assumes() {
+        assert!(std::mem::size_of::<Topic>() <= 136);
     }
 }

@@ -105,8 +105,16 @@ fn metrics_match_known_traffic() {
     );
     assert_eq!(v("ssehub_slow_disconnects_total", &[]), 0.0);
     assert_eq!(v("ssehub_history_events", &[]), 5.0);
-    // Retained bytes are the events' encoded frames (what `history.max_bytes` caps).
-    assert_eq!(v("ssehub_history_bytes", &[]), frame_bytes as f64);
+    // Retained bytes are what `history.max_bytes` caps: the events' encoded frames plus
+    // their bookkeeping, and the topics' metadata ("news" and "other").
+    use ssehub::history::{EVENT_OVERHEAD, EVENT_PER_TOPIC};
+    use ssehub::pubsub::TOPIC_OVERHEAD;
+    let counted = frame_bytes
+        + 5 * (EVENT_OVERHEAD + EVENT_PER_TOPIC)
+        + 2 * TOPIC_OVERHEAD
+        + "news".len()
+        + "other".len();
+    assert_eq!(v("ssehub_history_bytes", &[]), counted as f64);
     assert_eq!(v("ssehub_bytes_written_total", &[]), written as f64);
 
     // Publish-to-write latency: each event went out to 3 streams in a write of its own.
