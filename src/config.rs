@@ -68,6 +68,8 @@ pub struct Ingest {
     pub group: String,
     pub allowed_uids: Vec<u32>,
     pub max_event_bytes: usize,
+    /// Producers connected at once; 0: derived from RLIMIT_NOFILE (1/16 of it, 1..=256).
+    pub max_producers: usize,
 }
 
 impl Default for Ingest {
@@ -78,6 +80,7 @@ impl Default for Ingest {
             group: String::new(),
             allowed_uids: Vec::new(),
             max_event_bytes: 65536,
+            max_producers: 0,
         }
     }
 }

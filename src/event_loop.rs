@@ -134,7 +134,11 @@ pub struct Server {
     keepalive: Frame,
     scratch: Box<[u8]>,
     max_connections: usize,
+    /// Producers connected at once (`ingest.max_producers`, or derived).
+    max_producers: usize,
     accept_paused: bool,
+    /// An out-of-descriptors episode was logged; cleared by the next accept that works.
+    fd_shortage_logged: bool,
     started: Instant,
     now: Millis,
     rng: Rng,
@@ -224,10 +228,7 @@ impl Server {
             poll.registry()
                 .register(l, ops::ADMIN_LISTENER, Interest::READABLE)?;
         }
-        let max_connections = match config.http.max_connections {
-            0 => derived_max_connections(),
-            n => n,
-        };
+        let (max_connections, max_producers) = descriptor_caps(&config);
         let started = Instant::now();
         let mut wheel = Wheel::new(TICK_MS, WHEEL_SLOTS, 0);
         wheel.insert(PRUNE_EVERY_MS, Due::PruneHistory);
@@ -257,7 +258,9 @@ impl Server {
             keepalive: Rc::from(sse::KEEPALIVE),
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
             max_connections,
+            max_producers,
             accept_paused: false,
+            fd_shortage_logged: false,
             started,
             now: 0,
             rng: Rng::seeded(),
@@ -280,6 +283,10 @@ impl Server {
 
     pub fn max_connections(&self) -> usize {
         self.max_connections
+    }
+
+    pub fn max_producers(&self) -> usize {
+        self.max_producers
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -392,22 +399,14 @@ impl Server {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_out_of_descriptors(&e) => {
-                    warn!(
-                        "accept paused: out of file descriptors open={}",
-                        self.conns.len()
-                    );
-                    self.accept_paused = true;
-                    self.wheel
-                        .insert(self.now + ACCEPT_RETRY_MS, Due::ResumeAccept);
-                    return;
-                }
+                Err(e) if is_out_of_descriptors(&e) => return self.pause_accept(),
                 Err(e) => {
                     debug!("accept failed: {e}");
                     continue;
                 }
             };
             self.stats.accepted += 1;
+            self.fd_shortage_over();
             let overload_as_retry = self.config.http.overload_as_retry;
             let mut over_cap = 0;
             if self.conns.len() >= self.max_connections
@@ -495,21 +494,27 @@ impl Server {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_out_of_descriptors(&e) => {
-                    // Edge-triggered: nobody would tell us again, so retry on a timer.
-                    if !self.accept_paused {
-                        warn!("ingest accept paused: out of file descriptors");
-                        self.accept_paused = true;
-                        self.wheel
-                            .insert(self.now + ACCEPT_RETRY_MS, Due::ResumeAccept);
-                    }
-                    return;
-                }
+                Err(e) if is_out_of_descriptors(&e) => return self.pause_accept(),
                 Err(e) => {
                     warn!("ingest accept failed: {e}");
                     return;
                 }
             };
+            self.fd_shortage_over();
+            if self.producers.len() >= self.max_producers {
+                // Producers count against the descriptor budget like connections do: past
+                // the cap they get a reason and are closed, so the log keeps its reserve.
+                let reason = format!(
+                    "too many producers connected (ingest.max_producers = {})",
+                    self.max_producers
+                );
+                debug!("ingest connection refused: {reason}");
+                self.stats.ingest_errors += 1;
+                let mut answer = Vec::new();
+                line::write_error(&mut answer, &reason);
+                let _ = io::Write::write(&mut sock, &answer);
+                continue;
+            }
             let allowed = &self.config.ingest.allowed_uids;
             if !allowed.is_empty() {
                 match ingest::peer_uid(&sock) {
@@ -537,6 +542,35 @@ impl Server {
             {
                 entry.insert(Producer::new(sock));
             }
+        }
+    }
+
+    /// Out of descriptors: stop accepting (HTTP and ingest) and retry on a timer, since
+    /// with edge-triggered readiness nobody would tell us again. Logged once per episode.
+    fn pause_accept(&mut self) {
+        if !self.fd_shortage_logged {
+            warn!(
+                "accept paused: out of file descriptors connections={} producers={}; retrying every {ACCEPT_RETRY_MS} ms",
+                self.conns.len(),
+                self.producers.len()
+            );
+            self.fd_shortage_logged = true;
+        }
+        if !self.accept_paused {
+            self.accept_paused = true;
+            self.wheel
+                .insert(self.now + ACCEPT_RETRY_MS, Due::ResumeAccept);
+        }
+    }
+
+    /// An accept worked: an out-of-descriptors episode, if any, is over.
+    fn fd_shortage_over(&mut self) {
+        if std::mem::take(&mut self.fd_shortage_logged) {
+            info!(
+                "accept resumed: descriptors available again connections={} producers={}",
+                self.conns.len(),
+                self.producers.len()
+            );
         }
     }
 
@@ -640,7 +674,7 @@ impl Server {
                 .reschedule(timer, self.now + self.request_timeout());
         }
         // `/metrics`, and everything on the admin listener (`ops`).
-        if self.route_admin(key, &req.path, req.method, after, head_only) {
+        if self.route_admin(key, &req, after, head_only) {
             return;
         }
         let over_cap = self.conns[key as usize].flags & (flags::OVER_CAP | flags::OVER_PER_IP);
@@ -648,6 +682,9 @@ impl Server {
             return self.answer_over_cap(key, over_cap, &req, head_only);
         }
         if !self.count_forwarded_client(key, &req) {
+            if self.config.http.overload_as_retry {
+                return self.answer_over_cap(key, flags::OVER_PER_IP, &req, head_only);
+            }
             self.stats.rejected_at_cap += 1;
             let headers = [("Retry-After", RETRY_AFTER_S)];
             let reason = "too many connections from your address";
@@ -793,11 +830,12 @@ impl Server {
             (429, "too many connections from your address")
         };
         self.stats.rejected_at_cap += 1;
-        self.stats.rejected.count(status);
         if req.path != "/events" || req.method != Method::Get {
+            // `answer` counts the status.
             let headers = [("Retry-After", RETRY_AFTER_S)];
             return self.answer(key, status, reason, After::Close, &headers, head_only);
         }
+        self.stats.rejected.count(status);
         let base = RETRY_AFTER_S.parse::<u64>().unwrap_or(5) * 1000;
         let jitter = self
             .rng
@@ -1765,11 +1803,25 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
     )
 }
 
-/// Connections allowed when `http.max_connections = 0`: the descriptor limit minus a
-/// reserve for listeners, producers, log files and the poll itself.
-fn derived_max_connections() -> usize {
+/// Descriptors no cap may use: listeners, the poll and its waker, the data directory's
+/// lock, segment and directory files, a reload's file reads, a refused connection's
+/// moment between accept and close.
+const DESCRIPTOR_RESERVE: usize = 64;
+
+/// `(max_connections, max_producers)`: the configured values, or derived from the
+/// descriptor limit where 0, so that connections, producers and the reserve together fit.
+pub(crate) fn descriptor_caps(config: &Config) -> (usize, usize) {
     let (soft, _) = crate::rlimit::nofile();
-    (soft as usize).saturating_sub(64).max(1)
+    let soft = soft as usize;
+    let producers = match config.ingest.max_producers {
+        0 => (soft / 16).clamp(1, 256),
+        n => n,
+    };
+    let connections = match config.http.max_connections {
+        0 => soft.saturating_sub(DESCRIPTOR_RESERVE + producers).max(1),
+        n => n,
+    };
+    (connections, producers)
 }
 
 fn unix_millis() -> u64 {

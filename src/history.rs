@@ -302,7 +302,13 @@ mod tests {
     use super::*;
 
     fn event(id: u64, at: u64, topics: &[TopicId], size: usize) -> Rc<Event> {
-        Rc::new(Event::new(id, vec![b'x'; size].into(), at, topics.into(), false))
+        Rc::new(Event::new(
+            id,
+            vec![b'x'; size].into(),
+            at,
+            topics.into(),
+            false,
+        ))
     }
 
     fn cost(size: usize, topics: usize) -> usize {

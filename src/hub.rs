@@ -515,7 +515,9 @@ mod tests {
     }
 
     fn publish_to(hub: &mut Hub, topic: &str, at_us: u64) -> u64 {
-        let e = hub.accept(&publish(&[topic], false), at_us / 1000, at_us).unwrap();
+        let e = hub
+            .accept(&publish(&[topic], false), at_us / 1000, at_us)
+            .unwrap();
         hub.commit(&e);
         e.id
     }
@@ -538,7 +540,10 @@ mod tests {
             }
         );
         let per_event = hub.timeline.bytes() / 11;
-        assert!(per_event > EVENT_OVERHEAD, "bookkeeping counted: {per_event}");
+        assert!(
+            per_event > EVENT_OVERHEAD,
+            "bookkeeping counted: {per_event}"
+        );
     }
 
     #[test]
@@ -553,7 +558,11 @@ mod tests {
             }
             assert!(hub.retained_bytes() <= max_bytes);
         }
-        assert!(hub.topics.len() < max_bytes / TOPIC_OVERHEAD, "{}", hub.topics.len());
+        assert!(
+            hub.topics.len() < max_bytes / TOPIC_OVERHEAD,
+            "{}",
+            hub.topics.len()
+        );
         assert_eq!(hub.topics.len(), hub.retained_events());
         // The first topic was forgotten with its event: resuming it is a reset...
         let gone = hub.intern(&format!("t{:0>100}", 0));

@@ -202,13 +202,14 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     match server.http_addr() {
         Ok(addr) => info!(
-            "listening http={addr} ingest={}{} admin={} max_connections={} socket_activated={socket_activated} watchdog_ms={}",
+            "listening http={addr} ingest={}{} admin={} max_connections={} max_producers={} socket_activated={socket_activated} watchdog_ms={}",
             ingest_path.display(),
             if ingest_passed { " (passed in)" } else { "" },
             server
                 .admin_addr()
                 .map_or_else(|| "-".to_string(), |a| a.to_string()),
             server.max_connections(),
+            server.max_producers(),
             watchdog.map_or(0, |w| w.as_millis()),
         ),
         Err(e) => error!("no listener address: {e}"),

@@ -91,6 +91,7 @@ const KEYS: &[Key] = &[
     key!("ingest.group", RESTART, ingest.group),
     key!("ingest.allowed_uids", RELOAD, ingest.allowed_uids),
     key!("ingest.max_event_bytes", RELOAD, ingest.max_event_bytes),
+    key!("ingest.max_producers", RELOAD, ingest.max_producers),
     key!("streams.keepalive", RELOAD, streams.keepalive),
     key!("streams.retry_base", RELOAD, streams.retry_base),
     key!("streams.retry_jitter", RELOAD, streams.retry_jitter),

@@ -394,7 +394,8 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_resumes() {
     // A producer arrives while the server is out of descriptors too.
     let mut producer = Producer::connect(&server.socket);
     producer.send_raw(b"{\"topic\":\"caps:held\",\"data\":\"back\"}\n");
-    // Out of descriptors with connections waiting in both backlogs: no busy loop.
+    // Out of descriptors with connections waiting in both backlogs: no busy loop, and
+    // one log line for the episode (not one per retry every 100 ms).
     let before = server.cpu_ticks();
     std::thread::sleep(Duration::from_secs(2));
     let used = server.cpu_ticks() - before;
@@ -402,6 +403,12 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_resumes() {
         used <= 40,
         "{used} ticks of CPU in 2 s while out of descriptors"
     );
+    let paused = server
+        .log()
+        .iter()
+        .filter(|l| l.contains("out of file descriptors"))
+        .count();
+    assert_eq!(paused, 1, "the pause is logged once per episode");
     // Freed descriptors are used again: every waiting connection is served...
     served.truncate(served.len() - waiting.len() - 5);
     for c in waiting.iter_mut() {
@@ -429,10 +436,12 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_resumes() {
 
 /// SPEC 2: with `http.overload_as_retry = true` a capped stream request gets a `200` stream
 /// that carries only a `retry:` of at least the `Retry-After` value, and is closed.
-fn check_overload_as_retry(server: &Server, source: &str) {
+fn check_overload_as_retry(server: &Server, source: &str, headers: &str) {
     // A non-stream request at the cap still gets the plain answer, with its Retry-After.
     let mut c = connect_from(server.addr, source);
-    c.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.send(&format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n{headers}\r\n"
+    ));
     let (status, head, _) = c.read_response();
     assert!(matches!(status, 429 | 503), "{head:?}");
     let after_s: u64 = header_of(&head, "retry-after")
@@ -441,7 +450,7 @@ fn check_overload_as_retry(server: &Server, source: &str) {
         .expect("seconds");
     for _ in 0..3 {
         let mut c = connect_from(server.addr, source);
-        c.send(&stream_request("caps:other", ""));
+        c.send(&stream_request("caps:other", headers));
         let head = c.read_head();
         assert!(
             head.starts_with("HTTP/1.1 200 OK\r\n"),
@@ -471,12 +480,94 @@ fn check_overload_as_retry(server: &Server, source: &str) {
 fn overload_as_retry_turns_the_global_cap_into_a_retry_stream() {
     let server = Server::start_with(&[("http", "max_connections = 1\noverload_as_retry = true")]);
     let _held = stream_from(&server, LOCAL, "");
-    check_overload_as_retry(&server, LOCAL);
+    check_overload_as_retry(&server, LOCAL, "");
 }
 
 #[test]
 fn overload_as_retry_turns_the_per_ip_cap_into_a_retry_stream() {
     let server = Server::start_with(&[("http", "max_per_ip = 1\noverload_as_retry = true")]);
     let _held = stream_from(&server, LOCAL, "");
-    check_overload_as_retry(&server, LOCAL);
+    check_overload_as_retry(&server, LOCAL, "");
+}
+
+#[test]
+fn overload_as_retry_also_covers_clients_behind_a_trusted_proxy() {
+    // The per-client cap of a forwarded client is decided once its request head is read;
+    // with overload_as_retry a capped stream request gets the retry stream there too
+    // (it used to get a 429, which makes a browser give up for good).
+    let server = Server::start_with(&[(
+        "http",
+        "max_per_ip = 1\ntrusted_proxies = [\"127.0.0.1\"]\noverload_as_retry = true",
+    )]);
+    let a = xff("198.51.100.7");
+    let _held = stream_from(&server, LOCAL, &a);
+    check_overload_as_retry(&server, LOCAL, &a);
+    // One /healthz and three stream requests were capped: each counted once.
+    let mut c = Client::connect(server.addr);
+    c.send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (_, _, body) = c.read_response();
+    assert!(
+        body.lines()
+            .any(|l| l == "ssehub_rejected_requests_total{status=\"429\"} 4"),
+        "{body}"
+    );
+}
+
+#[test]
+fn producers_are_capped_so_the_log_keeps_its_descriptors() {
+    // 100 descriptors: 6 producers (100 / 16), 30 connections, the rest kept for the log.
+    // Before the cap, 150 producers took every descriptor, HTTP accept paused and the log
+    // failed with `Too many open files`.
+    let data = tempfile::tempdir().expect("data dir");
+    let history = format!(
+        "data_dir = {:?}\nmax_log_bytes = 0",
+        data.path().display().to_string()
+    );
+    let mut server = Limited::start("-n 100", &[("history", &history)]);
+    let listening = server
+        .log()
+        .iter()
+        .find(|l| l.contains("listening http="))
+        .cloned()
+        .expect("listening line");
+    assert_eq!(log_value(&listening, "max_producers="), 6, "{listening}");
+    assert_eq!(log_value(&listening, "max_connections="), 30, "{listening}");
+
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for i in 0..150 {
+        let mut p = Producer::connect(&server.socket);
+        // A refused producer may be closed before the line arrives: ignore a failed write
+        // and read the answer either way.
+        let line = format!("{{\"topic\":\"caps:p\",\"data\":\"{i}\"}}\n");
+        let _ = std::io::Write::write_all(&mut p.sock, line.as_bytes());
+        let answer = p.read_answer();
+        if parse_ok(&answer).is_some() {
+            served.push(p);
+        } else {
+            let reason = parse_error_answer(&answer).unwrap_or_else(|| panic!("{answer}"));
+            assert_eq!(
+                reason,
+                "too many producers connected (ingest.max_producers = 6)"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(served.len(), 6);
+    assert_eq!(refused, 144);
+    // With every producer slot taken, the log still writes and HTTP still accepts.
+    for p in served.iter_mut() {
+        assert!(parse_ok(&p.request("{\"topic\":\"caps:p\",\"data\":\"more\"}")).is_some());
+    }
+    let mut c = Client::connect(server.addr);
+    c.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read_response().0, 200);
+    assert!(
+        !server
+            .log()
+            .iter()
+            .any(|l| l.contains("Too many open files") || l.contains("out of file descriptors")),
+        "{:?}",
+        server.log()
+    );
 }

@@ -17,7 +17,8 @@ fn flood(
     line: impl Fn(usize) -> String + Send + 'static,
 ) -> (usize, u64) {
     let sock = UnixStream::connect(&server.socket).expect("connect ingest");
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut writer = sock.try_clone().unwrap();
     let feeder = std::thread::spawn(move || {
         let mut buf = Vec::with_capacity(1 << 20);
@@ -71,11 +72,19 @@ fn a_quiet_topic_keeps_its_history_while_a_busy_topic_churns() {
     });
     assert_eq!(ok, 20_000);
     assert!(first > quiet);
-    assert_eq!(metric(&server, "ssehub_history_events"), 11.0, "10 busy + 1 quiet");
+    assert_eq!(
+        metric(&server, "ssehub_history_events"),
+        11.0,
+        "10 busy + 1 quiet"
+    );
 
     let mut c = server.resume("topic=quiet", &(quiet - 1).to_string());
     let first = c.read_event();
-    assert_eq!(first, format!("id: {quiet}\ndata: the only event\n\n"), "no reset");
+    assert_eq!(
+        first,
+        format!("id: {quiet}\ndata: the only event\n\n"),
+        "no reset"
+    );
 }
 
 #[test]

@@ -201,3 +201,35 @@ fn admin_listen_takes_metrics_and_healthz_away_from_the_public_listener() {
     c.send("GET /events?topic=a HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(c.read_head().starts_with("HTTP/1.1 200 OK"));
 }
+
+#[test]
+fn metrics_on_the_public_listener_answer_loopback_clients_only() {
+    // Without admin_listen, /metrics would tell anyone about topics, traffic and capacity:
+    // it answers clients on this host only. Behind a trusted proxy the forwarded client is
+    // what counts (a proxy on this host must not open it to the world).
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "trusted_proxies = [\"127.0.0.1\"]", "");
+    let hub = Hub::start(&config, |_| {});
+    let get = |headers: &str| {
+        let mut c = Client::connect(hub.addr);
+        c.send(&format!(
+            "GET /metrics HTTP/1.1\r\nHost: t\r\n{headers}\r\n"
+        ));
+        let (status, _, body) = c.read_response();
+        (status, body)
+    };
+    assert_eq!(get("").0, 200, "a loopback peer");
+    assert_eq!(get("X-Forwarded-For: 127.0.0.1\r\n").0, 200);
+    let (status, body) = get("X-Forwarded-For: 203.0.113.5\r\n");
+    assert_eq!(status, 403);
+    assert_eq!(
+        body,
+        "metrics are served to loopback clients only (set http.admin_listen)\n"
+    );
+    assert_eq!(get("X-Forwarded-For: 10.0.0.1, ::1\r\n").0, 200);
+    assert_eq!(get("X-Forwarded-For: 2001:db8::1\r\n").0, 403);
+    // /healthz stays public.
+    let mut c = Client::connect(hub.addr);
+    c.send("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.5\r\n\r\n");
+    assert_eq!(c.read_response().0, 200);
+}

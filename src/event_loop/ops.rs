@@ -291,11 +291,12 @@ impl Server {
         }
         let old_keepalive = self.config.streams.keepalive;
         self.config = config;
-        if diff.changed.contains(&"http.max_connections") {
-            self.max_connections = match self.config.http.max_connections {
-                0 => super::derived_max_connections(),
-                n => n,
-            };
+        if diff
+            .changed
+            .iter()
+            .any(|k| matches!(*k, "http.max_connections" | "ingest.max_producers"))
+        {
+            (self.max_connections, self.max_producers) = super::descriptor_caps(&self.config);
         }
         if diff.changed.contains(&"log.level") {
             set_log_level(&self.config.log.level);
@@ -392,15 +393,18 @@ impl Server {
     }
 
     /// Routes `/metrics` (and, on the admin listener, everything): true when answered.
-    /// With an admin listener, `/metrics` and `/healthz` are served only there.
+    /// With an admin listener, `/metrics` and `/healthz` are served only there; without
+    /// one, `/metrics` on the public listener answers loopback clients only (the client
+    /// named by a trusted proxy's `X-Forwarded-For` when there is one), since it tells
+    /// anyone who asks about topics, traffic and capacity.
     pub(super) fn route_admin(
         &mut self,
         key: u32,
-        path: &str,
-        method: Method,
+        req: &crate::http::request::Request,
         after: After,
         head_only: bool,
     ) -> bool {
+        let (path, method) = (req.path.as_str(), req.method);
         let on_admin = self.conns[key as usize].has(flags::ADMIN);
         let split = self.ops.admin_configured;
         match path {
@@ -411,6 +415,10 @@ impl Server {
                 let allow = [("Allow", "GET, HEAD")];
                 self.answer(key, 405, "method not allowed", after, &allow, false);
             }
+            "/metrics" if !on_admin && !self.client_is_loopback(key, req) => {
+                let reason = "metrics are served to loopback clients only (set http.admin_listen)";
+                self.answer(key, 403, reason, after, &[], head_only);
+            }
             "/metrics" => {
                 let body = self.render_metrics();
                 self.queue_answer(key, metrics::http_response(&body, after, head_only), after);
@@ -420,6 +428,24 @@ impl Server {
             _ => return false,
         }
         true
+    }
+
+    /// Whether the client of connection `key` is on this host: its peer address, or the
+    /// `X-Forwarded-For` entry of a trusted proxy.
+    fn client_is_loopback(&self, key: u32, req: &crate::http::request::Request) -> bool {
+        let Ok(peer) = self.conns[key as usize].sock.peer_addr() else {
+            return false;
+        };
+        let client = match req.forwarded_for.as_deref() {
+            Some(f) if self.per_client.is_trusted(peer.ip()) => {
+                match crate::limits::forwarded_client(f) {
+                    Some(ip) => ip,
+                    None => return false,
+                }
+            }
+            _ => peer.ip(),
+        };
+        client.is_loopback() || client.to_canonical().is_loopback()
     }
 
     fn queue_answer(&mut self, key: u32, bytes: Vec<u8>, after: After) {
