@@ -534,3 +534,30 @@ fn a_stream_whose_origin_is_no_longer_allowed_is_ended() {
          topic_now_private=0 token_expired=0"
     )));
 }
+
+/// Two reloads read in one turn (pipelined): the second finds nothing new, but the first
+/// one's key rotation is still applied and still ends the streams of the old key.
+#[test]
+fn a_second_reload_in_the_same_turn_keeps_the_first_ones_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let auth = |secret: &str| format!("{RETRY}[auth]\nsecret = \"{secret}\"\nprivate = [\"p\"]\n");
+    let config = write_config(dir.path(), "", &auth("old-key"));
+    let hub = Hub::start(&config, |_| {});
+    let old_token = format!("Authorization: Bearer {}\r\n", mint("old-key", "p"));
+    let mut with_token = open_stream(hub.addr, "topic=p", &old_token);
+
+    write_config(dir.path(), "", &auth("new-key"));
+    let mut p = Producer::connect(&socket);
+    p.send_raw(b"{\"admin\":\"reload\"}\n{\"admin\":\"reload\"}\n");
+    assert_eq!(
+        p.read_answer(),
+        r#"{"ok":true,"changed":["auth.secret"],"needs_restart":[]}"#
+    );
+    assert_eq!(
+        p.read_answer(),
+        r#"{"ok":true,"changed":[],"needs_restart":[]}"#
+    );
+    assert_ended_with_retry(&mut with_token, 2000..=3000);
+    assert_eq!(stream_status(hub.addr, "topic=p", &old_token), 401);
+}

@@ -148,6 +148,21 @@ impl Ops {
             diff.needs_restart
         );
         let answer = reload::answer(&diff);
+        // What is applied is everything since the running configuration: a second reload
+        // in the same turn must not drop the first one's changed keys (its new auth keys
+        // would never be loaded, nor open streams re-checked).
+        if let Some((_, first, _)) = self.pending.take() {
+            for (all, more) in [
+                (&mut diff.changed, first.changed),
+                (&mut diff.needs_restart, first.needs_restart),
+            ] {
+                for key in more {
+                    if !all.contains(&key) {
+                        all.push(key);
+                    }
+                }
+            }
+        }
         self.pending = Some((merged, diff, tls_config));
         self.reloads_ok += 1;
         Ok(answer)
