@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod ops;
+mod recheck;
 
 const HTTP_LISTENER: Token = Token(usize::MAX - 1);
 const INGEST_LISTENER: Token = Token(usize::MAX - 2);
@@ -160,6 +161,9 @@ pub struct Server {
     counted_as: HashMap<u32, Counted>,
     /// Streams opened with a token: when it expires (loop ms, `exp` + leeway).
     token_deadline: HashMap<u32, Millis>,
+    /// Streams whose request had an `Origin`: its keyed hash (`cors::origin_hash`), so a
+    /// reload can re-check it at a fixed cost whatever the client sent.
+    stream_origin: HashMap<u32, u64>,
     /// Highest log batch known durable (or refused): answers and deliveries up to it are due.
     durable: u64,
     /// Accepted events whose log batch is not durable yet, in id order, with their batch.
@@ -248,6 +252,7 @@ impl Server {
             per_client,
             counted_as: HashMap::new(),
             token_deadline: HashMap::new(),
+            stream_origin: HashMap::new(),
             durable: 0,
             unsynced: VecDeque::new(),
             sync_wanted: false,
@@ -816,6 +821,10 @@ impl Server {
         };
         if let Some(left_ms) = token_left_ms {
             self.token_deadline.insert(key, self.now + left_ms);
+        }
+        if let Some(origin) = req.origin.as_deref() {
+            self.stream_origin
+                .insert(key, crate::http::cors::origin_hash(origin));
         }
         self.start_stream(key, topics, replay, &headers, false);
     }
@@ -1478,6 +1487,7 @@ impl Server {
             self.hub_unsubscribe(key);
             self.replay_floors.remove(&key);
             self.token_deadline.remove(&key);
+            self.stream_origin.remove(&key);
             if let Some(Counted::As(client)) = self.counted_as.remove(&key) {
                 self.per_client.remove(client);
             }
@@ -1499,6 +1509,20 @@ impl Server {
         self.stats.slow_disconnects += 1;
         self.stats.slow_unreported += 1;
         self.close(key);
+    }
+
+    /// Ends a stream the way a graceful stop does: `retry` (a `retry:` frame) is queued
+    /// after what is pending, then the connection closes once it is written. Nothing else
+    /// is queued on it meanwhile (fan-out and replay skip `CLOSE_AFTER_FLUSH`).
+    fn end_stream_with(&mut self, key: u32, retry: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        conn.set(flags::CLOSE_AFTER_FLUSH);
+        conn.out
+            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)))
+            .push(retry.into());
+        fanout::mark_pending(conn, key, &mut self.pending);
     }
 
     // ---- graceful stop ---------------------------------------------------------------------
@@ -1532,13 +1556,7 @@ impl Server {
                 continue;
             }
             match conn.state {
-                ConnState::Streaming { .. } => {
-                    conn.set(flags::CLOSE_AFTER_FLUSH);
-                    conn.out
-                        .get_or_insert_with(|| Box::new(OutQueue::new(self.now)))
-                        .push(retry.into());
-                    fanout::mark_pending(conn, key, &mut self.pending);
-                }
+                ConnState::Streaming { .. } => self.end_stream_with(key, retry),
                 ConnState::Reading { .. } if conn.out.is_none() => self.close(key),
                 ConnState::Reading { .. } => conn.set(flags::CLOSE_AFTER_FLUSH),
                 ConnState::Lingering => {}

@@ -1,7 +1,9 @@
 //! Reload without restart (SPEC 3.3, 5): `{"admin":"reload"}` on the ingest socket (and
 //! `ssehub reload`, the unit's ExecReload) re-reads the config file, answers which keys
 //! changed and which need a restart, and applies the reloadable ones while streams stay
-//! open. A broken file changes nothing. SIGHUP is still a graceful stop (tests/signals.rs).
+//! open — except streams that changed auth or CORS settings no longer allow, which get a
+//! `retry:` and are closed. A broken file changes nothing. SIGHUP is still a graceful stop
+//! (tests/signals.rs).
 mod common;
 mod ops_support;
 
@@ -185,7 +187,7 @@ fn reload_applies_auth_and_cors_to_new_requests() {
         status("topic=secret:1", "Origin: https://evil.example\r\n"),
         200
     );
-    // A stream opened before the reload stays open.
+    // An anonymous stream opened before the reload on a topic that becomes private.
     let mut before = Client::connect(hub.addr);
     before.send("GET /events?topic=secret:2 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(before.read_head().starts_with("HTTP/1.1 200"));
@@ -231,8 +233,9 @@ fn reload_applies_auth_and_cors_to_new_requests() {
     );
     let bearer = format!("Authorization: Bearer {}\r\n", token.stdout.trim());
     assert_eq!(status("topic=secret:1", &bearer), 200);
-    let id = Producer::connect(&socket).publish("secret:2", "kept");
-    assert_eq!(before.read_event(), format!("id: {id}\ndata: kept\n\n"));
+    // It no longer gets events: it is told to come back (with a token), then closed.
+    Producer::connect(&socket).publish("secret:2", "not for anonymous readers");
+    assert_ended_with_retry(&mut before, 3000..=5000);
 
     // A private pattern without any key is refused and nothing changes.
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -335,4 +338,226 @@ fn renewed_certificate_files_are_taken_on_reload() {
     assert_ne!(code, Some(0), "{answer}");
     assert!(answer.contains("reload failed"), "{answer}");
     assert!(presented_cn(hub.addr).contains("CN = second"));
+}
+
+/// The hub's answer status to a request for `/events?QUERY` with extra header lines.
+fn stream_status(addr: std::net::SocketAddr, query: &str, headers: &str) -> u16 {
+    let mut c = Client::connect(addr);
+    c.send(&format!(
+        "GET /events?{query} HTTP/1.1\r\nHost: t\r\n{headers}\r\n"
+    ));
+    let head = c.read_head();
+    head.split(' ').nth(1).unwrap().parse::<u16>().unwrap()
+}
+
+/// Opens a stream (asserting `200` and the `retry:` line) with extra header lines.
+fn open_stream(addr: std::net::SocketAddr, query: &str, headers: &str) -> Client {
+    let mut c = Client::connect(addr);
+    c.send(&format!(
+        "GET /events?{query} HTTP/1.1\r\nHost: t\r\n{headers}\r\n"
+    ));
+    let head = c.read_head();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(c.read_line().starts_with("retry: "));
+    c
+}
+
+/// An HS256 token from `ssehub token` for `pattern`, valid for an hour.
+fn mint(secret: &str, pattern: &str) -> String {
+    let out = run_bin(
+        &[
+            "token",
+            "--secret",
+            secret,
+            "--subscribe",
+            pattern,
+            "--ttl",
+            "1h",
+        ],
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    out.stdout.trim().to_string()
+}
+
+/// The stream ends within a few seconds, and all it got after its head is one `retry:`
+/// within `range` (keepalives aside): no event, and a fresh reconnection delay.
+fn assert_ended_with_retry(c: &mut Client, range: std::ops::RangeInclusive<u64>) {
+    let rest = c
+        .read_to_close(Duration::from_secs(5))
+        .expect("the stream was not closed within 5 s");
+    let text = String::from_utf8_lossy(&rest);
+    let lines: Vec<&str> = text.lines().filter(|l| *l != ":").collect();
+    assert_eq!(lines.len(), 1, "expected only a retry: line, got {text:?}");
+    let ms: u64 = lines[0]
+        .strip_prefix("retry: ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("expected a retry: line, got {text:?}"));
+    assert!(range.contains(&ms), "retry {ms} not in {range:?}");
+}
+
+/// Reads the next event, passing over keepalives.
+fn next_event(c: &mut Client) -> String {
+    let mut event = c.read_event();
+    while let Some(rest) = event.strip_prefix(":\n") {
+        event = rest.to_string() + &c.read_event();
+    }
+    event
+}
+
+fn reload_ok(socket: &std::path::Path) -> String {
+    let (code, answer) = reload_answer(socket);
+    assert_eq!(code, Some(0), "{answer}");
+    answer.trim().to_string()
+}
+
+const RETRY: &str = "[streams]\nretry_base = \"2s\"\nretry_jitter = \"1s\"\n";
+
+/// Issue 16, part 4: a key leaked, so the secret is rotated and a topic made private. The
+/// streams opened before with the old key, or anonymously on the topic now private, are
+/// ended (with a `retry:`, so a client with a fresh token comes back) instead of reading
+/// on while new connections with the same credentials are refused.
+#[test]
+fn rotating_the_key_and_adding_a_private_topic_ends_the_streams_it_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let auth = |secret: &str, private: &str| {
+        format!("{RETRY}[auth]\nsecret = \"{secret}\"\nprivate = [{private}]\n")
+    };
+    let config = write_config(dir.path(), "", &auth("old-key", "\"priv:*\""));
+    let hub = Hub::start(&config, |_| {});
+    let old_token = format!("Authorization: Bearer {}\r\n", mint("old-key", "priv:*"));
+    let mut anonymous = open_stream(hub.addr, "topic=later:1", "");
+    let mut with_token = open_stream(hub.addr, "topic=priv:a", &old_token);
+    let mut public = open_stream(hub.addr, "topic=news", "");
+
+    write_config(dir.path(), "", &auth("new-key", "\"priv:*\", \"later:*\""));
+    assert_eq!(
+        reload_ok(&socket),
+        r#"{"ok":true,"changed":["auth.secret","auth.private"],"needs_restart":[]}"#
+    );
+    // Published after the reload was answered: the revoked streams must not get these.
+    let mut producer = Producer::connect(&socket);
+    producer.publish("later:1", "revoked");
+    producer.publish("priv:a", "revoked");
+    let id = producer.publish("news", "still public");
+
+    assert_ended_with_retry(&mut anonymous, 2000..=3000);
+    assert_ended_with_retry(&mut with_token, 2000..=3000);
+    assert_eq!(
+        next_event(&mut public),
+        format!("id: {id}\ndata: still public\n\n")
+    );
+    assert_eq!(stream_status(hub.addr, "topic=later:1", ""), 401);
+    assert_eq!(stream_status(hub.addr, "topic=priv:a", &old_token), 401);
+    let new_token = format!("Authorization: Bearer {}\r\n", mint("new-key", "*"));
+    let mut back = open_stream(hub.addr, "topic=later:1&topic=priv:a", &new_token);
+    let id = producer.publish("later:1", "with a fresh token");
+    assert_eq!(
+        next_event(&mut back),
+        format!("id: {id}\ndata: with a fresh token\n\n")
+    );
+    assert!(wait_for(Duration::from_secs(2), || hub.log_contains(
+        "reload ended streams no longer allowed: origin_refused=0 token_key_changed=1 \
+         topic_now_private=1 token_expired=0"
+    )));
+}
+
+/// A token stream on a topic that was already private stays open when a reload only adds
+/// an unrelated private pattern (the key is unchanged; its token was checked for it),
+/// while an anonymous stream on the newly private topic is ended by the same reload.
+#[test]
+fn a_token_stream_on_an_already_private_topic_survives_an_unrelated_private_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let auth = |private: &str| format!("{RETRY}[auth]\nsecret = \"k\"\nprivate = [{private}]\n");
+    let config = write_config(dir.path(), "", &auth("\"priv:*\""));
+    let hub = Hub::start(&config, |_| {});
+    let token = format!("Authorization: Bearer {}\r\n", mint("k", "priv:*"));
+    let mut kept = open_stream(hub.addr, "topic=priv:a&topic=news", &token);
+    let mut anonymous = open_stream(hub.addr, "topic=other:1", "");
+
+    write_config(dir.path(), "", &auth("\"priv:*\", \"other:*\""));
+    assert_eq!(
+        reload_ok(&socket),
+        r#"{"ok":true,"changed":["auth.private"],"needs_restart":[]}"#
+    );
+    assert_ended_with_retry(&mut anonymous, 2000..=3000);
+    let mut producer = Producer::connect(&socket);
+    let first = producer.publish("priv:a", "private, still yours");
+    let second = producer.publish("news", "public");
+    assert_eq!(
+        next_event(&mut kept),
+        format!("id: {first}\ndata: private, still yours\n\n")
+    );
+    assert_eq!(
+        next_event(&mut kept),
+        format!("id: {second}\ndata: public\n\n")
+    );
+}
+
+/// An `Origin` stream is ended when a reload takes its origin off
+/// `cors.allowed_origins`; one whose origin is still allowed (written with a trailing
+/// slash in the file) and one without `Origin` stay.
+#[test]
+fn a_stream_whose_origin_is_no_longer_allowed_is_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let cors = |origins: &str| format!("{RETRY}[cors]\nallowed_origins = [{origins}]\n");
+    let config = write_config(
+        dir.path(),
+        "",
+        &cors("\"https://a.example\", \"https://b.example\""),
+    );
+    let hub = Hub::start(&config, |_| {});
+    let mut a = open_stream(hub.addr, "topic=news", "Origin: https://a.example\r\n");
+    let mut b = open_stream(hub.addr, "topic=news", "Origin: https://b.example\r\n");
+    let mut plain = open_stream(hub.addr, "topic=news", "");
+
+    write_config(dir.path(), "", &cors("\"https://a.example/\""));
+    assert_eq!(
+        reload_ok(&socket),
+        r#"{"ok":true,"changed":["cors.allowed_origins"],"needs_restart":[]}"#
+    );
+    let id = Producer::connect(&socket).publish("news", "after");
+    assert_ended_with_retry(&mut b, 2000..=3000);
+    for c in [&mut a, &mut plain] {
+        assert_eq!(next_event(c), format!("id: {id}\ndata: after\n\n"));
+    }
+    assert_eq!(
+        stream_status(hub.addr, "topic=news", "Origin: https://b.example\r\n"),
+        403
+    );
+    assert!(wait_for(Duration::from_secs(2), || hub.log_contains(
+        "reload ended streams no longer allowed: origin_refused=1 token_key_changed=0 \
+         topic_now_private=0 token_expired=0"
+    )));
+}
+
+/// Two reloads read in one turn (pipelined): the second finds nothing new, but the first
+/// one's key rotation is still applied and still ends the streams of the old key.
+#[test]
+fn a_second_reload_in_the_same_turn_keeps_the_first_ones_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let auth = |secret: &str| format!("{RETRY}[auth]\nsecret = \"{secret}\"\nprivate = [\"p\"]\n");
+    let config = write_config(dir.path(), "", &auth("old-key"));
+    let hub = Hub::start(&config, |_| {});
+    let old_token = format!("Authorization: Bearer {}\r\n", mint("old-key", "p"));
+    let mut with_token = open_stream(hub.addr, "topic=p", &old_token);
+
+    write_config(dir.path(), "", &auth("new-key"));
+    let mut p = Producer::connect(&socket);
+    p.send_raw(b"{\"admin\":\"reload\"}\n{\"admin\":\"reload\"}\n");
+    assert_eq!(
+        p.read_answer(),
+        r#"{"ok":true,"changed":["auth.secret"],"needs_restart":[]}"#
+    );
+    assert_eq!(
+        p.read_answer(),
+        r#"{"ok":true,"changed":[],"needs_restart":[]}"#
+    );
+    assert_ended_with_retry(&mut with_token, 2000..=3000);
+    assert_eq!(stream_status(hub.addr, "topic=p", &old_token), 401);
 }

@@ -3,7 +3,8 @@
 //! the server's fields) that keeps the loop's own file about the data path. Nothing here
 //! blocks: notifications are non-blocking datagrams; a reload reads one small file.
 
-use super::{Due, Server};
+use super::{Due, Server, recheck};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::conn::tls;
 use crate::conn::{Conn, ConnState, OutQueue, flags};
@@ -13,6 +14,7 @@ use crate::http::response::After;
 use crate::metrics::{self, Snapshot};
 use crate::notify::Notifier;
 use crate::reload::{self, ConfigSource, Diff};
+use crate::sse;
 use crate::timer::Millis;
 use log::{debug, error, info, warn};
 use mio::net::TcpListener;
@@ -146,6 +148,21 @@ impl Ops {
             diff.needs_restart
         );
         let answer = reload::answer(&diff);
+        // What is applied is everything since the running configuration: a second reload
+        // in the same turn must not drop the first one's changed keys (its new auth keys
+        // would never be loaded, nor open streams re-checked).
+        if let Some((_, first, _)) = self.pending.take() {
+            for (all, more) in [
+                (&mut diff.changed, first.changed),
+                (&mut diff.needs_restart, first.needs_restart),
+            ] {
+                for key in more {
+                    if !all.contains(&key) {
+                        all.push(key);
+                    }
+                }
+            }
+        }
         self.pending = Some((merged, diff, tls_config));
         self.reloads_ok += 1;
         Ok(answer)
@@ -280,7 +297,8 @@ impl Server {
     // ---- reload ------------------------------------------------------------------------
 
     /// Applies a reload answered this turn: the new values take effect for everything that
-    /// happens from now on; streams stay open.
+    /// happens from now on; streams stay open, except those that a changed auth or CORS
+    /// policy no longer allows (`recheck_streams`).
     pub(super) fn apply_reload(&mut self) {
         let Some((config, diff, tls_config)) = self.ops.pending.take() else {
             return;
@@ -301,17 +319,23 @@ impl Server {
         if diff.changed.contains(&"log.level") {
             set_log_level(&self.config.log.level);
         }
+        let mut old_auth = None;
         if diff.changed.iter().any(|k| k.starts_with("auth.")) {
             // Checked when the reload was answered; a key file that vanished since keeps
             // the old policy (and says so).
             match crate::auth::Auth::from_config(&self.config.auth) {
-                Ok(auth) => self.auth = auth,
+                Ok(auth) => old_auth = Some(std::mem::replace(&mut self.auth, auth)),
                 Err(e) => error!("reload: auth keeps its previous keys: {e}"),
             }
         }
-        if diff.changed.iter().any(|k| k.starts_with("cors.")) {
+        let cors_changed = diff.changed.iter().any(|k| k.starts_with("cors."));
+        if cors_changed {
             let c = &self.config.cors;
             self.cors = crate::http::cors::Cors::new(&c.allowed_origins, c.allow_credentials);
+        }
+        if old_auth.is_some() || cors_changed {
+            let key_changed = old_auth.is_some() && recheck::key_changed(&diff.changed);
+            self.recheck_streams(old_auth.as_ref(), key_changed);
         }
         let http = &self.config.http;
         self.per_client
@@ -332,6 +356,71 @@ impl Server {
         let status = self.status_line();
         if let Some(n) = &mut self.ops.notifier {
             n.status(&format!("reloaded; {status}"));
+        }
+    }
+
+    /// Re-checks every open stream against the policy now in force (`old_auth`: the one
+    /// replaced, None when auth did not change): ends those no longer allowed with a fresh
+    /// jittered `retry:` (so a client with a new token comes back), moves token deadlines
+    /// by a changed `auth.leeway`, and logs one line when any stream was ended.
+    fn recheck_streams(&mut self, old_auth: Option<&Auth>, key_changed: bool) {
+        let change = recheck::Change {
+            old_auth: old_auth.unwrap_or(&self.auth),
+            new_auth: &self.auth,
+            new_cors: &self.cors,
+            key_changed,
+        };
+        let mut decided = Vec::new();
+        for (key, conn) in self.conns.iter() {
+            let ConnState::Streaming { topics } = &conn.state else {
+                continue;
+            };
+            if conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH) {
+                continue; // already ending
+            }
+            let key = key as u32;
+            let kept = recheck::Kept {
+                topics: topics.iter().map(|&t| &*self.hub.topics.get(t).name),
+                token_deadline: self.token_deadline.get(&key).copied(),
+                origin: self.stream_origin.get(&key).copied(),
+            };
+            match recheck::recheck(&change, kept, self.now) {
+                recheck::Outcome::Keep => {}
+                outcome => decided.push((key, outcome)),
+            }
+        }
+        let (mut origin, mut token_key, mut now_private, mut expired) = (0, 0, 0, 0);
+        let base = self.config.streams.retry_base.as_millis() as u64;
+        let jitter = self.config.streams.retry_jitter.as_millis() as u64;
+        for (key, outcome) in decided {
+            match outcome {
+                recheck::Outcome::Keep => {}
+                recheck::Outcome::NewDeadline(deadline) => {
+                    self.token_deadline.insert(key, deadline);
+                    // A later deadline is seen when the current timer fires.
+                    self.arm_no_later_than(key, deadline);
+                }
+                recheck::Outcome::Expired => {
+                    expired += 1;
+                    self.close(key);
+                }
+                recheck::Outcome::End(rule) => {
+                    match rule {
+                        recheck::Rule::Origin => origin += 1,
+                        recheck::Rule::TokenKey => token_key += 1,
+                        recheck::Rule::NowPrivate => now_private += 1,
+                    }
+                    let retry = sse::retry(base + self.rng.below(jitter + 1));
+                    self.end_stream_with(key, retry);
+                }
+            }
+        }
+        if origin + token_key + now_private + expired > 0 {
+            info!(
+                "reload ended streams no longer allowed: origin_refused={origin} \
+                 token_key_changed={token_key} topic_now_private={now_private} \
+                 token_expired={expired}"
+            );
         }
     }
 
