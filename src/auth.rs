@@ -127,6 +127,11 @@ impl Auth {
         if !c.private.is_empty() && key.is_none() {
             return Err("auth.private is set but neither auth.secret nor auth.public_key".into());
         }
+        // The JWT library computes `now - leeway` unchecked: a leeway beyond the Unix time
+        // would wrap (every token "expired") or panic. A day is far beyond any clock skew.
+        if c.leeway > MAX_LEEWAY {
+            return Err("auth.leeway must be at most 1d".into());
+        }
         Ok(Auth {
             private: c.private.iter().map(|p| Pattern::parse(p)).collect(),
             key,
@@ -250,6 +255,8 @@ pub fn ms_left(exp_s: u64, leeway_s: u64, now_ms: u64) -> u64 {
         .saturating_mul(1000)
         .saturating_sub(now_ms)
 }
+
+const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 const fn unauthorized(reason: &'static str) -> Denied {
     Denied {
@@ -715,6 +722,20 @@ mod tests {
             ..config::Auth::default()
         };
         assert!(Auth::from_config(&c).is_err());
+        let c = config::Auth {
+            secret: "x".into(),
+            leeway: Duration::from_secs(86_401),
+            ..config::Auth::default()
+        };
+        assert_eq!(
+            Auth::from_config(&c).err().as_deref(),
+            Some("auth.leeway must be at most 1d")
+        );
+        let c = config::Auth {
+            leeway: MAX_LEEWAY,
+            ..c
+        };
+        assert!(Auth::from_config(&c).is_ok());
         for (audience, issuer) in [(" api", ""), ("", "https://i\n")] {
             let c = config::Auth {
                 secret: "x".into(),

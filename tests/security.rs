@@ -1202,6 +1202,10 @@ fn check_config_refuses_auth_settings_that_serve_refuses() {
             format!("public_key = {:?}\n{PRIVATE}", path_str(&missing_pem)),
         ),
         (
+            "a leeway over a day",
+            format!("secret = {SECRET:?}\n{PRIVATE}\nleeway = \"25h\""),
+        ),
+        (
             "an audience with leading whitespace",
             format!("secret = {SECRET:?}\n{PRIVATE}\naudience = \" https://events.test\""),
         ),
