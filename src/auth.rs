@@ -1,11 +1,13 @@
 //! Who may read a topic (SPEC 4): private topic patterns, where a request's token comes
 //! from, and JWT verification (HS256 with a secret, RS256/ES256 with a public key; the
-//! algorithm is pinned by the key, `none` never accepted). Pure decisions: request data in,
-//! the token's expiry or a rejection out. Reasons never echo the token.
+//! algorithm is pinned by the key, `none` never accepted; `crit` headers refused; `aud` and
+//! `iss` checked when configured). Pure decisions: request data in, the token's expiry or a
+//! rejection out. Reasons never echo the token.
 
 use crate::config;
+use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A topic pattern: exact, or a prefix when it ends with `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,11 +51,55 @@ pub struct Credentials<'a> {
     pub query_token: Option<&'a str>,
 }
 
+/// The claims ssehub reads. Every field is optional here so that serde never refuses a
+/// token for a missing claim: the validation's required-claim check (run after this
+/// deserialization) then names the claim instead of "malformed".
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     #[serde(default)]
     subscribe: Vec<String>,
-    exp: u64,
+    #[serde(
+        default,
+        deserialize_with = "numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
+    exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<Audience>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+}
+
+/// `aud`: one string or an array of strings (RFC 7519 4.1.3).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn holds(&self, wanted: &str) -> bool {
+        match self {
+            Audience::One(a) => a == wanted,
+            Audience::Many(list) => list.iter().any(|a| a == wanted),
+        }
+    }
+}
+
+/// A NumericDate as the JWT validation reads it (a u64, or a finite non-negative float
+/// below 2^64, rounded), so that both agree on every `exp` they accept; `null` is absent.
+fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
+                Ok(Some(f.round() as u64))
+            }
+            _ => Err(serde::de::Error::custom("exp is not a NumericDate")),
+        },
+    }
 }
 
 pub struct Auth {
@@ -61,6 +107,9 @@ pub struct Auth {
     key: Option<(DecodingKey, Algorithm)>,
     cookie: String,
     leeway_s: u64,
+    /// `auth.audience` / `auth.issuer`; None when empty (not checked).
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl Auth {
@@ -78,11 +127,18 @@ impl Auth {
         if !c.private.is_empty() && key.is_none() {
             return Err("auth.private is set but neither auth.secret nor auth.public_key".into());
         }
+        // The JWT library computes `now - leeway` unchecked: a leeway beyond the Unix time
+        // would wrap (every token "expired") or panic. A day is far beyond any clock skew.
+        if c.leeway > MAX_LEEWAY {
+            return Err("auth.leeway must be at most 1d".into());
+        }
         Ok(Auth {
             private: c.private.iter().map(|p| Pattern::parse(p)).collect(),
             key,
             cookie: c.cookie.clone(),
             leeway_s: c.leeway.as_secs(),
+            audience: expected_claim("auth.audience", &c.audience)?,
+            issuer: expected_claim("auth.issuer", &c.issuer)?,
         })
     }
 
@@ -114,24 +170,49 @@ impl Auth {
             return Err(MISSING);
         };
         let token = self.token(creds)?;
+        if has_crit_header(token) {
+            return Err(unauthorized(
+                "the token has critical header extensions this server does not support",
+            ));
+        }
         let mut validation = Validation::new(*alg);
         validation.leeway = self.leeway_s;
         validation.validate_exp = true;
         validation.validate_nbf = true;
+        // `aud` and `iss` are checked below, against `auth.audience` / `auth.issuer`.
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
         let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map_err(|e| Denied {
-                status: 401,
-                reason: describe(e.kind()),
-            })?
+            .map_err(|e| unauthorized(describe(e.kind())))?
             .claims;
+        // The required-claim check above makes `exp` present; refuse rather than panic.
+        let exp = claims
+            .exp
+            .ok_or(unauthorized("the token has no exp claim"))?;
+        if let Some(wanted) = &self.audience {
+            match &claims.aud {
+                None => return Err(unauthorized("the token has no aud claim")),
+                Some(aud) if !aud.holds(wanted) => {
+                    return Err(unauthorized("the token's audience is not accepted"));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(wanted) = &self.issuer {
+            match &claims.iss {
+                None => return Err(unauthorized("the token has no iss claim")),
+                Some(iss) if iss != wanted => {
+                    return Err(unauthorized("the token's issuer is not accepted"));
+                }
+                Some(_) => {}
+            }
+        }
         let patterns: Vec<Pattern> = claims.subscribe.iter().map(|p| Pattern::parse(p)).collect();
         if private
             .iter()
             .all(|t| patterns.iter().any(|p| p.matches(t)))
         {
-            Ok(Some(claims.exp))
+            Ok(Some(exp))
         } else {
             Err(Denied {
                 status: 403,
@@ -165,12 +246,56 @@ impl Auth {
     }
 }
 
+/// Milliseconds a stream may live on a token with `exp` (seconds, the client's number, up
+/// to u64::MAX) at `now_ms` (Unix): until `exp + leeway`, 0 when already past. Saturating
+/// throughout, so a far-future `exp` never wraps around into an expired token.
+pub fn ms_left(exp_s: u64, leeway_s: u64, now_ms: u64) -> u64 {
+    exp_s
+        .saturating_add(leeway_s)
+        .saturating_mul(1000)
+        .saturating_sub(now_ms)
+}
+
+const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+const fn unauthorized(reason: &'static str) -> Denied {
+    Denied {
+        status: 401,
+        reason,
+    }
+}
+
+/// `auth.audience` / `auth.issuer`: None when empty (not checked). A value with leading or
+/// trailing whitespace could never equal a claim a sane issuer writes: refused as a typo.
+fn expected_claim(key: &str, value: &str) -> Result<Option<String>, String> {
+    if value.trim() != value {
+        return Err(format!("{key} has leading or trailing whitespace"));
+    }
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+/// Whether the token's JOSE header has a `crit` member. ssehub understands no JWS
+/// extension, and RFC 7515 4.1.11 says a recipient must then refuse the token; the
+/// `jsonwebtoken` header type drops `crit`, so the header segment is read here. A header
+/// that does not decode is left to the JWT library ("malformed").
+fn has_crit_header(token: &str) -> bool {
+    let Some((header, _)) = token.split_once('.') else {
+        return false;
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json)
+        .is_ok_and(|h| h.contains_key("crit"))
+}
+
 fn describe(kind: &ErrorKind) -> &'static str {
     match kind {
         ErrorKind::ExpiredSignature => "the token has expired",
         ErrorKind::ImmatureSignature => "the token is not valid yet",
         ErrorKind::InvalidSignature => "the token's signature is invalid",
         ErrorKind::InvalidAlgorithm => "the token's algorithm is not the configured one",
+        // Only `exp` is required of the library; `aud`/`iss` are checked by `check`.
         ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
         _ => "the token is malformed",
     }
@@ -194,12 +319,24 @@ fn read_public_key(path: &str) -> Result<(DecodingKey, Algorithm), String> {
         .map_err(|_| format!("auth.public_key {path}: not an RSA or EC public key in PEM"))
 }
 
-/// Mints an HS256 token for `ssehub token`: `subscribe` patterns, expiring `ttl_s` from
-/// `now_s`.
-pub fn mint(secret: &str, subscribe: &[String], now_s: u64, ttl_s: u64) -> Result<String, String> {
+/// What `ssehub token` puts in a token besides its expiry.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MintClaims<'a> {
+    pub subscribe: &'a [String],
+    /// `aud` / `iss`; empty: the claim is left out.
+    pub audience: &'a str,
+    pub issuer: &'a str,
+}
+
+/// Mints an HS256 token for `ssehub token`, expiring `ttl_s` from `now_s` (saturating: a
+/// huge `--ttl` gives a token that never expires rather than one that wrapped around).
+pub fn mint(secret: &str, what: MintClaims<'_>, now_s: u64, ttl_s: u64) -> Result<String, String> {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let claims = Claims {
-        subscribe: subscribe.to_vec(),
-        exp: now_s + ttl_s,
+        subscribe: what.subscribe.to_vec(),
+        exp: Some(now_s.saturating_add(ttl_s)),
+        aud: non_empty(what.audience).map(Audience::One),
+        iss: non_empty(what.issuer),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -229,6 +366,14 @@ mod tests {
             ..config::Auth::default()
         };
         Auth::from_config(&c).unwrap()
+    }
+
+    fn mint_for(secret: &str, subscribe: &[String], now_s: u64, ttl_s: u64) -> String {
+        let what = MintClaims {
+            subscribe,
+            ..MintClaims::default()
+        };
+        mint(secret, what, now_s, ttl_s).unwrap()
     }
 
     fn topics(names: &[&str]) -> Vec<Box<str>> {
@@ -273,7 +418,7 @@ mod tests {
 
     #[test]
     fn valid_token_covering_the_topics() {
-        let token = mint("s3cret", &["notifications:42".into()], now(), 60).unwrap();
+        let token = mint_for("s3cret", &["notifications:42".into()], now(), 60);
         let h = bearer(&token);
         let exp = auth().check(&topics(&["notifications:42", "public"]), &with_header(&h));
         assert!(
@@ -290,9 +435,9 @@ mod tests {
     fn bad_tokens_are_401_and_never_echoed() {
         let a = auth();
         let t = topics(&["admin"]);
-        let wrong_key = mint("other", &["admin".into()], now(), 60).unwrap();
-        let expired = mint("s3cret", &["admin".into()], now() - 100, 10).unwrap();
-        let in_leeway = mint("s3cret", &["admin".into()], now() - 20, 10).unwrap();
+        let wrong_key = mint_for("other", &["admin".into()], now(), 60);
+        let expired = mint_for("s3cret", &["admin".into()], now() - 100, 10);
+        let in_leeway = mint_for("s3cret", &["admin".into()], now() - 20, 10);
         for token in [wrong_key.as_str(), expired.as_str(), "garbage", "a.b.c"] {
             let d = a.check(&t, &with_header(&bearer(token))).unwrap_err();
             assert_eq!(d.status, 401, "{token}");
@@ -341,7 +486,7 @@ mod tests {
 
     #[test]
     fn token_sources_in_order() {
-        let good = mint("s3cret", &["admin".into()], now(), 60).unwrap();
+        let good = mint_for("s3cret", &["admin".into()], now(), 60);
         let a = auth();
         let t = topics(&["admin"]);
         let cookie = format!("x=1; ssehub_token={good}");
@@ -369,6 +514,196 @@ mod tests {
         );
     }
 
+    /// `base64url(header).base64url(claims).signature`, HS256 with `secret`, whatever the
+    /// header and claims say (the library's `Header` cannot carry `crit`).
+    fn signed(secret: &str, header: &str, claims: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let input = format!("{}.{}", b64(header), b64(claims));
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    const HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+    fn check_claims(a: &Auth, claims: &str) -> Result<Option<u64>, Denied> {
+        let token = signed("s3cret", HS256, claims);
+        a.check(&topics(&["admin"]), &with_header(&bearer(&token)))
+    }
+
+    fn reason(r: Result<Option<u64>, Denied>) -> &'static str {
+        match r {
+            Ok(exp) => panic!("accepted, exp {exp:?}"),
+            Err(d) => {
+                assert_eq!(d.status, 401, "{d:?}");
+                d.reason
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_without_exp_is_told_so() {
+        let a = auth();
+        let no_exp = "the token has no exp claim";
+        assert_eq!(
+            reason(check_claims(&a, r#"{"subscribe":["admin"]}"#)),
+            no_exp
+        );
+        assert_eq!(
+            reason(check_claims(&a, r#"{"subscribe":["admin"],"exp":null}"#)),
+            no_exp
+        );
+        assert_eq!(reason(check_claims(&a, r#"{"exp":null}"#)), no_exp);
+        assert_eq!(
+            reason(check_claims(&a, r#"{"subscribe":["admin"],"exp":"soon"}"#)),
+            "the token is malformed"
+        );
+        // A float NumericDate is read as the validation reads it (rounded).
+        let float = format!(r#"{{"subscribe":["admin"],"exp":{}.4}}"#, now() + 600);
+        assert_eq!(check_claims(&a, &float), Ok(Some(now() + 600)));
+    }
+
+    #[test]
+    fn far_future_exp_saturates_instead_of_wrapping() {
+        let a = auth();
+        let max = format!(r#"{{"subscribe":["admin"],"exp":{}}}"#, u64::MAX);
+        assert_eq!(check_claims(&a, &max), Ok(Some(u64::MAX)));
+        let big_float = r#"{"subscribe":["admin"],"exp":1.8e19}"#;
+        assert_eq!(
+            check_claims(&a, big_float),
+            Ok(Some(18_000_000_000_000_000_000))
+        );
+        let too_big = r#"{"subscribe":["admin"],"exp":1e30}"#;
+        assert_eq!(reason(check_claims(&a, too_big)), "the token is malformed");
+        assert_eq!(
+            ms_left(u64::MAX, 30, 1_700_000_000_000),
+            u64::MAX - 1_700_000_000_000
+        );
+        assert_eq!(ms_left(u64::MAX - 1, u64::MAX, 0), u64::MAX);
+        assert_eq!(ms_left(100, 30, 130_000), 0);
+        assert_eq!(ms_left(100, 30, 129_000), 1000);
+        // `ssehub token --ttl` with an absurd lifetime: no overflow either.
+        let what = MintClaims {
+            subscribe: &["admin".into()],
+            ..MintClaims::default()
+        };
+        let token = mint("s3cret", what, now(), u64::MAX).unwrap();
+        assert_eq!(
+            a.check(&topics(&["admin"]), &with_header(&bearer(&token))),
+            Ok(Some(u64::MAX))
+        );
+    }
+
+    fn auth_with(audience: &str, issuer: &str) -> Auth {
+        let c = config::Auth {
+            secret: "s3cret".into(),
+            private: vec!["admin".into()],
+            audience: audience.into(),
+            issuer: issuer.into(),
+            ..config::Auth::default()
+        };
+        Auth::from_config(&c).unwrap()
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let exp = now() + 600;
+        let with = |extra: &str| format!(r#"{{"subscribe":["admin"],"exp":{exp}{extra}}}"#);
+        let a = auth_with("https://events.example", "https://login.example");
+        let aud_iss = r#","iss":"https://login.example","aud""#;
+        for aud in [
+            r#""https://events.example""#,
+            r#"["x","https://events.example"]"#,
+        ] {
+            let claims = with(&format!("{aud_iss}:{aud}"));
+            assert_eq!(check_claims(&a, &claims), Ok(Some(exp)), "{claims}");
+        }
+        let iss = r#","iss":"https://login.example""#;
+        let aud = r#","aud":"https://events.example""#;
+        for (extra, why) in [
+            (iss.to_string(), "the token has no aud claim"),
+            (format!(r#"{iss},"aud":null"#), "the token has no aud claim"),
+            (
+                format!(r#"{iss},"aud":"https://other""#),
+                "the token's audience is not accepted",
+            ),
+            (
+                format!(r#"{iss},"aud":[]"#),
+                "the token's audience is not accepted",
+            ),
+            (
+                format!(r#"{iss},"aud":["https://EVENTS.example"]"#),
+                "the token's audience is not accepted",
+            ),
+            (format!(r#"{iss},"aud":7"#), "the token is malformed"),
+            (aud.to_string(), "the token has no iss claim"),
+            (
+                format!(r#"{aud},"iss":"https://login.example/""#),
+                "the token's issuer is not accepted",
+            ),
+            (
+                format!(r#"{aud},"iss":["https://login.example"]"#),
+                "the token is malformed",
+            ),
+        ] {
+            let claims = with(&extra);
+            let r = check_claims(&a, &claims);
+            assert_eq!(reason(r), why, "{claims}");
+            assert!(!why.contains("example"), "never echoed");
+        }
+        // Not configured: not checked, whatever the token says.
+        let open = auth_with("", "");
+        let claims = with(r#","aud":"anything","iss":"anyone""#);
+        assert_eq!(check_claims(&open, &claims), Ok(Some(exp)));
+        // Only the audience configured: `iss` is free.
+        let aud_only = auth_with("api", "");
+        assert_eq!(
+            check_claims(&aud_only, &with(r#","aud":"api""#)),
+            Ok(Some(exp))
+        );
+        // Tokens from `ssehub token --audience --issuer` pass.
+        let what = MintClaims {
+            subscribe: &["admin".into()],
+            audience: "https://events.example",
+            issuer: "https://login.example",
+        };
+        let token = mint("s3cret", what, now(), 60).unwrap();
+        assert!(
+            a.check(&topics(&["admin"]), &with_header(&bearer(&token)))
+                .is_ok()
+        );
+        let plain = mint_for("s3cret", &["admin".into()], now(), 60);
+        assert_eq!(
+            a.check(&topics(&["admin"]), &with_header(&bearer(&plain))),
+            Err(unauthorized("the token has no aud claim"))
+        );
+    }
+
+    #[test]
+    fn crit_headers_are_refused() {
+        let a = auth();
+        let claims = format!(r#"{{"subscribe":["admin"],"exp":{}}}"#, now() + 600);
+        let crit = "the token has critical header extensions this server does not support";
+        for header in [
+            r#"{"alg":"HS256","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"HS256","typ":"JWT","crit":["b64"],"b64":false}"#,
+            r#"{"alg":"HS256","crit":[]}"#,
+            r#"{"crit":null,"alg":"HS256"}"#,
+        ] {
+            let token = signed("s3cret", header, &claims);
+            let d = a.check(&topics(&["admin"]), &with_header(&bearer(&token)));
+            assert_eq!(d, Err(unauthorized(crit)), "{header}");
+        }
+        // Without `crit` the same token is fine; a header that does not decode is malformed.
+        let token = signed("s3cret", r#"{"alg":"HS256","kid":"crit"}"#, &claims);
+        assert!(
+            a.check(&topics(&["admin"]), &with_header(&bearer(&token)))
+                .is_ok()
+        );
+        assert!(!has_crit_header("%%%.x.y"));
+        assert!(!has_crit_header("no-dots-at-all"));
+    }
+
     #[test]
     fn config_errors() {
         let c = config::Auth {
@@ -387,5 +722,28 @@ mod tests {
             ..config::Auth::default()
         };
         assert!(Auth::from_config(&c).is_err());
+        let c = config::Auth {
+            secret: "x".into(),
+            leeway: Duration::from_secs(86_401),
+            ..config::Auth::default()
+        };
+        assert_eq!(
+            Auth::from_config(&c).err().as_deref(),
+            Some("auth.leeway must be at most 1d")
+        );
+        let c = config::Auth {
+            leeway: MAX_LEEWAY,
+            ..c
+        };
+        assert!(Auth::from_config(&c).is_ok());
+        for (audience, issuer) in [(" api", ""), ("", "https://i\n")] {
+            let c = config::Auth {
+                secret: "x".into(),
+                audience: audience.into(),
+                issuer: issuer.into(),
+                ..config::Auth::default()
+            };
+            assert!(Auth::from_config(&c).is_err(), "{audience:?} {issuer:?}");
+        }
     }
 }

@@ -161,6 +161,10 @@ pub struct Auth {
     pub cookie: String,
     #[serde(deserialize_with = "duration")]
     pub leeway: Duration,
+    /// When not empty, a token's `aud` (a string, or an array) must hold this value.
+    pub audience: String,
+    /// When not empty, a token's `iss` must be this value.
+    pub issuer: String,
 }
 
 impl Default for Auth {
@@ -171,6 +175,8 @@ impl Default for Auth {
             private: Vec::new(),
             cookie: "ssehub_token".into(),
             leeway: Duration::from_secs(30),
+            audience: String::new(),
+            issuer: String::new(),
         }
     }
 }

@@ -732,6 +732,11 @@ impl Server {
                     }
                 };
             }
+            // The server-wide `OPTIONS *` (RFC 9110 9.3.7): what the server supports.
+            "*" => {
+                headers.push(("Allow", ALLOW_EVENTS));
+                return self.answer(key, 204, "", after, &headers, false);
+            }
             _ => return self.answer(key, 404, "not found", after, &headers, head_only),
         }
         let query = match request::parse_stream_query(&req.query, self.config.streams.max_topics) {
@@ -767,11 +772,8 @@ impl Server {
         };
         // The stream ends when its token expires (exp + leeway), by the wheel. A token in
         // its last second (the check counts whole seconds) is refused right here.
-        let token_left_ms = token_exp.map(|exp| {
-            (exp + self.auth.leeway_s())
-                .saturating_mul(1000)
-                .saturating_sub(unix_millis())
-        });
+        let token_left_ms =
+            token_exp.map(|exp| crate::auth::ms_left(exp, self.auth.leeway_s(), unix_millis()));
         if token_left_ms == Some(0) {
             headers.push(("WWW-Authenticate", "Bearer"));
             return self.answer(
@@ -820,7 +822,9 @@ impl Server {
             }
         };
         if let Some(left_ms) = token_left_ms {
-            self.token_deadline.insert(key, self.now + left_ms);
+            // `left_ms` may be near u64::MAX for a far-future `exp`.
+            self.token_deadline
+                .insert(key, self.now.saturating_add(left_ms));
         }
         if let Some(origin) = req.origin.as_deref() {
             self.stream_origin

@@ -83,6 +83,12 @@ struct TokenArgs {
     /// Lifetime, e.g. 1h.
     #[arg(long, default_value = "1h", value_parser = ssehub::config::parse_duration)]
     ttl: std::time::Duration,
+    /// The `aud` claim (default: auth.audience of --config; none without it).
+    #[arg(long)]
+    audience: Option<String>,
+    /// The `iss` claim (default: auth.issuer of --config; none without it).
+    #[arg(long)]
+    issuer: Option<String>,
 }
 
 #[derive(Args)]
@@ -252,10 +258,10 @@ fn run_publish(args: PublishArgs) -> ExitCode {
 }
 
 fn run_token(args: TokenArgs) -> ExitCode {
-    let secret = match (args.secret, args.config) {
-        (Some(s), _) => s,
+    let (secret, audience, issuer) = match (args.secret, args.config) {
+        (Some(s), _) => (s, String::new(), String::new()),
         (None, Some(path)) => match Config::load(&path) {
-            Ok(c) => c.auth.secret,
+            Ok(c) => (c.auth.secret, c.auth.audience, c.auth.issuer),
             Err(e) => {
                 eprintln!("ssehub token: {e}");
                 return ExitCode::FAILURE;
@@ -273,7 +279,12 @@ fn run_token(args: TokenArgs) -> ExitCode {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    match ssehub::auth::mint(&secret, &args.subscribe, now, args.ttl.as_secs()) {
+    let what = ssehub::auth::MintClaims {
+        subscribe: &args.subscribe,
+        audience: args.audience.as_deref().unwrap_or(&audience),
+        issuer: args.issuer.as_deref().unwrap_or(&issuer),
+    };
+    match ssehub::auth::mint(&secret, what, now, args.ttl.as_secs()) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

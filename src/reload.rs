@@ -115,6 +115,8 @@ const KEYS: &[Key] = &[
     key!("auth.private", RELOAD, auth.private),
     key!("auth.cookie", RELOAD, auth.cookie),
     key!("auth.leeway", RELOAD, auth.leeway),
+    key!("auth.audience", RELOAD, auth.audience),
+    key!("auth.issuer", RELOAD, auth.issuer),
     key!("cors.allowed_origins", RELOAD, cors.allowed_origins),
     key!("cors.allow_credentials", RELOAD, cors.allow_credentials),
     key!("log.level", RELOAD, log.level),
@@ -262,6 +264,8 @@ mod tests {
             ("streams.write_timeout", "[streams]\nwrite_timeout = \"1s\""),
             ("ingest.max_event_bytes", "[ingest]\nmax_event_bytes = 100"),
             ("auth.private", "[auth]\nprivate = [\"a:*\"]"),
+            ("auth.audience", "[auth]\naudience = \"https://a\""),
+            ("auth.issuer", "[auth]\nissuer = \"https://i\""),
             (
                 "cors.allowed_origins",
                 "[cors]\nallowed_origins = [\"https://x\"]",

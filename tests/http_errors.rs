@@ -388,6 +388,64 @@ fn options_is_204_with_allow() {
     }
 }
 
+/// The server-wide `OPTIONS *` (RFC 9110 9.3.7) says what the server supports; it was 404.
+#[test]
+fn options_asterisk_is_204_with_allow() {
+    let server = Server::start();
+    for request in [
+        "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
+        "OPTIONS * HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    ] {
+        let mut c = send(&server, request);
+        let (status, head, body) = c.read_response();
+        assert_eq!(status, 204, "{request:?}: {head:?}");
+        assert!(head.starts_with("HTTP/1.1 204 No Content\r\n"), "{head:?}");
+        assert!(body.is_empty(), "{body:?}");
+        assert_eq!(
+            header_value(&head, "allow").as_deref(),
+            Some("GET, HEAD, OPTIONS"),
+            "{head:?}"
+        );
+        assert_eq!(header_value(&head, "content-length"), None, "{head:?}");
+        expect_open(&mut c);
+    }
+    // Only OPTIONS may use the asterisk form.
+    let mut c = send(&server, "GET * HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (_, body) = expect_plain(&mut c, 400);
+    assert_eq!(body, "asterisk-form target is only allowed with OPTIONS\n");
+    expect_closed(&mut c);
+}
+
+/// A `Last-Event-ID` header that is not UTF-8 is refused like the same value in the
+/// `lastEventId` parameter (it used to be taken as absent: a fresh stream, no `reset`).
+#[test]
+fn non_utf8_last_event_id_header_is_400_and_closes() {
+    use std::io::Write;
+    let server = Server::start();
+    for bad in [&b"\xff"[..], b"12\xc3\x28", b"\xed\xa0\x80"] {
+        let mut c = Client::connect(server.addr);
+        let mut raw = b"GET /events?topic=a HTTP/1.1\r\nHost: t\r\nLast-Event-ID: ".to_vec();
+        raw.extend_from_slice(bad);
+        raw.extend_from_slice(b"\r\n\r\n");
+        c.sock.write_all(&raw).expect("send");
+        let (head, body) = expect_plain(&mut c, 400);
+        assert_eq!(body, "Last-Event-ID is not valid UTF-8\n", "{bad:?}");
+        assert_eq!(header_value(&head, "connection").as_deref(), Some("close"));
+        expect_closed(&mut c);
+    }
+    // The query parameter gives the same reason.
+    let mut c = send(
+        &server,
+        "GET /events?topic=a&lastEventId=%FF HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let (_, body) = expect_plain(&mut c, 400);
+    assert_eq!(body, "lastEventId is not valid UTF-8\n");
+    // A UTF-8 one still resumes (here: an id never issued, so `reset`).
+    let mut c = server.resume("topic=a", "not-an-id");
+    let reset = c.read_event();
+    assert!(reset.starts_with("event: reset\n"), "{reset:?}");
+}
+
 #[test]
 fn healthz_is_200_ok() {
     let server = Server::start();

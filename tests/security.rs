@@ -756,6 +756,219 @@ fn token_just_past_exp_plus_leeway_is_401() {
     assert!(reason.contains("expired"), "{reason:?}");
 }
 
+// ---- token edge cases (issue 16): what the docs say is what the server answers -------------
+
+fn bearer_header(token: &str) -> String {
+    format!("Authorization: Bearer {token}\r\n")
+}
+
+fn hs256(claims: &str) -> String {
+    jwt(HS256, claims, Sign::Hs256(SECRET.as_bytes()))
+}
+
+/// A correctly signed token without `exp` is told so (it used to get "the token is
+/// malformed": the claims failed to deserialize before the required-claim check).
+#[test]
+fn token_without_exp_gets_the_documented_reason() {
+    let server = auth_server("");
+    for body in [
+        claims(&["notifications:*"], None, None),
+        r#"{"subscribe":["notifications:*"],"exp":null}"#.to_string(),
+    ] {
+        let token = hs256(&body);
+        let (_, reason) = refused(
+            &server,
+            "topic=notifications:42",
+            &bearer_header(&token),
+            401,
+            &[&token],
+        );
+        assert_eq!(reason, "the token has no exp claim", "{body}");
+    }
+}
+
+/// `exp` near u64::MAX: `exp + leeway` used to wrap (release: refused as expired) or panic
+/// the event loop (overflow checks). Now such a token is valid for as long as it says, and
+/// the server stays up.
+#[test]
+fn far_future_exp_is_served_without_overflow() {
+    let mut server = auth_server("");
+    let mut streams = Vec::new();
+    let exps = [
+        u64::MAX.to_string(),
+        (u64::MAX - 29).to_string(), // + the 30 s leeway is exactly 2^64
+        (u64::MAX / 1000 + 1).to_string(),
+        "1.8e19".to_string(),
+    ];
+    for (i, exp) in exps.iter().enumerate() {
+        let token = hs256(&format!(
+            r#"{{"subscribe":["notifications:*"],"exp":{exp}}}"#
+        ));
+        // A topic of its own each, plus one they all share.
+        let topic = format!("notifications:{i}");
+        let query = format!("topic={topic}&topic=notifications:all");
+        let (mut c, _) = open_stream(&server, &query, &bearer_header(&token));
+        receives(&server, &mut c, &topic);
+        streams.push(c);
+    }
+    // Still open a while later (no deadline wrapped into the past), and still delivering.
+    std::thread::sleep(Duration::from_millis(1500));
+    let id = server.producer().publish("notifications:all", "later");
+    for c in &mut streams {
+        let block = c.read_event();
+        assert_eq!(event_id(&block), Some(id), "{block:?}");
+    }
+    assert!(
+        server.child.try_wait().expect("try_wait").is_none(),
+        "the server exited"
+    );
+    // An `exp` beyond what a NumericDate can be is malformed, not a crash.
+    let token = hs256(r#"{"subscribe":["notifications:*"],"exp":1e30}"#);
+    let (_, reason) = refused(
+        &server,
+        "topic=notifications:42",
+        &bearer_header(&token),
+        401,
+        &[&token],
+    );
+    assert_eq!(reason, "the token is malformed");
+}
+
+/// A JOSE header with `crit` names extensions that must be understood; ssehub supports
+/// none, so such a token is refused (it used to be accepted, `crit` ignored).
+#[test]
+fn tokens_with_a_crit_header_are_401() {
+    let server = auth_server("");
+    let body = claims(&["notifications:*"], Some(now_s() + 3600), None);
+    for header in [
+        r#"{"alg":"HS256","typ":"JWT","crit":["exp"],"exp":1}"#,
+        r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+        r#"{"alg":"HS256","crit":[]}"#,
+    ] {
+        let token = jwt(header, &body, Sign::Hs256(SECRET.as_bytes()));
+        let (_, reason) = refused(
+            &server,
+            "topic=notifications:42",
+            &bearer_header(&token),
+            401,
+            &[&token],
+        );
+        assert_eq!(
+            reason, "the token has critical header extensions this server does not support",
+            "{header}"
+        );
+    }
+    let token = jwt(HS256, &body, Sign::Hs256(SECRET.as_bytes()));
+    let (mut c, _) = open_stream(&server, "topic=notifications:42", &bearer_header(&token));
+    receives(&server, &mut c, "notifications:42");
+}
+
+/// `auth.audience` / `auth.issuer`: checked when set, with a reason for each refusal;
+/// `ssehub token` writes them (from `--config`, or the flags); both reload.
+#[test]
+fn audience_and_issuer_are_checked_when_configured() {
+    const AUD_ISS: &str = "audience = \"https://events.test\"\nissuer = \"https://login.test\"";
+    let server = auth_server(AUD_ISS);
+    let exp = now_s() + 3600;
+    let with = |extra: &str| format!(r#"{{"subscribe":["notifications:*"],"exp":{exp}{extra}}}"#);
+    let iss = r#","iss":"https://login.test""#;
+    let aud = r#","aud":"https://events.test""#;
+    for extra in [
+        format!("{iss}{aud}"),
+        format!(r#"{iss},"aud":["https://other.test","https://events.test"]"#),
+    ] {
+        let (mut c, _) = open_stream(
+            &server,
+            "topic=notifications:42",
+            &bearer_header(&hs256(&with(&extra))),
+        );
+        receives(&server, &mut c, "notifications:42");
+    }
+    for (extra, why) in [
+        (iss.to_string(), "the token has no aud claim"),
+        (
+            format!(r#"{iss},"aud":"https://other.test""#),
+            "the token's audience is not accepted",
+        ),
+        (
+            format!(r#"{iss},"aud":["https://other.test"]"#),
+            "the token's audience is not accepted",
+        ),
+        (aud.to_string(), "the token has no iss claim"),
+        (
+            format!(r#"{aud},"iss":"https://evil.test""#),
+            "the token's issuer is not accepted",
+        ),
+    ] {
+        let token = hs256(&with(&extra));
+        let (_, reason) = refused(
+            &server,
+            "topic=notifications:42",
+            &bearer_header(&token),
+            401,
+            &[&token, "https://other.test", "https://evil.test"],
+        );
+        assert_eq!(reason, why, "{extra}");
+    }
+    // Public topics still need nothing.
+    let (mut c, _) = open_stream(&server, "topic=prices:AAPL", "");
+    receives(&server, &mut c, "prices:AAPL");
+
+    // `ssehub token --config` takes the audience and issuer from the file; with `--secret`
+    // they are left out unless given as flags.
+    let config = server.dir.path().join("ssehub.toml");
+    let token_with = |args: &[&str]| {
+        let mut all = vec!["token", "--subscribe", "notifications:*"];
+        all.extend_from_slice(args);
+        let out = run_bin(&all, b"", Duration::from_secs(10));
+        assert_eq!(out.code, Some(0), "ssehub token {args:?}: {}", out.stderr);
+        out.stdout.trim().to_string()
+    };
+    let from_config = token_with(&["--config", path_str(&config)]);
+    let from_flags = token_with(&[
+        "--secret",
+        SECRET,
+        "--audience",
+        "https://events.test",
+        "--issuer",
+        "https://login.test",
+    ]);
+    for token in [&from_config, &from_flags] {
+        let (mut c, _) = open_stream(&server, "topic=notifications:42", &bearer_header(token));
+        receives(&server, &mut c, "notifications:42");
+    }
+    let plain = mint(SECRET, &["notifications:*"], "1h");
+    let (_, reason) = refused(
+        &server,
+        "topic=notifications:42",
+        &bearer_header(&plain),
+        401,
+        &[&plain],
+    );
+    assert_eq!(reason, "the token has no aud claim");
+    let check = run_bin(
+        &["check-config", path_str(&config)],
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(check.code, Some(0), "{check:?}");
+
+    // Reload without them: the plain token is served, the keys are named as changed.
+    let auth = format!("secret = {SECRET:?}\n{PRIVATE}");
+    std::fs::write(
+        &config,
+        config_with_socket(&server.socket, &[("auth", &auth)]),
+    )
+    .expect("rewrite config");
+    let answer = server.producer().request(r#"{"admin":"reload"}"#);
+    assert_eq!(
+        answer,
+        r#"{"ok":true,"changed":["auth.audience","auth.issuer"],"needs_restart":[]}"#
+    );
+    let (mut c, _) = open_stream(&server, "topic=notifications:42", &bearer_header(&plain));
+    receives(&server, &mut c, "notifications:42");
+}
+
 // ---- Origin policy and CORS ------------------------------------------------------------------
 
 /// Whether a head carries any `Access-Control-*` header.
@@ -987,6 +1200,18 @@ fn check_config_refuses_auth_settings_that_serve_refuses() {
         (
             "a public key file that does not exist",
             format!("public_key = {:?}\n{PRIVATE}", path_str(&missing_pem)),
+        ),
+        (
+            "a leeway over a day",
+            format!("secret = {SECRET:?}\n{PRIVATE}\nleeway = \"25h\""),
+        ),
+        (
+            "an audience with leading whitespace",
+            format!("secret = {SECRET:?}\n{PRIVATE}\naudience = \" https://events.test\""),
+        ),
+        (
+            "an issuer with trailing whitespace",
+            format!("secret = {SECRET:?}\n{PRIVATE}\nissuer = \"https://login.test \""),
         ),
     ];
     for (what, auth) in cases {

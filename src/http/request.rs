@@ -36,7 +36,8 @@ pub struct Request {
     pub keep_alive: bool,
     /// `Content-Length` > 0 or any `Transfer-Encoding`: the caller answers and closes.
     pub has_body: bool,
-    /// `Last-Event-ID`; None when absent, empty or not UTF-8 (the last such header wins).
+    /// `Last-Event-ID`; None when absent or empty (the last such header wins). Not UTF-8
+    /// is a 400, as for the `lastEventId` parameter.
     pub last_event_id: Option<String>,
     /// `Origin`; None when absent or not UTF-8.
     pub origin: Option<String>,
@@ -176,10 +177,11 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<Request, Reject> {
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
         } else if name.eq_ignore_ascii_case("last-event-id") {
-            last_event_id = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned);
+            // Refused like the `lastEventId` parameter; an EventSource only ever sends
+            // back an id it received, which is UTF-8.
+            let id = std::str::from_utf8(value)
+                .map_err(|_| reject(400, "Last-Event-ID is not valid UTF-8"))?;
+            last_event_id = (!id.is_empty()).then(|| id.to_owned());
         } else if name.eq_ignore_ascii_case("origin") {
             origins += 1;
             origin = std::str::from_utf8(value).ok().map(str::to_owned);
@@ -796,8 +798,17 @@ Cookie: b=2; c=3\r\nCookie:\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\n\r\n",
             None
         );
         assert_eq!(
-            req(b"GET / HTTP/1.1\r\nHost: a\r\nLast-Event-ID: \xff\r\n\r\n").last_event_id,
-            None
+            rejected(b"GET / HTTP/1.1\r\nHost: a\r\nLast-Event-ID: \xff\r\n\r\n"),
+            reject(400, "Last-Event-ID is not valid UTF-8"),
+            "not UTF-8 is refused, as in the query"
+        );
+        assert_eq!(
+            rejected(
+                b"GET / HTTP/1.1\r\nHost: a\r\nLast-Event-ID: \xc3\x28\r\nLast-Event-ID: 5\r\n\r\n"
+            )
+            .reason,
+            "Last-Event-ID is not valid UTF-8",
+            "even when a later header is valid"
         );
         let r = req(b"GET / HTTP/1.1\r\nHost: a\r\nLast-Event-ID:  7-3 \r\n\r\n");
         assert_eq!(
