@@ -270,6 +270,15 @@ fn check_record(
     c: &Candidate,
 ) -> io::Result<Result<(Recovered, usize), String>> {
     let avail = buf.fill(file, eof, HEADER_LEN)?;
+    if c.resync && avail >= HEADER_LEN {
+        // Most offsets of garbage fail here: refuse them without building a reason (only
+        // the reason at the start of a damaged run is reported).
+        let h = buf.window();
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&len) || (HEADER_LEN + len) as u64 > c.left {
+            return Ok(Err(String::new()));
+        }
+    }
     if avail < HEADER_LEN {
         return Ok(Err(format!(
             "torn record header ({avail} of {HEADER_LEN} bytes)"
@@ -300,7 +309,7 @@ fn check_record(
         let p = &buf.window()[HEADER_LEN..];
         let id = u64::from_le_bytes([p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]]);
         if p[16] > 1 || p[17] == 0 || p[18] == 0 || id <= c.prev || id > c.max_id {
-            return Ok(Err("no record".into()));
+            return Ok(Err(String::new()));
         }
     }
     let avail = buf.fill(file, eof, total)?;
