@@ -19,7 +19,7 @@ use crate::hub::{Hub, Resume};
 use crate::ingest::line::{self, Line};
 use crate::ingest::{self, Answers, BATCH_UNWRITTEN, InputLine, Producer};
 use crate::limits::{ClientKey, Counted, PerClient, forwarded_client};
-use crate::log::{Log, LogOptions, RecordRef};
+use crate::log::{DirLock, Log, LogOptions, RecordRef};
 use crate::sse::{self, Frame};
 use crate::timer::{Millis, Wheel};
 use log::{debug, error, info, warn};
@@ -192,9 +192,11 @@ impl Server {
             max_bytes: config.history.max_bytes,
         };
         let mut hub = Hub::new(limits, 0, unix_micros());
-        let log = match config.history.data_dir.as_os_str().is_empty() {
+        // Start-up order (issue 16): lock the data directory, bind the listeners, then
+        // recover the log; so a second instance fails before its recovery changes anything.
+        let dir_lock = match config.history.data_dir.as_os_str().is_empty() {
             true => None,
-            false => Some(open_log(&config, waker.clone(), &mut hub)?),
+            false => Some(DirLock::acquire(&config.history.data_dir)?),
         };
         let auth = Auth::from_config(&config.auth)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -224,6 +226,18 @@ impl Server {
             }
         };
         let mut admin = ops::admin_listener(&config, passed.admin)?;
+        let log = match dir_lock {
+            None => None,
+            Some(lock) => match open_log(&config, lock, waker.clone(), &mut hub) {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    if owns_ingest_file {
+                        let _ = std::fs::remove_file(&config.ingest.socket);
+                    }
+                    return Err(e);
+                }
+            },
+        };
         poll.registry()
             .register(&mut http, HTTP_LISTENER, Interest::READABLE)?;
         poll.registry()
@@ -1706,7 +1720,7 @@ fn fan_out(
 }
 
 /// Opens the log in `history.data_dir` and rebuilds the hub's history from it.
-fn open_log(config: &Config, waker: Arc<Waker>, hub: &mut Hub) -> io::Result<Log> {
+fn open_log(config: &Config, lock: DirLock, waker: Arc<Waker>, hub: &mut Hub) -> io::Result<Log> {
     let options = LogOptions {
         max_age_ms: config.history.max_age.as_millis() as u64,
         max_log_bytes: config.history.max_log_bytes,
@@ -1715,7 +1729,7 @@ fn open_log(config: &Config, waker: Arc<Waker>, hub: &mut Hub) -> io::Result<Log
     };
     let started = Instant::now();
     let dir = &config.history.data_dir;
-    let (log, report) = Log::open(dir, options, waker, |r| {
+    let (log, report) = Log::open_locked(lock, options, waker, |r| {
         let event = hub.recover(
             r.id,
             r.published_unix_ms,
@@ -1734,6 +1748,12 @@ fn open_log(config: &Config, waker: Arc<Waker>, hub: &mut Hub) -> io::Result<Log
         hub.set_remembers_from(first);
     }
     hub.note_forgotten(report.forgotten_up_to);
+    if report.tail_cut {
+        // Which ids the cut tail held is unknown: anything issued before this restart.
+        // Ids are max(last + 1, Unix µs), so every one issued before now is below this
+        // and every new one is above it: a resume from before now gets `reset`.
+        hub.note_forgotten(report.last_id.unwrap_or(0).max(unix_micros()));
+    }
     hub.prune(unix_millis());
     info!(
         "log recovered dir={} records={} segments={} last_id={} retained_events={} ms={}",

@@ -127,7 +127,14 @@ fn crash_keeps_every_acknowledged_event(durability: &str) {
     let mut replayed = Vec::new();
     let last_acked = *acked.last().unwrap();
     while replayed.last().is_none_or(|&l| l < last_acked) {
-        replayed.push(event_id(&c.read_event()).expect("id"));
+        let block = c.read_event();
+        // SIGKILL can tear the write in progress; recovery cuts that tail, and a resume
+        // from before the cut then starts with `reset` (the torn record may have been
+        // issued). Every acknowledged event must still follow.
+        if replayed.is_empty() && block.starts_with("event: reset\n") {
+            continue;
+        }
+        replayed.push(event_id(&block).expect("id"));
     }
     assert!(
         replayed.windows(2).all(|w| w[0] < w[1]),
@@ -173,8 +180,16 @@ fn publish_and_stop(store: &Store, n: usize) -> Vec<u64> {
     ids
 }
 
-fn replay_all(server: &Server, from: u64, n: usize) -> Vec<u64> {
+/// Resumes from `from` after a restart that cut the log's tail: ids issued before the cut
+/// may be lost, so the stream starts with `reset` (SPEC 2.2), then replays what is kept.
+fn replay_all_after_a_cut(server: &Server, from: u64, earliest: u64, n: usize) -> Vec<u64> {
     let mut c = server.resume("topic=t", &from.to_string());
+    assert_eq!(
+        c.read_event(),
+        format!(
+            "event: reset\ndata: {{\"lastEventId\":\"{from}\",\"earliestId\":\"{earliest}\"}}\n\n"
+        )
+    );
     let ids = read_ids(&mut c, n);
     assert!(
         c.read_for(Duration::from_millis(200)).is_empty(),
@@ -199,7 +214,7 @@ fn a_torn_tail_is_cut_and_every_good_record_kept() {
         server.log.lock().unwrap()
     );
     assert_eq!(
-        replay_all(&server, ids[0], 8),
+        replay_all_after_a_cut(&server, ids[0], ids[0], 8),
         &ids[1..9],
         "all but the torn record"
     );
@@ -219,7 +234,7 @@ fn a_flipped_byte_in_the_last_record_is_detected() {
     let server = store.start("os");
     assert!(server.log_contains("log recovery dropped"));
     assert_eq!(
-        replay_all(&server, ids[0], 8),
+        replay_all_after_a_cut(&server, ids[0], ids[0], 8),
         &ids[1..9],
         "never a silently wrong event"
     );

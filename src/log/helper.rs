@@ -21,6 +21,7 @@ pub enum Job {
     },
     Meta {
         first_id: u64,
+        horizon: u64,
     },
     Delete {
         paths: Vec<PathBuf>,
@@ -101,7 +102,9 @@ impl Worker {
                     seq,
                     result: self.sync(&files, dir),
                 },
-                Job::Meta { first_id } => Done::Meta(meta::write(&self.dir, first_id)),
+                Job::Meta { first_id, horizon } => {
+                    Done::Meta(meta::write(&self.dir, first_id, horizon))
+                }
                 Job::Delete { paths } => Done::Delete(self.delete(&paths)),
             };
             if done.send(result).is_err() {

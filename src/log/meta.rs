@@ -1,10 +1,15 @@
 //! The `meta` file: the first id ever issued with this data directory, kept when segments
-//! are deleted. Text, two lines:
+//! are deleted, and the resume horizon left by recovery cuts. Text, two or three lines:
 //!
 //! ```text
 //! ssehub-log 1
 //! first_id 1712345678901234
+//! forgotten_up_to 1712345678999999
 //! ```
+//!
+//! The third line is written only after a recovery cut bytes (readers that predate it ignore
+//! it): the repaired segments no longer show the damage, so the horizon would otherwise be
+//! forgotten at the next start and a resume across the cut would miss its `reset`.
 //!
 //! Written atomically (temp file, fsync, rename, fsync of the directory).
 
@@ -19,7 +24,8 @@ const VERSION: &str = "1";
 
 pub enum MetaState {
     Missing,
-    Valid(u64),
+    /// First id, horizon (0: none).
+    Valid(u64, u64),
     /// Present but not parseable: the reason.
     Unreadable(String),
 }
@@ -55,18 +61,27 @@ pub fn read(dir: &Path) -> io::Result<MetaState> {
         .next()
         .and_then(|l| l.strip_prefix("first_id "))
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let horizon = lines
+        .next()
+        .and_then(|l| l.strip_prefix("forgotten_up_to "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     Ok(match id {
-        Some(id) => MetaState::Valid(id),
+        Some(id) => MetaState::Valid(id, horizon),
         None => MetaState::Unreadable("no valid `first_id` line".into()),
     })
 }
 
-/// Atomically replaces `dir/meta`.
-pub fn write(dir: &Path, first_id: u64) -> io::Result<()> {
+/// Atomically replaces `dir/meta` (`horizon` 0: no third line).
+pub fn write(dir: &Path, first_id: u64, horizon: u64) -> io::Result<()> {
     let tmp = dir.join(META_TMP);
     {
         let mut f = File::create(&tmp)?;
-        f.write_all(format!("{MAGIC} {VERSION}\nfirst_id {first_id}\n").as_bytes())?;
+        let mut text = format!("{MAGIC} {VERSION}\nfirst_id {first_id}\n");
+        if horizon > 0 {
+            text.push_str(&format!("forgotten_up_to {horizon}\n"));
+        }
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
     fs::rename(&tmp, dir.join(META))?;

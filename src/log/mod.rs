@@ -32,6 +32,7 @@
 
 mod crc;
 mod helper;
+mod lock;
 mod meta;
 mod record;
 mod recover;
@@ -39,6 +40,7 @@ mod recover;
 mod tests;
 
 pub use crc::crc32c;
+pub use lock::DirLock;
 pub use record::{
     DecodeError, EncodeError, MAX_PAYLOAD, RecordRef, Recovered, decode_payload, encode_payload,
 };
@@ -88,8 +90,12 @@ pub struct RecoveryReport {
     pub first_id_ever: Option<u64>,
     /// Highest id in the log (None: no record).
     pub last_id: Option<u64>,
-    /// Ids up to this one may have existed and are gone (0: none).
+    /// Ids up to this one may have existed and are gone (0: none): for every cut whose
+    /// successor is known, the successor's id - 1.
     pub forgotten_up_to: u64,
+    /// Bytes were cut at the end of the newest segment (or a trailing segment held nothing
+    /// valid): ids above `last_id` may have been issued and lost, which ones is unknown.
+    pub tail_cut: bool,
     /// One human-readable line per dropped tail, corruption, skipped run or ignored file.
     pub dropped: Vec<String>,
 }
@@ -132,6 +138,8 @@ struct InFlight {
 
 /// The log of one data directory. See the module documentation for the protocol.
 pub struct Log {
+    /// Held for the life of the log: one process per data directory.
+    _lock: DirLock,
     dir: PathBuf,
     opts: LogOptions,
     waker: Arc<Waker>,
@@ -146,6 +154,8 @@ pub struct Log {
     first_id_ever: Option<u64>,
     meta_pending: bool,
     forgotten_up_to: u64,
+    /// The recovery-cut horizon kept in `meta`.
+    horizon: u64,
     written_seq: u64,
     /// Highest sequence number handed to a sync, or given up by a failed one.
     requested_seq: u64,
@@ -164,16 +174,28 @@ pub struct Log {
 const KEEP_BUF: usize = 4 << 20;
 
 impl Log {
-    /// Opens (creating if needed) the log in `dir`, hands every valid record to `on_record`
-    /// in id order, repairs the tail of the newest segment and starts the helper thread.
-    /// Blocks (reads, truncation, fsync): call it before the event loop runs.
+    /// Locks `dir` (see `DirLock`), then opens it as `open_locked` does.
     pub fn open(
         dir: &Path,
         opts: LogOptions,
         waker: Arc<Waker>,
+        on_record: impl FnMut(Recovered),
+    ) -> io::Result<(Log, RecoveryReport)> {
+        Log::open_locked(DirLock::acquire(dir)?, opts, waker, on_record)
+    }
+
+    /// Opens (creating if needed) the log in the locked directory, hands every valid record
+    /// to `on_record` in id order, repairs damage (moving damaged bytes to `damaged/` and
+    /// keeping every valid record) and starts the helper thread. The log keeps the lock.
+    /// Blocks (reads, copies, fsync): call it before the event loop runs.
+    pub fn open_locked(
+        lock: DirLock,
+        opts: LogOptions,
+        waker: Arc<Waker>,
         mut on_record: impl FnMut(Recovered),
     ) -> io::Result<(Log, RecoveryReport)> {
-        fs::create_dir_all(dir)?;
+        let dir = lock.dir().to_path_buf();
+        let dir = dir.as_path();
         let mut dropped = Vec::new();
         match fs::remove_file(dir.join(meta::META_TMP)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -184,6 +206,9 @@ impl Log {
         let meta_state = meta::read(dir)?;
         let files = recover::list_segments(dir, &mut dropped)?;
 
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         let mut buf = ReadBuf::new();
         let mut last_id = 0u64;
         let mut scans = Vec::with_capacity(files.len());
@@ -193,16 +218,21 @@ impl Log {
                 &mut f,
                 &mut buf,
                 &mut last_id,
+                now_us,
                 &mut on_record,
             )?);
         }
         drop(buf);
 
-        // The newest segment with a valid record is written next; later ones hold nothing
-        // valid and go, as a torn tail would.
-        let active = scans.iter().rposition(|s| s.good_len > 0);
+        // The newest segment with a valid record is written next. Damaged bytes anywhere go
+        // to `damaged/` (so an operator can look at them) and each segment keeps exactly its
+        // valid records; a segment with nothing valid goes to `damaged/` whole.
+        let damaged_dir = dir.join(recover::DAMAGED);
+        let active = scans.iter().rposition(|s| s.has_valid());
         let mut dir_changed = false;
+        let mut damaged_changed = false;
         let mut forgotten_up_to = 0u64;
+        let mut tail_cut = false;
         let mut segments = VecDeque::new();
         let mut oldest = None;
         let mut records = 0;
@@ -210,23 +240,37 @@ impl Log {
             let name = sf.path.display();
             records += s.records;
             oldest = oldest.or(s.first_id);
-            let why = s.corrupt.as_deref().unwrap_or("");
-            let is_active = Some(i) == active;
-            if active.is_none_or(|a| i > a) || s.file_len == 0 {
-                // Nothing valid: it goes (if it cannot, it is found and skipped again).
-                let removed = match fs::remove_file(&sf.path) {
-                    Ok(()) => {
-                        dir_changed = true;
-                        "file removed".to_string()
-                    }
-                    Err(e) => format!("cannot remove the file: {e}"),
-                };
-                if s.file_len > 0 {
-                    dropped.push(format!(
-                        "{name}: offset 0: dropped {} bytes: {why}; no valid record, {removed}",
-                        s.file_len
-                    ));
+            // The first id handed on after segment `i` (the successor of a cut at its end).
+            let next_after = || scans[i + 1..].iter().find_map(|s| s.first_id);
+            // Raise the resume horizon for every cut: a resume from before it cannot be
+            // proven complete. A cut with no known successor is at the end of the log.
+            let mut note_cut = |next: Option<u64>| match next.or_else(next_after) {
+                Some(next) => forgotten_up_to = forgotten_up_to.max(next - 1),
+                None => tail_cut = true,
+            };
+            if s.file_len == 0 {
+                // A crash right after creating a segment: nothing was in it.
+                if fs::remove_file(&sf.path).is_ok() {
+                    dir_changed = true;
                 }
+                continue;
+            }
+            if !s.has_valid() {
+                let why = s.damaged.first().map_or("", |d| d.reason.as_str());
+                let fate = match recover::move_file(&sf.path, &damaged_dir) {
+                    Ok(dest) => {
+                        dir_changed = true;
+                        damaged_changed = true;
+                        format!("moved to {}", dest.display())
+                    }
+                    // It is found and skipped again at the next start.
+                    Err(e) => format!("cannot move it to {}: {e}", damaged_dir.display()),
+                };
+                dropped.push(format!(
+                    "{name}: offset 0: dropped {} bytes: {why}; no valid record, {fate}",
+                    s.file_len
+                ));
+                note_cut(None);
                 continue;
             }
             if s.skipped > 0 {
@@ -235,6 +279,7 @@ impl Log {
                     s.skipped
                 ));
             }
+            let is_active = Some(i) == active;
             let mut seg = Segment {
                 path: sf.path.clone(),
                 name_id: sf.name_id,
@@ -247,70 +292,115 @@ impl Log {
                 file: None,
                 broken: false,
             };
-            let bad = s.file_len - s.good_len;
-            if is_active {
-                let mut note = "truncated";
+            if !s.damaged.is_empty() {
+                // First every damaged range is saved; only then is the segment changed.
+                let mut saved = Vec::with_capacity(s.damaged.len());
+                for d in &s.damaged {
+                    match recover::save_range(&sf.path, d.offset, d.len, &damaged_dir) {
+                        Ok(dest) => saved.push(dest),
+                        Err(e) => {
+                            dropped.push(format!(
+                                "{name}: offset {}: {} damaged bytes ({}) cannot be moved to {}: {e}; file kept as is",
+                                d.offset,
+                                d.len,
+                                d.reason,
+                                damaged_dir.display()
+                            ));
+                            break;
+                        }
+                    }
+                }
+                damaged_changed |= !saved.is_empty();
+                let good_len = s.good_len();
+                let repaired = if saved.len() < s.damaged.len() {
+                    Err(None)
+                } else if s.damaged.len() == 1
+                    && s.good.last().is_some_and(|g| g.1 == s.damaged[0].offset)
+                {
+                    // Only a damaged tail: cut it, as a torn write is cut.
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&sf.path)
+                        .and_then(|f| f.set_len(good_len).and_then(|()| f.sync_all()))
+                        .map(|()| "truncated")
+                        .map_err(Some)
+                } else {
+                    recover::rewrite(&sf.path, &s.good)
+                        .map(|_| "segment rewritten with its valid records only")
+                        .map_err(Some)
+                };
+                match repaired {
+                    Ok(how) => {
+                        dir_changed = true;
+                        seg.cur.len = good_len;
+                        for (d, dest) in s.damaged.iter().zip(&saved) {
+                            dropped.push(format!(
+                                "{name}: offset {}: dropped {} bytes: {}; moved to {}, {how}",
+                                d.offset,
+                                d.len,
+                                d.reason,
+                                dest.display()
+                            ));
+                            note_cut(d.next_id);
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(e) = e {
+                            dropped.push(format!(
+                                "{name}: repair failed: {e}; damaged bytes saved, file kept as is"
+                            ));
+                        }
+                        // The damage stays in the file (found again at the next start), so
+                        // nothing is appended after it: the next batch starts a new segment.
+                        seg.broken = true;
+                        for d in &s.damaged {
+                            note_cut(d.next_id);
+                        }
+                    }
+                }
+            }
+            if is_active && !seg.broken {
                 match open_append(&sf.path) {
                     Ok(f) => {
-                        if bad > 0 {
-                            match f.set_len(s.good_len).and_then(|()| f.sync_all()) {
-                                Ok(()) => {
-                                    seg.cur.len = s.good_len;
-                                    dir_changed = true;
-                                }
-                                Err(e) => {
-                                    note = "could not truncate";
-                                    dropped.push(format!("{name}: truncate failed: {e}"));
-                                    seg.broken = true;
-                                }
-                            }
-                        } else if opts.fsync {
-                            // What was recovered counts as synced from now on.
-                            if let Err(e) = f.sync_data() {
-                                dropped.push(format!("{name}: fsync failed: {e}"));
-                                seg.broken = true;
-                            }
+                        // What was recovered counts as synced from now on.
+                        if opts.fsync
+                            && s.damaged.is_empty()
+                            && let Err(e) = f.sync_data()
+                        {
+                            dropped.push(format!("{name}: fsync failed: {e}"));
+                            seg.broken = true;
                         }
                         seg.file = Some(Arc::new(f));
                     }
                     Err(e) => {
-                        note = "could not open to truncate";
                         dropped.push(format!("{name}: cannot open for writing: {e}"));
                         seg.broken = true;
                     }
-                }
-                if bad > 0 {
-                    dropped.push(format!(
-                        "{name}: offset {}: dropped {bad} bytes: {why}; {note}",
-                        s.good_len
-                    ));
-                }
-            } else if bad > 0 {
-                dropped.push(format!(
-                    "{name}: offset {}: dropped {bad} bytes: {why}; rest of segment ignored, file kept",
-                    s.good_len
-                ));
-                // Records were lost between this segment and the next valid record: a
-                // client that resumes from before that point cannot be proven complete.
-                if let Some(next) = scans[i + 1..].iter().find_map(|s| s.first_id) {
-                    forgotten_up_to = forgotten_up_to.max(next - 1);
                 }
             }
             seg.synced = seg.cur;
             segments.push_back(seg);
         }
+        if damaged_changed {
+            let _ = meta::sync_dir(&damaged_dir);
+            dir_changed = true;
+        }
 
-        let (first_id_ever, write_meta) = match meta_state {
-            MetaState::Valid(m) => match oldest {
-                Some(o) if o < m => {
-                    dropped.push(format!(
-                        "{}: first_id {m} is above the oldest record {o}; rewritten",
-                        dir.join(meta::META).display()
-                    ));
-                    (Some(o), true)
+        let mut horizon = 0;
+        let (first_id_ever, mut write_meta) = match meta_state {
+            MetaState::Valid(m, h) => {
+                horizon = h;
+                match oldest {
+                    Some(o) if o < m => {
+                        dropped.push(format!(
+                            "{}: first_id {m} is above the oldest record {o}; rewritten",
+                            dir.join(meta::META).display()
+                        ));
+                        (Some(o), true)
+                    }
+                    _ => (Some(m), false),
                 }
-                _ => (Some(m), false),
-            },
+            }
             MetaState::Missing => (oldest, oldest.is_some()),
             MetaState::Unreadable(why) => {
                 dropped.push(format!(
@@ -320,9 +410,22 @@ impl Log {
                 (oldest, oldest.is_some())
             }
         };
+        // This start's cuts join the horizon of earlier ones, kept in `meta` (the repaired
+        // segments no longer show them). For a tail cut the lost ids are unknown: all ids
+        // issued so far are below max(last id, now) (ids are max(last + 1, Unix µs)).
+        let earlier = horizon;
+        let mut cuts = forgotten_up_to;
+        if tail_cut {
+            cuts = cuts.max(last_id.max(now_us));
+        }
+        if cuts > horizon {
+            horizon = cuts;
+            write_meta |= first_id_ever.is_some();
+        }
+        forgotten_up_to = forgotten_up_to.max(earlier);
         let mut meta_pending = false;
         if write_meta && let Some(first) = first_id_ever {
-            meta_pending = meta::write(dir, first).is_err();
+            meta_pending = meta::write(dir, first, horizon).is_err();
         }
         if let (Some(o), Some(f)) = (oldest, first_id_ever)
             && o > f
@@ -342,9 +445,11 @@ impl Log {
             first_id_ever,
             last_id: (last_id > 0).then_some(last_id),
             forgotten_up_to,
+            tail_cut,
             dropped,
         };
         let log = Log {
+            _lock: lock,
             dir: dir.to_path_buf(),
             opts,
             waker,
@@ -358,6 +463,7 @@ impl Log {
             first_id_ever,
             meta_pending,
             forgotten_up_to,
+            horizon,
             written_seq: 0,
             requested_seq: 0,
             in_flight: None,
@@ -424,7 +530,10 @@ impl Log {
             if self.meta_pending
                 && let Some(first_id) = self.first_id_ever
             {
-                self.meta_pending = !self.helper.send(Job::Meta { first_id });
+                self.meta_pending = !self.helper.send(Job::Meta {
+                    first_id,
+                    horizon: self.horizon,
+                });
             }
         }
         self.written_seq += 1;

@@ -347,26 +347,268 @@ fn corruption_in_an_older_segment() {
     bytes[third + 12] ^= 0x01; // inside the id of record 12
     fs::write(&mid, &bytes).expect("write");
 
-    for _ in 0..2 {
-        let (log, report, got) = env.open(o);
-        let mut want = a.clone();
-        want.extend_from_slice(&b[..2]);
-        want.extend_from_slice(&c);
-        assert_eq!(got, want);
-        assert_eq!(report.dropped.len(), 1, "{:?}", report.dropped);
-        assert!(report.dropped[0].contains(&segment_name(10)));
-        assert!(report.dropped[0].contains("checksum mismatch"));
-        assert!(report.dropped[0].contains("file kept"));
-        assert_eq!(
-            file_len(&mid),
-            len_before,
-            "an older segment is not truncated"
-        );
-        // Records 12..=14 are gone: a resume from before them cannot be proven complete.
-        assert_eq!(report.forgotten_up_to, 19);
-        assert_eq!(log.forgotten_up_to(), 19);
-        assert_eq!(report.last_id, Some(22));
+    let mut want = a.clone();
+    want.extend_from_slice(&b[..2]);
+    want.extend_from_slice(&b[3..]);
+    want.extend_from_slice(&c);
+    let (log, report, got) = env.open(o);
+    assert_eq!(got, want, "records 13 and 14 after the damage are kept");
+    assert_eq!(report.dropped.len(), 1, "{:?}", report.dropped);
+    let line = &report.dropped[0];
+    assert!(line.contains(&segment_name(10)), "{line}");
+    assert!(line.contains("checksum mismatch"), "{line}");
+    assert!(line.contains("rewritten"), "{line}");
+    let rec_len = framed_len(&b[2]);
+    assert!(line.contains(&format!("offset {third}: dropped {rec_len} bytes")));
+    assert_eq!(
+        file_len(&mid),
+        len_before - rec_len,
+        "holds its valid records only"
+    );
+    // Record 12 is gone: a resume from before it cannot be proven complete.
+    assert_eq!(report.forgotten_up_to, 12);
+    assert_eq!(log.forgotten_up_to(), 12);
+    assert!(!report.tail_cut);
+    assert_eq!(report.last_id, Some(22));
+    drop(log);
+
+    // Repaired: nothing to report any more, but the horizon is remembered (`meta`).
+    let (_log, report, got) = env.open(o);
+    assert_eq!(got, want);
+    assert!(report.dropped.is_empty(), "{:?}", report.dropped);
+    assert_eq!(report.forgotten_up_to, 12);
+}
+
+/// The files of `data/damaged`, sorted by name, with their bytes.
+fn damaged_files(env: &Env) -> Vec<(String, Vec<u8>)> {
+    let Ok(rd) = fs::read_dir(env.dir().join("damaged")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, Vec<u8>)> = rd
+        .map(|e| {
+            let p = e.expect("entry").path();
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            (name, fs::read(&p).expect("read"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn framed(recs: &[Recovered]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in recs {
+        record::encode_record(&r.as_ref(), &mut out).expect("encode");
     }
+    out
+}
+
+#[test]
+fn a_flipped_byte_in_record_3_of_10_keeps_the_other_nine() {
+    let env = Env::new();
+    let (mut log, _, _) = env.open(opts());
+    let all = write_ids(&mut log, 1..=10);
+    drop(log);
+    let path = env.segments()[0].clone();
+    let orig = fs::read(&path).expect("read");
+    let start = framed(&all[..2]).len();
+    let len3 = framed_len(&all[2]) as usize;
+    let mut bad = orig.clone();
+    bad[start + len3 / 2] ^= 0x01; // in the middle of record 3
+    fs::write(&path, &bad).expect("write");
+
+    let (mut log, report, got) = env.open(opts());
+    let kept: Vec<Recovered> = [&all[..2], &all[3..]].concat();
+    assert_eq!(got, kept);
+    assert_eq!(report.dropped.len(), 1, "{:?}", report.dropped);
+    let line = &report.dropped[0];
+    assert!(
+        line.contains(&format!(
+            "offset {start}: dropped {len3} bytes: checksum mismatch"
+        )),
+        "{line}"
+    );
+    assert!(line.contains("damaged"), "{line}");
+    // The damaged bytes are kept aside as they were; the segment holds the good records.
+    let saved = damaged_files(&env);
+    assert_eq!(
+        saved,
+        vec![(
+            format!("{}.{start}", segment_name(1)),
+            bad[start..start + len3].to_vec()
+        )]
+    );
+    assert_eq!(fs::read(&path).expect("read"), framed(&kept));
+    assert_eq!(
+        report.forgotten_up_to, 3,
+        "a resume from before 4 gets reset"
+    );
+    assert!(!report.tail_cut);
+    assert_eq!(report.last_id, Some(10));
+    // Appending continues the repaired segment.
+    let more = write_ids(&mut log, 11..=12);
+    drop(log);
+    let (_log, report, got) = env.open(opts());
+    assert_eq!(got, [kept, more].concat());
+    assert!(report.dropped.is_empty(), "{:?}", report.dropped);
+    assert_eq!(report.forgotten_up_to, 3, "kept across restarts");
+    assert_eq!(damaged_files(&env).len(), 1);
+}
+
+#[test]
+fn a_torn_tail_is_moved_aside_and_reported_as_a_tail_cut() {
+    let env = Env::new();
+    let (mut log, _, _) = env.open(opts());
+    let all = write_ids(&mut log, 1..=4);
+    drop(log);
+    let path = env.segments()[0].clone();
+    let orig = fs::read(&path).expect("read");
+    let good = framed(&all[..3]).len();
+    let cut = orig.len() - 5;
+    fs::write(&path, &orig[..cut]).expect("write");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+
+    let (log, report, got) = env.open(opts());
+    assert_eq!(got, all[..3]);
+    assert!(report.tail_cut, "the lost ids are unknown");
+    assert_eq!(report.forgotten_up_to, 0, "no successor known");
+    assert_eq!(file_len(&path), good as u64);
+    assert_eq!(
+        damaged_files(&env),
+        vec![(
+            format!("{}.{good}", segment_name(1)),
+            orig[good..cut].to_vec()
+        )]
+    );
+    assert!(
+        report.dropped[0].contains("truncated"),
+        "{:?}",
+        report.dropped
+    );
+    drop(log);
+    // The next start no longer sees the cut but remembers the horizon it implied:
+    // everything issued before that start.
+    let (_log, report, _) = env.open(opts());
+    assert!(!report.tail_cut && report.dropped.is_empty());
+    assert!(
+        report.forgotten_up_to >= before,
+        "{} < {before}",
+        report.forgotten_up_to
+    );
+}
+
+#[test]
+fn random_garbage_between_good_records_is_skipped() {
+    let env = Env::new();
+    fs::create_dir_all(env.dir()).expect("mkdir");
+    let a: Vec<Recovered> = (1..=5).map(simple).collect();
+    let b: Vec<Recovered> = (6..=10).map(simple).collect();
+    let mut x = 0x5EED_u64;
+    let garbage: Vec<u8> = (0..5000).map(|_| next(&mut x) as u8).collect();
+    let mut bytes = framed(&a);
+    let at = bytes.len();
+    bytes.extend_from_slice(&garbage);
+    bytes.extend_from_slice(&framed(&b));
+    let path = env.dir().join(segment_name(1));
+    fs::write(&path, &bytes).expect("write");
+
+    let (_log, report, got) = env.open(opts());
+    assert_eq!(got, [a.clone(), b.clone()].concat());
+    assert_eq!(report.dropped.len(), 1, "{:?}", report.dropped);
+    assert!(
+        report.dropped[0].contains(&format!("offset {at}: dropped 5000 bytes")),
+        "{:?}",
+        report.dropped
+    );
+    assert_eq!(report.forgotten_up_to, 5, "between 5 and 6");
+    assert!(!report.tail_cut);
+    assert_eq!(fs::read(&path).expect("read"), framed(&[a, b].concat()));
+    assert_eq!(damaged_files(&env)[0].1, garbage);
+}
+
+#[test]
+fn a_garbage_segment_between_good_ones_is_moved_aside() {
+    let env = Env::new();
+    let o = LogOptions {
+        segment_bytes: 1,
+        ..opts()
+    };
+    let (mut log, _, _) = env.open(o);
+    let a = write_ids(&mut log, 1..=3);
+    let b = write_ids(&mut log, 20..=22);
+    drop(log);
+    let junk = env.dir().join(segment_name(10));
+    fs::write(&junk, b"not a record at all, not even close").expect("write");
+    let (_log, report, got) = env.open(o);
+    assert_eq!(got, [a, b].concat());
+    assert!(!junk.exists());
+    assert_eq!(damaged_files(&env).len(), 1);
+    assert!(report.dropped[0].contains("no valid record, moved to"));
+    assert_eq!(
+        report.forgotten_up_to, 19,
+        "up to the next segment's first id"
+    );
+    assert!(!report.tail_cut);
+}
+
+#[test]
+fn megabytes_of_garbage_scan_fast() {
+    let env = Env::new();
+    fs::create_dir_all(env.dir()).expect("mkdir");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    // Ids like real ones (Unix µs): the cheap checks must still reject garbage quickly.
+    let a: Vec<Recovered> = (0..3).map(|i| simple(now - 1000 + i)).collect();
+    let b: Vec<Recovered> = (0..3).map(|i| simple(now - 500 + i)).collect();
+    let mut bytes = framed(&a);
+    let mut x = 0xC0FF_EE00_u64;
+    let n = 8 << 20;
+    bytes.reserve(n);
+    for _ in 0..n / 8 {
+        bytes.extend_from_slice(&next(&mut x).to_le_bytes());
+    }
+    bytes.extend_from_slice(&framed(&b));
+    fs::write(env.dir().join(segment_name(a[0].id)), &bytes).expect("write");
+    let started = Instant::now();
+    let (_log, report, got) = env.open(opts());
+    let t = started.elapsed();
+    assert_eq!(got, [a, b].concat());
+    assert_eq!(report.dropped.len(), 1, "{:?}", report.dropped);
+    println!(
+        "garbage scan: {} MiB of random bytes resynchronised (and moved aside) in {:.3} s",
+        n >> 20,
+        t.as_secs_f64()
+    );
+    assert!(t < Duration::from_secs(60), "{t:?}");
+}
+
+#[test]
+fn a_second_open_of_the_directory_is_refused() {
+    let env = Env::new();
+    let (mut log, _, _) = env.open(opts());
+    let recs = write_ids(&mut log, 1..=2);
+    let err = match Log::open(&env.dir(), opts(), env.waker.clone(), |_| {}) {
+        Ok(_) => panic!("a second open must fail"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())) && msg.contains("in use by another"),
+        "{msg}"
+    );
+    drop(log);
+    let (_log, _, got) = env.open(opts());
+    assert_eq!(got, recs, "free again once the log is dropped");
 }
 
 #[test]
@@ -496,6 +738,7 @@ fn meta_keeps_the_first_id() {
     write(&mut log, &[rec(700, 5_000, &["t"], None, "c")]);
     drop(log);
     let meta_text = fs::read_to_string(env.dir().join("meta")).expect("meta");
+    // No cut happened: no horizon line.
     assert_eq!(meta_text, "ssehub-log 1\nfirst_id 500\n");
 
     let (mut log, report, _) = env.open(o);
