@@ -1235,3 +1235,63 @@ fn check_config_refuses_auth_settings_that_serve_refuses() {
         );
     }
 }
+
+#[test]
+fn a_public_key_rotated_in_place_is_a_key_change_on_reload() {
+    // The key file is replaced at the same path (what a secret manager does) and the
+    // configuration file is not touched: the reload must load the new key, say so, and end
+    // the streams opened with tokens of the old key.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (old_private, public) = key_pair(dir.path(), "ec");
+    let next = dir.path().join("next");
+    std::fs::create_dir(&next).expect("mkdir");
+    let (new_private, new_public) = key_pair(&next, "ec");
+    let auth = format!("public_key = {:?}\n{PRIVATE}", path_str(&public));
+    let server = Server::start_with(&[("auth", &auth)]);
+    let later = Some(now_s() + 3600);
+    let old = jwt(
+        ES256,
+        &claims(&["admin"], later, None),
+        Sign::Es256(&old_private),
+    );
+    let (mut c, _) = open_stream(
+        &server,
+        "topic=admin",
+        &format!("Authorization: Bearer {old}\r\n"),
+    );
+    receives(&server, &mut c, "admin");
+
+    std::fs::copy(&new_public, &public).expect("rotate the key file");
+    let out = run_bin(
+        &["reload", "--socket", path_str(&server.socket)],
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(0), "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("\"auth.public_key\""), "{}", out.stdout);
+
+    // The old stream gets a retry: and ends; its token is refused from now on.
+    let rest = c
+        .read_to_close(Duration::from_secs(5))
+        .expect("stream ended");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("retry: "), "{rest:?}");
+    refused(
+        &server,
+        "topic=admin",
+        &format!("Authorization: Bearer {old}\r\n"),
+        401,
+        &[&old],
+    );
+    let new = jwt(
+        ES256,
+        &claims(&["admin"], later, None),
+        Sign::Es256(&new_private),
+    );
+    let (mut c, _) = open_stream(
+        &server,
+        "topic=admin",
+        &format!("Authorization: Bearer {new}\r\n"),
+    );
+    receives(&server, &mut c, "admin");
+}

@@ -55,6 +55,9 @@ pub(super) struct Ops {
     /// The bytes of the certificate and key files in force (TLS on), so that a reload
     /// can tell renewed files at the same paths from unchanged ones.
     tls_files: Option<Vec<u8>>,
+    /// The bytes of the `auth.public_key` file in force, so that a key rotated in place
+    /// (same path) counts as a changed `auth.public_key` and open streams are re-checked.
+    auth_key_file: Option<Vec<u8>>,
     pub(super) admin: Option<TcpListener>,
     /// An admin listener was configured (it is closed during the drain).
     admin_configured: bool,
@@ -73,6 +76,7 @@ impl Ops {
             source: None,
             pending: None,
             tls_files: None,
+            auth_key_file: None,
             admin_configured: admin.is_some(),
             admin,
             owns_ingest_file,
@@ -141,6 +145,25 @@ impl Ops {
                 self.tls_files = Some(files);
             }
         }
+        // The public key file too: a key rotated at the same path is a key change.
+        let key_file = match new.auth.public_key.as_str() {
+            "" => None,
+            path => match std::fs::read(path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    self.reloads_failed += 1;
+                    error!("reload failed, configuration unchanged: auth.public_key {path}: {e}");
+                    return Err(format!("reload failed: auth.public_key {path}: {e}"));
+                }
+            },
+        };
+        if key_file.is_some()
+            && key_file != self.auth_key_file
+            && !diff.changed.contains(&"auth.public_key")
+        {
+            diff.changed.push("auth.public_key");
+        }
+        self.auth_key_file = key_file;
         debug!(
             "reload requested file={} changed={:?} needs_restart={:?}",
             path.display(),
@@ -206,6 +229,9 @@ impl Server {
         self.ops.source = Some(source);
         if let Some(t) = &self.config.tls {
             self.ops.tls_files = tls_file_bytes(&t.cert, &t.key).ok();
+        }
+        if !self.config.auth.public_key.is_empty() {
+            self.ops.auth_key_file = std::fs::read(&self.config.auth.public_key).ok();
         }
     }
 
