@@ -53,7 +53,7 @@ pub struct Event {
 /// allocation (16 + 56 bytes, 80 with malloc's header), the frame's `Rc` header and malloc
 /// rounding (~24), the topic list allocation (32) and the event's timeline slot (16 bytes,
 /// up to twice that with deque growth and not yet compacted gaps): 176 in all. Measured:
-/// `tests/history_memory.rs` and bench-results/2026-11-28-history-memory.md.
+/// `tests/history_memory.rs` and bench-results/2026-11-28-issue16-data-safety.md.
 pub const EVENT_OVERHEAD: usize = 176;
 /// Per topic of an event: its slot in that topic's deque (8 bytes, up to 16 with growth).
 pub const EVENT_PER_TOPIC: usize = 16;

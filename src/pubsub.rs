@@ -22,7 +22,7 @@ pub struct Topic {
 /// with the retained events: the `Topic` in the slab (136 bytes, up to twice that with
 /// growth), its name-index entry (~40 with hashbrown's load factor and growth) and the
 /// name's `Rc` header and malloc rounding (~32). Measured with a million unique topics:
-/// bench-results/2026-11-28-history-memory.md.
+/// bench-results/2026-11-28-issue16-data-safety.md.
 pub const TOPIC_OVERHEAD: usize = 320;
 
 #[derive(Default)]
