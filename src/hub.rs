@@ -3,7 +3,7 @@
 //! a reconnecting client is owed, or that it must be told `reset`). Owns topics, history
 //! and the id sequence; never touches sockets, so another backend can replace it later.
 
-use crate::history::{Event, IdSequence, Limits, Timeline, TopicId};
+use crate::history::{Event, IdSequence, Limits, Retained, Timeline, TopicId};
 use crate::ingest::line::Publish;
 use crate::pubsub::Topics;
 use crate::sse;
@@ -245,8 +245,42 @@ impl Hub {
     /// Plans a stream for `topics` resuming from `resume` (the raw Last-Event-ID or
     /// lastEventId, `None` when absent or empty).
     pub fn plan_resume(&self, topics: &[TopicId], resume: Option<&str>) -> Resume {
-        let history = |t: TopicId| &self.topics.get(t).history;
-        let any_final = topics.iter().any(|&t| history(t).is_final());
+        let histories: Vec<&Retained> = topics
+            .iter()
+            .map(|&t| &self.topics.get(t).history)
+            .collect();
+        self.plan(&histories, resume)
+    }
+
+    /// `plan_resume` by topic names, without creating topics: a name the hub does not know
+    /// is planned as the topic it would be if created now (no events, the forgotten
+    /// horizon as its evicted id). For deciding a request before anything is subscribed.
+    pub fn plan_resume_names(&self, names: &[Box<str>], resume: Option<&str>) -> Resume {
+        let fresh = Retained::new(self.forgotten_up_to);
+        let histories: Vec<&Retained> = names.iter().map(|n| self.history_or(n, &fresh)).collect();
+        self.plan(&histories, resume)
+    }
+
+    /// Highest evicted id on the topics named `names` (what a `reset` already told the
+    /// client about), counting unknown names as if created now.
+    pub fn evicted_up_to_names(&self, names: &[Box<str>]) -> u64 {
+        let fresh = Retained::new(self.forgotten_up_to);
+        names
+            .iter()
+            .map(|n| self.history_or(n, &fresh).evicted_up_to)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn history_or<'a>(&'a self, name: &str, fresh: &'a Retained) -> &'a Retained {
+        match self.topics.lookup(name) {
+            Some(t) => &self.topics.get(t).history,
+            None => fresh,
+        }
+    }
+
+    fn plan(&self, topics: &[&Retained], resume: Option<&str>) -> Resume {
+        let any_final = topics.iter().any(|h| h.is_final());
         let Some(raw) = resume else {
             // A fresh request on a closing topic gets its history, then the end (SPEC 2.4).
             return if any_final {
@@ -263,7 +297,7 @@ impl Hub {
                 }
             };
         };
-        let earliest_id = topics.iter().filter_map(|&t| history(t).oldest_id()).min();
+        let earliest_id = topics.iter().filter_map(|h| h.oldest_id()).min();
         let reset = Some(Reset { earliest_id });
         let r = match parse_id(raw) {
             Some(r) if r <= self.last_id() => r,
@@ -275,15 +309,12 @@ impl Hub {
                 };
             }
         };
-        if topics.iter().all(|&t| {
-            let h = history(t);
-            h.is_final() && r >= h.final_id
-        }) {
+        if topics.iter().all(|h| h.is_final() && r >= h.final_id) {
             return Resume::Finished;
         }
         // A topic's evicted id also covers what was forgotten before it was created.
         let missed_something_gone =
-            r < self.remembers_from || topics.iter().any(|&t| history(t).evicted_up_to > r);
+            r < self.remembers_from || topics.iter().any(|h| h.evicted_up_to > r);
         Resume::Stream {
             cursor: r,
             reset: if missed_something_gone { reset } else { None },
@@ -612,5 +643,30 @@ mod tests {
             hub.plan_resume(&[fresh], Some(&a.to_string())),
             Resume::Stream { reset: Some(_), .. }
         ));
+    }
+
+    #[test]
+    fn planning_by_name_matches_planning_by_id_and_creates_nothing() {
+        let (mut hub, ids) = hub_with(&[(&["a"], false), (&["a"], false)]);
+        hub.note_log_trimmed(ids[0]);
+        let a = hub.topics.lookup("a").unwrap();
+        let names: Vec<Box<str>> = vec!["a".into(), "new".into()];
+        let before = hub.topics.len();
+        for r in [
+            None,
+            Some("x"),
+            Some(&*ids[0].to_string()),
+            Some(&*(ids[0] - 1).to_string()),
+        ] {
+            let by_name = hub.plan_resume_names(&names, r);
+            let fresh = hub.intern("new");
+            assert_eq!(by_name, hub.plan_resume(&[a, fresh], r), "{r:?}");
+            assert_eq!(
+                hub.evicted_up_to_names(&names),
+                hub.evicted_up_to(&[a, fresh])
+            );
+            hub.topics.forget_if_idle(fresh);
+        }
+        assert_eq!(hub.topics.len(), before);
     }
 }
