@@ -9,8 +9,8 @@
 
 use crate::auth::{Auth, Credentials};
 use crate::config::{Config, Durability};
-use crate::conn::{Conn, ConnState, Flush, OutQueue, flags, tls};
-use crate::fanout::{self, Delivery};
+use crate::conn::table::{self, StreamTable};
+use crate::conn::{ConnState, flags, tls};
 use crate::history::{Event, Limits, TopicId};
 use crate::http::cors::{Cors, Verdict};
 use crate::http::request::{self, Method, Parsed, Request};
@@ -20,15 +20,15 @@ use crate::ingest::line::{self, Line};
 use crate::ingest::{self, Answers, BATCH_UNWRITTEN, InputLine, Producer};
 use crate::limits::{ClientKey, Counted, PerClient, forwarded_client};
 use crate::log::{DirLock, Log, LogOptions, RecordRef};
-use crate::sse::{self, Frame};
+use crate::sse;
 use crate::timer::{Millis, Wheel};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream, UnixListener};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -47,21 +47,13 @@ const PRODUCER_BASE: usize = 1 << 40;
 /// Timer wheel resolution and size: 4 ms ticks, 4096 slots (a 16 s turn).
 const TICK_MS: u64 = 4;
 const WHEEL_SLOTS: usize = 4096;
-/// `writev` calls per connection per turn, so one fast reader cannot starve the rest.
-const WRITES_PER_TURN: usize = 4;
 /// Bytes read from one producer per turn before others get a go.
 const INGEST_READ_PER_TURN: usize = 256 * 1024;
-/// Bytes a client may send after a stream's request head before it is closed.
-const MAX_DISCARDED: u16 = 4096;
-/// How long a closing connection waits for the client to close after our last answer.
-const LINGER_MS: Millis = 2_000;
 /// Connections accepted past `http.max_connections` with `overload_as_retry`, just long
 /// enough to read their request (they use the descriptor reserve).
 const OVERLOAD_SLOTS: usize = 32;
 /// `Retry-After` of the cap answers (`503`, `429`), in seconds.
 const RETRY_AFTER_S: &str = "5";
-/// A replaying stream's queue is refilled from history up to this many bytes at a time.
-const REPLAY_BATCH_BYTES: usize = 64 * 1024;
 /// How often retained history is checked against `history.max_age`.
 const PRUNE_EVERY_MS: Millis = 1_000;
 /// Pause before accepting again after running out of file descriptors.
@@ -69,7 +61,7 @@ const ACCEPT_RETRY_MS: Millis = 100;
 
 /// What a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Due {
+pub enum Due {
     /// The connection's single timer: its state decides what is due.
     Conn(u32),
     PruneHistory,
@@ -105,7 +97,6 @@ pub struct Stats {
     /// Slow disconnects not yet reported in a log line.
     pub slow_unreported: u64,
     pub ingest_errors: u64,
-    pub rejected_at_cap: u64,
     /// Bytes written to HTTP clients.
     pub bytes_written: u64,
     /// Retained events queued to resuming streams.
@@ -122,17 +113,13 @@ pub struct Server {
     http: Option<TcpListener>,
     ingest: Option<UnixListener>,
     ingest_path: PathBuf,
-    conns: Slab<Conn>,
+    /// Every HTTP connection and its per-stream state.
+    streams: StreamTable,
     producers: Slab<Producer>,
     hub: Hub,
     wheel: Wheel<Due>,
-    /// Connections with queued output to write this turn.
-    pending: Vec<u32>,
-    /// Connections to close at the end of this turn.
-    closing: Vec<u32>,
     /// Producers with input possibly left unread (budget ran out or answers drained).
     producers_to_read: Vec<usize>,
-    keepalive: Frame,
     scratch: Box<[u8]>,
     max_connections: usize,
     /// Producers connected at once (`ingest.max_producers`, or derived).
@@ -141,15 +128,15 @@ pub struct Server {
     /// An out-of-descriptors episode was logged; cleared by the next accept that works.
     fd_shortage_logged: bool,
     started: Instant,
+    /// The clock, read once per turn (`tick`) and passed down: loop milliseconds since
+    /// start (timers) and Unix microseconds (ids, ages, token expiry).
     now: Millis,
+    wall_us: u64,
     rng: Rng,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     draining_until: Option<Millis>,
     slow_summary_armed: bool,
-    /// Replaying streams that were sent `reset` because events were already evicted:
-    /// the highest id evicted at that moment (later evictions above it end the replay).
-    replay_floors: HashMap<u32, u64>,
     /// The on-disk log (`history.data_dir`), if any.
     log: Option<Log>,
     auth: Auth,
@@ -157,13 +144,6 @@ pub struct Server {
     /// HTTPS on the HTTP listener when `[tls]` is configured.
     tls_config: Option<Arc<rustls::ServerConfig>>,
     per_client: PerClient,
-    /// How each connection is counted by the per-client cap (only when the cap is on).
-    counted_as: HashMap<u32, Counted>,
-    /// Streams opened with a token: when it expires (loop ms, `exp` + leeway).
-    token_deadline: HashMap<u32, Millis>,
-    /// Streams whose request had an `Origin`: its keyed hash (`cors::origin_hash`), so a
-    /// reload can re-check it at a fixed cost whatever the client sent.
-    stream_origin: HashMap<u32, u64>,
     /// Highest log batch known durable (or refused): answers and deliveries up to it are due.
     durable: u64,
     /// Accepted events whose log batch is not durable yet, in id order, with their batch.
@@ -256,7 +236,7 @@ impl Server {
             config,
             http: Some(http),
             ingest: Some(ingest),
-            conns: Slab::new(),
+            streams: StreamTable::default(),
             producers: Slab::new(),
             hub,
             log,
@@ -264,17 +244,11 @@ impl Server {
             cors,
             tls_config,
             per_client,
-            counted_as: HashMap::new(),
-            token_deadline: HashMap::new(),
-            stream_origin: HashMap::new(),
             durable: 0,
             unsynced: VecDeque::new(),
             sync_wanted: false,
             wheel,
-            pending: Vec::new(),
-            closing: Vec::new(),
             producers_to_read: Vec::new(),
-            keepalive: Rc::from(sse::KEEPALIVE),
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
             max_connections,
             max_producers,
@@ -282,12 +256,12 @@ impl Server {
             fd_shortage_logged: false,
             started,
             now: 0,
+            wall_us: unix_micros(),
             rng: Rng::seeded(),
             stop: Arc::new(AtomicBool::new(false)),
             waker,
             draining_until: None,
             slow_summary_armed: false,
-            replay_floors: HashMap::new(),
             stats: Stats::default(),
             ops: ops::Ops::new(admin, owns_ingest_file),
         })
@@ -318,17 +292,17 @@ impl Server {
     /// Runs until stopped and drained.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        self.now = self.clock();
+        self.tick();
         self.ops_ready();
         loop {
-            let now = self.clock();
-            let timeout = self.poll_timeout(now);
+            self.tick();
+            let timeout = self.poll_timeout(self.now);
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 return Err(e);
             }
-            self.now = self.clock();
+            self.tick();
             for event in events.iter() {
                 let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                 self.dispatch(event.token(), readable, event.is_writable());
@@ -348,11 +322,11 @@ impl Server {
             self.flush_pending();
             self.reap();
             if let Some(until) = self.draining_until
-                && ((self.conns.is_empty() && self.producers.is_empty()) || self.now >= until)
+                && ((self.streams.is_empty() && self.producers.is_empty()) || self.now >= until)
             {
                 info!(
                     "stopped streams_left={} producers_left={}",
-                    self.conns.len(),
+                    self.streams.len(),
                     self.producers.len()
                 );
                 return Ok(());
@@ -360,15 +334,28 @@ impl Server {
         }
     }
 
-    fn clock(&self) -> Millis {
-        self.started.elapsed().as_millis() as Millis
+    /// Reads the clock: the one place the loop does (SPEC 1).
+    fn tick(&mut self) {
+        self.now = self.started.elapsed().as_millis() as Millis;
+        self.wall_us = unix_micros();
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.wall_us / 1000
+    }
+
+    /// The stream limits of `[streams]` as the table takes them.
+    fn stream_limits(&self) -> table::Limits {
+        let s = &self.config.streams;
+        table::Limits {
+            keepalive: s.keepalive.as_millis() as Millis,
+            write_timeout: s.write_timeout.as_millis() as Millis,
+            max_pending: s.max_pending_bytes,
+        }
     }
 
     fn poll_timeout(&self, now: Millis) -> Option<Duration> {
-        if !self.pending.is_empty()
-            || !self.producers_to_read.is_empty()
-            || !self.closing.is_empty()
-        {
+        if self.streams.has_work() || !self.producers_to_read.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut ms = self.wheel.next_timeout(now);
@@ -397,7 +384,7 @@ impl Server {
             Token(key) => {
                 let key = key as u32;
                 if writable {
-                    self.conn_writable(key);
+                    self.streams.writable(key);
                 }
                 if readable {
                     self.conn_readable(key);
@@ -428,14 +415,14 @@ impl Server {
             self.fd_shortage_over();
             let overload_as_retry = self.config.http.overload_as_retry;
             let mut over_cap = 0;
-            if self.conns.len() >= self.max_connections
+            let open = self.streams.len();
+            if open >= self.max_connections
                 && overload_as_retry
-                && self.conns.len() < self.max_connections + OVERLOAD_SLOTS
+                && open < self.max_connections + OVERLOAD_SLOTS
             {
                 // Read the request first: a stream request gets a retry-only stream.
                 over_cap = flags::OVER_CAP;
-            } else if self.conns.len() >= self.max_connections {
-                self.stats.rejected_at_cap += 1;
+            } else if open >= self.max_connections {
                 self.stats.rejected.count(503);
                 let answer = response::plain(
                     503,
@@ -456,13 +443,10 @@ impl Server {
                 let added = self.per_client.try_add(client);
                 if added {
                     Some(Counted::As(client))
-                } else if overload_as_retry
-                    && self.conns.len() < self.max_connections + OVERLOAD_SLOTS
-                {
+                } else if overload_as_retry && open < self.max_connections + OVERLOAD_SLOTS {
                     over_cap = flags::OVER_PER_IP;
                     None
                 } else {
-                    self.stats.rejected_at_cap += 1;
                     self.stats.rejected.count(429);
                     let answer = response::plain(
                         429,
@@ -475,34 +459,44 @@ impl Server {
                     continue;
                 }
             };
-            let deadline = self.now + self.request_timeout();
-            let entry = self.conns.vacant_entry();
-            let key = entry.key() as u32;
-            if let Some(counted) = counted {
-                self.counted_as.insert(key, counted);
-            }
+            let session = match &self.tls_config {
+                None => None,
+                Some(config) => match tls::new_session(config) {
+                    Ok(session) => Some(session),
+                    Err(e) => {
+                        warn!("tls session: {e}");
+                        self.release_client_slot(counted);
+                        continue;
+                    }
+                },
+            };
+            let key = self.streams.next_key();
             if let Err(e) = self.poll.registry().register(
                 &mut sock,
                 Token(key as usize),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 debug!("register failed: {e}");
+                self.release_client_slot(counted);
                 continue;
             }
-            let mut conn = Conn::new(sock, self.now);
-            conn.set(over_cap);
-            if let Some(config) = &self.tls_config {
-                match tls::new_session(config) {
-                    Ok(session) => conn.tls = Some(session),
-                    Err(e) => {
-                        warn!("tls session: {e}");
-                        let _ = self.poll.registry().deregister(&mut conn.sock);
-                        continue;
-                    }
-                }
+            let deadline = self.now + self.request_timeout();
+            let key = self
+                .streams
+                .insert(sock, self.now, over_cap, deadline, &mut self.wheel);
+            if let Some(counted) = counted {
+                self.streams.set_counted_as(key, counted);
             }
-            conn.timer = Some(self.wheel.insert(deadline, Due::Conn(key)));
-            entry.insert(conn);
+            if let (Some(session), Some(conn)) = (session, self.streams.get_mut(key)) {
+                conn.tls = Some(session);
+            }
+        }
+    }
+
+    /// A connection counted by the per-client cap was not served after all.
+    fn release_client_slot(&mut self, counted: Option<Counted>) {
+        if let Some(Counted::As(client)) = counted {
+            self.per_client.remove(client);
         }
     }
 
@@ -570,7 +564,7 @@ impl Server {
         if !self.fd_shortage_logged {
             warn!(
                 "accept paused: out of file descriptors connections={} producers={}; retrying every {ACCEPT_RETRY_MS} ms",
-                self.conns.len(),
+                self.streams.len(),
                 self.producers.len()
             );
             self.fd_shortage_logged = true;
@@ -587,7 +581,7 @@ impl Server {
         if std::mem::take(&mut self.fd_shortage_logged) {
             info!(
                 "accept resumed: descriptors available again connections={} producers={}",
-                self.conns.len(),
+                self.streams.len(),
                 self.producers.len()
             );
         }
@@ -595,57 +589,28 @@ impl Server {
 
     // ---- HTTP: read and parse ---------------------------------------------------------------
 
+    /// Input on an HTTP connection: a request head being read is parsed and answered; on
+    /// a stream or a lingering connection it is discarded (`StreamTable::discard_input`).
     fn conn_readable(&mut self, key: u32) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
+        let Some(conn) = self.streams.get_mut(key) else {
             return;
         };
         if conn.has(flags::CLOSING) {
             return;
         }
-        match &mut conn.state {
-            ConnState::Reading { buf } => {
-                let limit = self.config.http.max_header_bytes + 1;
-                let tls = conn.tls.as_deref_mut();
-                let outcome = read_into(&mut conn.sock, tls, buf, limit, &mut self.scratch);
-                if conn.tls.as_ref().is_some_and(|t| t.wants_write()) {
-                    // Handshake messages to send.
-                    fanout::mark_pending(conn, key, &mut self.pending);
-                }
-                match outcome {
-                    ReadOutcome::Open => self.process_requests(key),
-                    ReadOutcome::Closed => self.close(key),
-                }
-            }
-            ConnState::Streaming { .. } | ConnState::Lingering => {
-                let lingering = matches!(conn.state, ConnState::Lingering);
-                loop {
-                    let scratch = &mut self.scratch[..MAX_DISCARDED as usize + 1];
-                    let read = match conn.tls.as_deref_mut() {
-                        Some(tls) if !lingering => tls::read(&mut conn.sock, tls, scratch),
-                        _ => conn.sock.read(scratch),
-                    };
-                    match read {
-                        Ok(0) => return self.close(key),
-                        Ok(n) if lingering => {
-                            // Discard what is still in flight, but not forever.
-                            conn.discarded = conn.discarded.saturating_add(n as u16);
-                            if conn.discarded == u16::MAX {
-                                return self.close(key);
-                            }
-                        }
-                        Ok(n) => {
-                            conn.discarded = conn.discarded.saturating_add(n as u16);
-                            if conn.discarded > MAX_DISCARDED {
-                                debug!("closing stream: client keeps sending");
-                                return self.close(key);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return self.close(key),
-                    }
-                }
-            }
+        let ConnState::Reading { buf } = &mut conn.state else {
+            return self.streams.discard_input(key, &mut self.scratch);
+        };
+        let limit = self.config.http.max_header_bytes + 1;
+        let tls = conn.tls.as_deref_mut();
+        let outcome = read_into(&mut conn.sock, tls, buf, limit, &mut self.scratch);
+        if conn.tls.as_ref().is_some_and(|t| t.wants_write()) {
+            // Handshake messages to send.
+            self.streams.mark_pending(key);
+        }
+        match outcome {
+            ReadOutcome::Open => self.process_requests(key),
+            ReadOutcome::Closed => self.streams.close(key),
         }
     }
 
@@ -653,7 +618,7 @@ impl Server {
     /// looked at once the previous answer has been written (pipelining stays bounded).
     fn process_requests(&mut self, key: u32) {
         loop {
-            let Some(conn) = self.conns.get_mut(key as usize) else {
+            let Some(conn) = self.streams.get_mut(key) else {
                 return;
             };
             if conn.out.is_some() || conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH) {
@@ -688,15 +653,16 @@ impl Server {
             After::Close
         };
         let head_only = req.method == Method::Head;
-        if let Some(timer) = self.conns[key as usize].timer {
-            self.wheel
-                .reschedule(timer, self.now + self.request_timeout());
-        }
+        let deadline = self.now + self.request_timeout();
+        self.streams.reschedule(key, deadline, &mut self.wheel);
         // `/metrics`, and everything on the admin listener (`ops`).
         if self.route_admin(key, &req, after, head_only) {
             return;
         }
-        let over_cap = self.conns[key as usize].flags & (flags::OVER_CAP | flags::OVER_PER_IP);
+        let over_cap = self
+            .streams
+            .get(key)
+            .map_or(0, |c| c.flags & (flags::OVER_CAP | flags::OVER_PER_IP));
         if over_cap != 0 {
             return self.answer_over_cap(key, over_cap, &req, head_only);
         }
@@ -704,7 +670,6 @@ impl Server {
             if self.config.http.overload_as_retry {
                 return self.answer_over_cap(key, flags::OVER_PER_IP, &req, head_only);
             }
-            self.stats.rejected_at_cap += 1;
             let headers = [("Retry-After", RETRY_AFTER_S)];
             let reason = "too many connections from your address";
             return self.answer(key, 429, reason, After::Close, &headers, head_only);
@@ -787,7 +752,7 @@ impl Server {
         // The stream ends when its token expires (exp + leeway), by the wheel. A token in
         // its last second (the check counts whole seconds) is refused right here.
         let token_left_ms =
-            token_exp.map(|exp| crate::auth::ms_left(exp, self.auth.leeway_s(), unix_millis()));
+            token_exp.map(|exp| crate::auth::ms_left(exp, self.auth.leeway_s(), self.wall_ms()));
         if token_left_ms == Some(0) {
             headers.push(("WWW-Authenticate", "Bearer"));
             return self.answer(
@@ -802,49 +767,49 @@ impl Server {
         // The resume point: the Last-Event-ID header wins (what EventSource sends on
         // reconnect), else the lastEventId parameter (a first connection).
         let resume = req.last_event_id.or(query.last_event_id);
-        let topics: Box<[TopicId]> = query
-            .topics
-            .iter()
-            .map(|name| self.hub.intern(name))
-            .collect();
-        let plan = self.hub.plan_resume(&topics, resume.as_deref());
-        if head_only || plan == Resume::Finished {
-            for &t in topics.iter() {
-                self.hub.topics.forget_if_idle(t);
-            }
-            if plan == Resume::Finished {
-                return self.answer(key, 204, "", after, &headers, false);
-            }
-            return self.start_stream(key, topics, None, &headers, true);
+        let plan = self.hub.plan_resume_names(&query.topics, resume.as_deref());
+        if plan == Resume::Finished {
+            return self.answer(key, 204, "", after, &headers, false);
         }
-        let replay = match plan {
-            Resume::Finished => None,
-            Resume::Stream {
-                cursor,
-                reset,
-                replay,
-            } => {
-                let reset_frame = reset
-                    .map(|r| sse::encode_reset(resume.as_deref().unwrap_or(""), r.earliest_id));
-                let gone = self.hub.evicted_up_to(&topics);
-                if (reset_frame.is_some() || resume.is_none()) && gone > cursor {
-                    // What was gone at the start was announced by `reset` (or not asked
-                    // for); only later evictions of unsent events end the replay.
-                    self.replay_floors.insert(key, gone);
-                }
-                replay.then_some((cursor, reset_frame))
-            }
+        let mut start = table::Start {
+            retry_ms: self.retry_ms(),
+            ..table::Start::default()
         };
-        if let Some(left_ms) = token_left_ms {
-            // `left_ms` may be near u64::MAX for a far-future `exp`.
-            self.token_deadline
-                .insert(key, self.now.saturating_add(left_ms));
+        if let Resume::Stream {
+            cursor,
+            reset,
+            replay,
+        } = plan
+        {
+            let reset_frame =
+                reset.map(|r| sse::encode_reset(resume.as_deref().unwrap_or(""), r.earliest_id));
+            let gone = self.hub.evicted_up_to_names(&query.topics);
+            if (reset_frame.is_some() || resume.is_none()) && gone > cursor {
+                // What was gone at the start was announced by `reset` (or not asked for);
+                // only later evictions of unsent events end the replay.
+                start.replay_floor = Some(gone);
+            }
+            start.replay = replay.then_some((cursor, reset_frame));
         }
-        if let Some(origin) = req.origin.as_deref() {
-            self.stream_origin
-                .insert(key, crate::http::cors::origin_hash(origin));
-        }
-        self.start_stream(key, topics, replay, &headers, false);
+        // `left_ms` may be near u64::MAX for a far-future `exp`.
+        start.token_deadline = token_left_ms.map(|left_ms| self.now.saturating_add(left_ms));
+        start.origin_hash = req.origin.as_deref().map(crate::http::cors::origin_hash);
+        let topics: Box<[TopicId]> = match head_only {
+            true => Box::default(),
+            false => query
+                .topics
+                .iter()
+                .map(|name| self.hub.intern(name))
+                .collect(),
+        };
+        self.start_stream(key, topics, start, &headers, head_only);
+    }
+
+    /// The `retry:` value of a stream's start: `retry_base` plus up to `retry_jitter`.
+    fn retry_ms(&mut self) -> u64 {
+        let s = &self.config.streams;
+        let jitter = s.retry_jitter.as_millis() as u64;
+        s.retry_base.as_millis() as u64 + self.rng.below(jitter + 1)
     }
 
     /// A connection accepted past a cap with `http.overload_as_retry`: a stream request
@@ -856,7 +821,6 @@ impl Server {
         } else {
             (429, "too many connections from your address")
         };
-        self.stats.rejected_at_cap += 1;
         if req.path != "/events" || req.method != Method::Get {
             // `answer` counts the status.
             let headers = [("Retry-After", RETRY_AFTER_S)];
@@ -869,18 +833,13 @@ impl Server {
             .below(self.config.streams.retry_jitter.as_millis() as u64 + 1);
         let mut bytes = response::stream_head(&[]);
         bytes.extend_from_slice(&sse::retry(base + jitter));
-        let conn = &mut self.conns[key as usize];
-        conn.set(flags::CLOSE_AFTER_FLUSH);
-        conn.out
-            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)))
-            .push(bytes.into());
-        fanout::mark_pending(conn, key, &mut self.pending);
+        self.streams.queue(key, bytes.into(), true, self.now);
     }
 
     /// With a per-client cap behind a trusted proxy, counts the client named by the
     /// proxy's `X-Forwarded-For` entry; false when that client is at its cap.
     fn count_forwarded_client(&mut self, key: u32, req: &Request) -> bool {
-        if self.counted_as.get(&key) != Some(&Counted::ViaProxy) {
+        if self.streams.counted_as(key) != Some(Counted::ViaProxy) {
             return true;
         }
         let Some(client) = req.forwarded_for.as_deref().and_then(forwarded_client) else {
@@ -890,7 +849,7 @@ impl Server {
         if !self.per_client.try_add(client) {
             return false;
         }
-        self.counted_as.insert(key, Counted::As(client));
+        self.streams.set_counted_as(key, Counted::As(client));
         true
     }
 
@@ -904,235 +863,53 @@ impl Server {
         headers: &[(&str, &str)],
         head_only: bool,
     ) {
-        let bytes = response::plain(status, reason, after, headers, head_only);
-        if status >= 400 {
-            self.stats.rejected.count(status);
-        }
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        if after == After::Close {
-            conn.set(flags::CLOSE_AFTER_FLUSH);
-        }
-        let out = conn
-            .out
-            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)));
-        out.push(bytes.into());
-        fanout::mark_pending(conn, key, &mut self.pending);
+        let (now, stats) = (self.now, &mut self.stats);
+        self.streams
+            .answer(key, status, reason, after, headers, head_only, now, stats);
     }
 
-    // ---- subscribe ---------------------------------------------------------------------------
-
-    /// Answers `200` with the stream head and `retry:`; subscribes the topics; then either
-    /// replays from `replay` (cursor, optional `reset` event) or goes live at once.
+    /// Starts a stream (`StreamTable::start_stream`), then drains what the client sent
+    /// with its head (edge-triggered: nobody would tell us again).
     fn start_stream(
         &mut self,
         key: u32,
         topics: Box<[TopicId]>,
-        replay: Option<(u64, Option<Vec<u8>>)>,
+        start: table::Start,
         headers: &[(&str, &str)],
         head_only: bool,
     ) {
-        let mut head = response::stream_head(headers);
-        let conn = &mut self.conns[key as usize];
-        if head_only {
-            conn.set(flags::CLOSE_AFTER_FLUSH);
-        } else {
-            let retry = self.config.streams.retry_base.as_millis() as u64
-                + self
-                    .rng
-                    .below(self.config.streams.retry_jitter.as_millis() as u64 + 1);
-            head.extend_from_slice(&sse::retry(retry));
-            for &t in topics.iter() {
-                self.hub.topics.subscribe(t, key);
-            }
-            // Bytes that came with the head count toward the discard limit.
-            if let ConnState::Reading { buf } = &conn.state {
-                conn.discarded = buf.len().min(usize::from(u16::MAX)) as u16;
-            }
-            conn.state = ConnState::Streaming { topics };
-            conn.wrote_at(self.now);
-            match replay {
-                Some((cursor, reset)) => {
-                    conn.cursor = cursor;
-                    conn.set(flags::REPLAYING);
-                    head.extend_from_slice(&reset.unwrap_or_default());
-                }
-                None => conn.cursor = self.hub.last_id(),
-            }
-            self.stats.streams_opened += 1;
-            if let Some(timer) = conn.timer {
-                self.wheel.reschedule(
-                    timer,
-                    self.now + self.config.streams.keepalive.as_millis() as Millis,
-                );
-            }
-        }
-        let out = conn
-            .out
-            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)));
-        out.push(head.into());
-        fanout::mark_pending(conn, key, &mut self.pending);
-        if conn.discarded > MAX_DISCARDED {
-            debug!("closing stream: client sent too much after its request");
-            return self.close(key);
-        }
-        if let Some(&deadline) = self.token_deadline.get(&key) {
-            self.arm_no_later_than(key, deadline);
-        }
-        self.refill_replay(key);
-        // The head may have filled the read buffer with more still in the socket; with
-        // edge-triggered readiness nobody would tell us again, so drain it now.
+        let limits = self.stream_limits();
+        self.streams.start_stream(
+            key,
+            topics,
+            start,
+            headers,
+            head_only,
+            &mut self.hub,
+            &mut self.wheel,
+            &limits,
+            self.now,
+            &mut self.stats,
+        );
         self.conn_readable(key);
     }
 
-    /// Queues the next batch of a replaying stream's missed events, straight from history
-    /// (shared frames, nothing copied), merged across its topics in id order. Called when
-    /// the stream starts and whenever its queue has drained, so a slow client pulls the
-    /// replay at its own pace. Live events are not queued while replaying: they are in
-    /// history before they are fanned out, so the replay reaches them without gap or
-    /// duplicate, and the stream goes live once it has caught up.
-    fn refill_replay(&mut self, key: u32) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        if !conn.has(flags::REPLAYING) || conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH) {
-            return;
-        }
-        let ConnState::Streaming { topics } = &conn.state else {
-            return;
-        };
-        let floor = self.replay_floors.get(&key).copied().unwrap_or(0);
-        if self.hub.evicted_after(topics, conn.cursor.max(floor)) {
-            debug!("closing replaying stream: an unsent event was evicted");
-            return self.close(key);
-        }
-        let out = conn
-            .out
-            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)));
-        let mut finished = false;
-        let mut caught_up = false;
-        while out.pending_bytes() < REPLAY_BATCH_BYTES {
-            let Some(event) = self.hub.next_after(topics, conn.cursor) else {
-                caught_up = true;
-                // Nothing more can come on topics that are all final.
-                finished = self.hub.all_final(topics);
-                break;
-            };
-            out.push(event.frame.clone());
-            conn.cursor = event.id;
-            self.stats.events_replayed += 1;
-            if event.is_final && self.hub.stream_finished(topics, conn.cursor) {
-                finished = true;
-                break;
-            }
-        }
-        let empty = out.is_empty();
-        if caught_up || finished {
-            conn.clear(flags::REPLAYING);
-            self.replay_floors.remove(&key);
-        }
-        if finished {
-            conn.set(flags::CLOSE_AFTER_FLUSH);
-        }
-        if empty {
-            conn.out = None;
-        } else {
-            fanout::mark_pending(conn, key, &mut self.pending);
-        }
-    }
-
-    // ---- write / backpressure --------------------------------------------------------------
-
-    fn conn_writable(&mut self, key: u32) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        conn.clear(flags::WRITE_BLOCKED);
-        if conn.out.is_some() || conn.tls.as_ref().is_some_and(|t| t.wants_write()) {
-            fanout::mark_pending(conn, key, &mut self.pending);
-        }
-    }
-
-    /// Writes every listed connection's queue (a bounded number of `writev` each).
+    /// Writes every pending connection's queue; answered connections look at their next
+    /// pipelined request.
     fn flush_pending(&mut self) {
-        let mut list = std::mem::take(&mut self.pending);
-        let mut again = Vec::new();
-        for &key in &list {
-            let Some(conn) = self.conns.get_mut(key as usize) else {
-                continue;
-            };
-            conn.clear(flags::IN_PENDING);
-            if conn.has(flags::CLOSING) {
-                continue;
-            }
-            let before = conn.pending_bytes();
-            let since = conn.out.as_ref().map(|o| o.since);
-            let result = match (conn.tls.as_deref_mut(), conn.out.as_deref_mut()) {
-                (Some(tls), out) => flush_tls(&mut conn.sock, tls, out),
-                (None, Some(out)) => out.flush(&mut conn.sock, WRITES_PER_TURN).map(|(f, _)| f),
-                (None, None) => continue,
-            };
-            let after = conn.pending_bytes();
-            if after < before {
-                conn.wrote_at(self.now);
-                self.stats.bytes_written += (before - after) as u64;
-            }
-            match result {
-                Ok(Flush::Done) => {
-                    if let Some(since) = since {
-                        self.stats.latency.written(conn.cursor, since);
-                    }
-                    conn.out = None;
-                    if conn.has(flags::REPLAYING) {
-                        self.refill_replay(key);
-                    } else if conn.has(flags::CLOSE_AFTER_FLUSH) {
-                        self.linger(key);
-                    } else if matches!(conn.state, ConnState::Reading { .. }) {
-                        // The answer is out: look at the next pipelined request, if any.
-                        self.process_requests(key);
-                        self.conn_readable(key);
-                    }
-                }
-                Ok(Flush::Blocked) => {
-                    conn.set(flags::WRITE_BLOCKED);
-                    if let Some(since) = since {
-                        self.arm_write_timeout(key, since);
-                    }
-                }
-                Ok(Flush::Budget) => {
-                    conn.set(flags::IN_PENDING);
-                    again.push(key);
-                }
-                Err(e) => {
-                    debug!("write failed: {e}");
-                    self.close(key);
-                }
-            }
-        }
-        list.clear();
-        list.append(&mut again);
-        list.append(&mut self.pending); // listed while flushing (e.g. a pipelined answer)
-        self.pending = list;
-    }
-
-    /// Makes sure the connection's timer fires no later than the write deadline.
-    fn arm_write_timeout(&mut self, key: u32, since: Millis) {
-        let deadline = since + self.config.streams.write_timeout.as_millis() as Millis;
-        self.arm_no_later_than(key, deadline);
-    }
-
-    /// Makes sure the connection's timer fires no later than `deadline`.
-    fn arm_no_later_than(&mut self, key: u32, deadline: Millis) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        match conn.timer {
-            Some(t) if self.wheel.deadline(t).is_some_and(|d| d <= deadline) => {}
-            Some(t) => {
-                self.wheel.reschedule(t, deadline);
-            }
-            None => conn.timer = Some(self.wheel.insert(deadline, Due::Conn(key))),
+        let limits = self.stream_limits();
+        let mut answered = Vec::new();
+        self.streams.flush_pending(
+            &mut self.hub,
+            &mut self.wheel,
+            &limits,
+            self.now,
+            &mut self.stats,
+            &mut answered,
+        );
+        for key in answered {
+            self.process_requests(key);
+            self.conn_readable(key);
         }
     }
 
@@ -1144,15 +921,15 @@ impl Server {
         for due in fired {
             match due {
                 Due::Conn(key) => {
-                    if let Some(conn) = self.conns.get_mut(key as usize) {
-                        conn.timer = None;
-                        self.conn_timer(key);
-                    }
+                    let limits = self.stream_limits();
+                    let (wheel, stats) = (&mut self.wheel, &mut self.stats);
+                    self.streams
+                        .timer_fired(key, wheel, &limits, self.now, stats);
                 }
                 Due::PruneHistory => {
-                    self.hub.prune(unix_millis());
+                    self.hub.prune(self.wall_ms());
                     if let Some(log) = &mut self.log {
-                        log.enforce_retention(unix_millis());
+                        log.enforce_retention(self.wall_us / 1000);
                         self.hub.note_log_trimmed(log.forgotten_up_to());
                     }
                     self.wheel
@@ -1176,53 +953,6 @@ impl Server {
         }
     }
 
-    /// The connection's timer fired: decide what was due from its state.
-    fn conn_timer(&mut self, key: u32) {
-        let now = self.now;
-        let keepalive = self.config.streams.keepalive.as_millis() as Millis;
-        let write_timeout = self.config.streams.write_timeout.as_millis() as Millis;
-        let token_deadline = self.token_deadline.get(&key).copied();
-        let conn = &mut self.conns[key as usize];
-        if conn.has(flags::CLOSING) {
-            return;
-        }
-        if token_deadline.is_some_and(|d| now >= d) {
-            debug!("closing stream: its token expired");
-            return self.close(key);
-        }
-        let next = match conn.state {
-            ConnState::Reading { .. } | ConnState::Lingering => {
-                debug!("closing connection: request or linger timeout");
-                return self.close(key);
-            }
-            ConnState::Streaming { .. } => {
-                if let Some(out) = &conn.out {
-                    if now >= out.since + write_timeout {
-                        debug!(
-                            "closing slow stream: write timeout pending={}",
-                            out.pending_bytes()
-                        );
-                        return self.close_slow(key);
-                    }
-                    conn.keepalive_due(now, keepalive)
-                        .max(now + 1)
-                        .min(out.since + write_timeout)
-                } else if conn.since_write(now) >= keepalive {
-                    conn.out = Some(Box::new(OutQueue::new(now)));
-                    if let Some(out) = conn.out.as_mut() {
-                        out.push(self.keepalive.clone());
-                    }
-                    fanout::mark_pending(conn, key, &mut self.pending);
-                    now + keepalive
-                } else {
-                    conn.keepalive_due(now, keepalive)
-                }
-            }
-        };
-        let next = token_deadline.map_or(next, |d| next.min(d));
-        conn.timer = Some(self.wheel.insert(next, Due::Conn(key)));
-    }
-
     fn request_timeout(&self) -> Millis {
         self.config.http.request_timeout.as_millis() as Millis
     }
@@ -1235,12 +965,10 @@ impl Server {
             log: self.log.as_mut(),
             unsynced: &mut self.unsynced,
             hub: &mut self.hub,
-            conns: &mut self.conns,
-            pending: &mut self.pending,
-            closing: &mut self.closing,
+            streams: &mut self.streams,
             stats: &mut self.stats,
             now: self.now,
-            unix_micros: unix_micros(),
+            unix_micros: self.wall_us,
             max_pending: self.config.streams.max_pending_bytes,
             max_topics: self.config.streams.max_topics,
             max_line: self.config.ingest.max_event_bytes,
@@ -1346,16 +1074,9 @@ impl Server {
             };
             self.hub.commit(&event);
             self.stats.events_published += 1;
-            fan_out(
-                &event,
-                &self.hub,
-                &mut self.conns,
-                &mut self.pending,
-                &mut self.closing,
-                &mut self.stats,
-                self.now,
-                self.config.streams.max_pending_bytes,
-            );
+            let max_pending = self.config.streams.max_pending_bytes;
+            self.streams
+                .fan_out(&event, &self.hub, self.now, max_pending, &mut self.stats);
         }
         self.release_answers(|a, durable| a.release(durable));
     }
@@ -1448,99 +1169,20 @@ impl Server {
 
     // ---- close -----------------------------------------------------------------------------
 
-    /// Lists a connection for closing at the end of the turn (safe from any call site).
-    fn close(&mut self, key: u32) {
-        if let Some(conn) = self.conns.get_mut(key as usize)
-            && !conn.has(flags::CLOSING)
-        {
-            conn.set(flags::CLOSING);
-            self.closing.push(key);
-        }
-    }
-
-    /// The last answer is written: shut our side down and wait briefly for the client to
-    /// close, so unread request bytes do not turn our close into a reset.
-    fn linger(&mut self, key: u32) {
-        if !self.conns.contains(key as usize) {
-            return;
-        }
-        self.hub_unsubscribe(key);
-        let conn = &mut self.conns[key as usize];
-        conn.clear(flags::CLOSE_AFTER_FLUSH);
-        conn.state = ConnState::Lingering;
-        conn.discarded = 0;
-        if let Some(tls) = conn.tls.as_deref_mut() {
-            // One last write so the close_notify alert reaches the peer.
-            tls.send_close_notify();
-            let _ = tls::write_pending(&mut conn.sock, tls);
-        }
-        if conn.sock.shutdown(Shutdown::Write).is_err() {
-            return self.close(key);
-        }
-        let deadline = self.now + LINGER_MS;
-        match conn.timer {
-            Some(t) => {
-                self.wheel.reschedule(t, deadline);
-            }
-            None => conn.timer = Some(self.wheel.insert(deadline, Due::Conn(key))),
-        }
-        self.conn_readable(key);
-    }
-
-    fn hub_unsubscribe(&mut self, key: u32) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        if let ConnState::Streaming { topics } =
-            std::mem::replace(&mut conn.state, ConnState::Lingering)
-        {
-            for &t in topics.iter() {
-                self.hub.topics.unsubscribe(t, key);
-            }
-        }
-    }
-
+    /// Closes what was listed this turn, and arms the once-a-second summary of slow
+    /// disconnects.
     fn reap(&mut self) {
-        while let Some(key) = self.closing.pop() {
-            self.hub_unsubscribe(key);
-            self.replay_floors.remove(&key);
-            self.token_deadline.remove(&key);
-            self.stream_origin.remove(&key);
-            if let Some(Counted::As(client)) = self.counted_as.remove(&key) {
-                self.per_client.remove(client);
-            }
-            if let Some(mut conn) = self.conns.try_remove(key as usize) {
-                if let Some(t) = conn.timer {
-                    self.wheel.cancel(t);
-                }
-                let _ = self.poll.registry().deregister(&mut conn.sock);
-            }
-        }
+        let registry = self.poll.registry();
+        self.streams.reap(
+            &mut self.hub,
+            &mut self.wheel,
+            registry,
+            &mut self.per_client,
+        );
         if self.stats.slow_unreported > 0 && !self.slow_summary_armed {
             self.slow_summary_armed = true;
             self.wheel.insert(self.now + 1000, Due::SlowSummary);
         }
-    }
-
-    /// Closes a subscriber that does not keep up; it resumes from history on reconnect.
-    fn close_slow(&mut self, key: u32) {
-        self.stats.slow_disconnects += 1;
-        self.stats.slow_unreported += 1;
-        self.close(key);
-    }
-
-    /// Ends a stream the way a graceful stop does: `retry` (a `retry:` frame) is queued
-    /// after what is pending, then the connection closes once it is written. Nothing else
-    /// is queued on it meanwhile (fan-out and replay skip `CLOSE_AFTER_FLUSH`).
-    fn end_stream_with(&mut self, key: u32, retry: Vec<u8>) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        conn.set(flags::CLOSE_AFTER_FLUSH);
-        conn.out
-            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)))
-            .push(retry.into());
-        fanout::mark_pending(conn, key, &mut self.pending);
     }
 
     // ---- graceful stop ---------------------------------------------------------------------
@@ -1551,7 +1193,7 @@ impl Server {
         let drain = self.config.streams.drain_timeout.as_millis() as Millis;
         info!(
             "stopping: draining streams={} timeout_ms={drain}",
-            self.conns.len()
+            self.streams.len()
         );
         self.draining_until = Some(self.now + drain);
         self.ops_stopping();
@@ -1566,20 +1208,9 @@ impl Server {
         }
         let base = self.config.streams.retry_base.as_millis() as u64;
         let spread = self.config.streams.shutdown_spread.as_millis() as u64;
-        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
-        for key in keys {
-            let retry = sse::retry(base + self.rng.below(spread + 1));
-            let conn = &mut self.conns[key as usize];
-            if conn.has(flags::CLOSING) {
-                continue;
-            }
-            match conn.state {
-                ConnState::Streaming { .. } => self.end_stream_with(key, retry),
-                ConnState::Reading { .. } if conn.out.is_none() => self.close(key),
-                ConnState::Reading { .. } => conn.set(flags::CLOSE_AFTER_FLUSH),
-                ConnState::Lingering => {}
-            }
-        }
+        let rng = &mut self.rng;
+        self.streams
+            .begin_drain(self.now, || sse::retry(base + rng.below(spread + 1)));
         let producers: Vec<usize> = self.producers.iter().map(|(k, _)| k).collect();
         for key in producers {
             if let Some(p) = self.producers.get_mut(key) {
@@ -1597,9 +1228,7 @@ struct Publisher<'a> {
     log: Option<&'a mut Log>,
     unsynced: &'a mut VecDeque<(u64, Rc<Event>)>,
     hub: &'a mut Hub,
-    conns: &'a mut Slab<Conn>,
-    pending: &'a mut Vec<u32>,
-    closing: &'a mut Vec<u32>,
+    streams: &'a mut StreamTable,
     stats: &'a mut Stats,
     now: Millis,
     unix_micros: u64,
@@ -1661,59 +1290,9 @@ impl Publisher<'_> {
             None => {
                 self.hub.commit(&event);
                 self.stats.events_published += 1;
-                fan_out(
-                    &event,
-                    self.hub,
-                    self.conns,
-                    self.pending,
-                    self.closing,
-                    self.stats,
-                    self.now,
-                    self.max_pending,
-                );
+                self.streams
+                    .fan_out(&event, self.hub, self.now, self.max_pending, self.stats);
                 answers.ok(event.id, None);
-            }
-        }
-    }
-}
-
-/// Queues a committed event's shared frame on every stream of its topics (once per
-/// stream); ends streams whose topics are now all final; cuts off slow subscribers.
-#[allow(clippy::too_many_arguments)]
-fn fan_out(
-    event: &Event,
-    hub: &Hub,
-    conns: &mut Slab<Conn>,
-    pending: &mut Vec<u32>,
-    closing: &mut Vec<u32>,
-    stats: &mut Stats,
-    now: Millis,
-    max_pending: usize,
-) {
-    stats.latency.committed(event.id);
-    for &t in event.topics.iter() {
-        for &sub in hub.topics.get(t).subscribers.iter() {
-            let Some(conn) = conns.get_mut(sub as usize) else {
-                continue;
-            };
-            match fanout::deliver(conn, sub, &event.frame, event.id, now, max_pending, pending) {
-                Delivery::Queued => {
-                    stats.deliveries += 1;
-                    if event.is_final
-                        && let ConnState::Streaming { topics } = &conn.state
-                        && hub.stream_finished(topics, conn.cursor)
-                    {
-                        // Every topic of this stream is final and sent: end it.
-                        conn.set(flags::CLOSE_AFTER_FLUSH);
-                    }
-                }
-                Delivery::Skipped => {}
-                Delivery::Overflow => {
-                    stats.slow_disconnects += 1;
-                    stats.slow_unreported += 1;
-                    conn.set(flags::CLOSING);
-                    closing.push(sub);
-                }
             }
         }
     }
@@ -1803,27 +1382,6 @@ fn read_into(
         }
     }
     ReadOutcome::Open
-}
-
-/// Writes a TLS connection's queue: plaintext into the session (up to its buffer limit),
-/// ciphertext to the socket, a bounded number of rounds per turn.
-fn flush_tls(
-    sock: &mut TcpStream,
-    tls: &mut rustls::ServerConnection,
-    mut out: Option<&mut OutQueue>,
-) -> io::Result<Flush> {
-    for _ in 0..WRITES_PER_TURN {
-        if let Some(out) = out.as_deref_mut() {
-            out.feed(|bytes| tls::write_plaintext(tls, bytes))?;
-        }
-        if !tls::write_pending(sock, tls)? {
-            return Ok(Flush::Blocked);
-        }
-        if out.as_deref().is_none_or(OutQueue::is_empty) {
-            return Ok(Flush::Done);
-        }
-    }
-    Ok(Flush::Budget)
 }
 
 pub(crate) fn bind_http(addr: SocketAddr) -> io::Result<TcpListener> {

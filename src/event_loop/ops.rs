@@ -7,8 +7,7 @@ use super::{Due, Server, recheck};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::conn::tls;
-use crate::conn::{Conn, ConnState, OutQueue, flags};
-use crate::fanout;
+use crate::conn::{ConnState, flags};
 use crate::http::request::Method;
 use crate::http::response::After;
 use crate::metrics::{self, Snapshot};
@@ -36,7 +35,7 @@ const ADMIN_EXTRA: usize = 16;
 
 /// Timers of this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum OpsTimer {
+pub enum OpsTimer {
     Watchdog,
     Status,
     RotateLatency,
@@ -306,14 +305,17 @@ impl Server {
     }
 
     fn streams_open(&self) -> usize {
-        self.conns.iter().filter(|(_, c)| c.is_streaming()).count()
+        self.streams
+            .iter()
+            .filter(|(_, c)| c.is_streaming())
+            .count()
     }
 
     fn status_line(&self) -> String {
         format!(
             "{} streams, {} connections, {} producers; {} events published, {} delivered",
             self.streams_open(),
-            self.conns.len(),
+            self.streams.len(),
             self.producers.len(),
             self.stats.events_published,
             self.stats.deliveries,
@@ -367,7 +369,9 @@ impl Server {
         self.per_client
             .reconfigure(http.max_per_ip, &http.trusted_proxies);
         if self.config.streams.keepalive < old_keepalive {
-            self.pull_keepalives_forward();
+            let keepalive = self.config.streams.keepalive.as_millis() as Millis;
+            self.streams
+                .pull_keepalives_forward(keepalive, &mut self.wheel, self.now);
         }
         info!(
             "config reloaded changed={:?} needs_restart={:?} max_connections={}",
@@ -397,18 +401,17 @@ impl Server {
             key_changed,
         };
         let mut decided = Vec::new();
-        for (key, conn) in self.conns.iter() {
+        for (key, conn) in self.streams.iter() {
             let ConnState::Streaming { topics } = &conn.state else {
                 continue;
             };
             if conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH) {
                 continue; // already ending
             }
-            let key = key as u32;
             let kept = recheck::Kept {
                 topics: topics.iter().map(|&t| &*self.hub.topics.get(t).name),
-                token_deadline: self.token_deadline.get(&key).copied(),
-                origin: self.stream_origin.get(&key).copied(),
+                token_deadline: self.streams.token_deadline(key),
+                origin: self.streams.origin_hash(key),
             };
             match recheck::recheck(&change, kept, self.now) {
                 recheck::Outcome::Keep => {}
@@ -422,13 +425,14 @@ impl Server {
             match outcome {
                 recheck::Outcome::Keep => {}
                 recheck::Outcome::NewDeadline(deadline) => {
-                    self.token_deadline.insert(key, deadline);
+                    self.streams.set_token_deadline(key, deadline);
                     // A later deadline is seen when the current timer fires.
-                    self.arm_no_later_than(key, deadline);
+                    self.streams
+                        .arm_no_later_than(key, deadline, &mut self.wheel);
                 }
                 recheck::Outcome::Expired => {
                     expired += 1;
-                    self.close(key);
+                    self.streams.close(key);
                 }
                 recheck::Outcome::End(rule) => {
                     match rule {
@@ -437,7 +441,7 @@ impl Server {
                         recheck::Rule::NowPrivate => now_private += 1,
                     }
                     let retry = sse::retry(base + self.rng.below(jitter + 1));
-                    self.end_stream_with(key, retry);
+                    self.streams.end_stream_with(key, retry, self.now);
                 }
             }
         }
@@ -447,25 +451,6 @@ impl Server {
                  token_key_changed={token_key} topic_now_private={now_private} \
                  token_expired={expired}"
             );
-        }
-    }
-
-    /// A shorter keepalive: idle streams whose next keepalive is further away than the new
-    /// interval get it sooner (a longer one takes effect after each stream's next timer).
-    fn pull_keepalives_forward(&mut self) {
-        let keepalive = self.config.streams.keepalive.as_millis() as Millis;
-        for (key, conn) in self.conns.iter_mut() {
-            if !conn.is_streaming() || conn.out.is_some() {
-                continue;
-            }
-            let due = conn.keepalive_due(self.now, keepalive);
-            match conn.timer {
-                Some(t) if self.wheel.deadline(t).is_some_and(|d| d > due) => {
-                    self.wheel.reschedule(t, due);
-                }
-                Some(_) => {}
-                None => conn.timer = Some(self.wheel.insert(due, Due::Conn(key as u32))),
-            }
         }
     }
 
@@ -486,12 +471,10 @@ impl Server {
                 }
             };
             self.stats.accepted += 1;
-            if self.conns.len() >= self.max_connections + ADMIN_EXTRA {
+            if self.streams.len() >= self.max_connections + ADMIN_EXTRA {
                 continue;
             }
-            let deadline = self.now + self.request_timeout();
-            let entry = self.conns.vacant_entry();
-            let key = entry.key() as u32;
+            let key = self.streams.next_key();
             if let Err(e) = self.poll.registry().register(
                 &mut sock,
                 Token(key as usize),
@@ -500,10 +483,9 @@ impl Server {
                 debug!("register failed: {e}");
                 continue;
             }
-            let mut conn = Conn::new(sock, self.now);
-            conn.set(flags::ADMIN);
-            conn.timer = Some(self.wheel.insert(deadline, Due::Conn(key)));
-            entry.insert(conn);
+            let deadline = self.now + self.request_timeout();
+            self.streams
+                .insert(sock, self.now, flags::ADMIN, deadline, &mut self.wheel);
         }
     }
 
@@ -520,7 +502,7 @@ impl Server {
         head_only: bool,
     ) -> bool {
         let (path, method) = (req.path.as_str(), req.method);
-        let on_admin = self.conns[key as usize].has(flags::ADMIN);
+        let on_admin = self.streams.get(key).is_some_and(|c| c.has(flags::ADMIN));
         let split = self.ops.admin_configured;
         match path {
             "/metrics" | "/healthz" if split && !on_admin => {
@@ -536,7 +518,9 @@ impl Server {
             }
             "/metrics" => {
                 let body = self.render_metrics();
-                self.queue_answer(key, metrics::http_response(&body, after, head_only), after);
+                let bytes = metrics::http_response(&body, after, head_only);
+                self.streams
+                    .queue(key, bytes.into(), after == After::Close, self.now);
             }
             "/healthz" if on_admin => self.answer(key, 200, "ok", after, &[], head_only),
             _ if on_admin => self.answer(key, 404, "not found", after, &[], head_only),
@@ -548,7 +532,7 @@ impl Server {
     /// Whether the client of connection `key` is on this host: its peer address, or the
     /// `X-Forwarded-For` entry of a trusted proxy.
     fn client_is_loopback(&self, key: u32, req: &crate::http::request::Request) -> bool {
-        let Ok(peer) = self.conns[key as usize].sock.peer_addr() else {
+        let Some(Ok(peer)) = self.streams.get(key).map(|c| c.sock.peer_addr()) else {
             return false;
         };
         let client = match req.forwarded_for.as_deref() {
@@ -561,19 +545,6 @@ impl Server {
             _ => peer.ip(),
         };
         client.is_loopback() || client.to_canonical().is_loopback()
-    }
-
-    fn queue_answer(&mut self, key: u32, bytes: Vec<u8>, after: After) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        if after == After::Close {
-            conn.set(flags::CLOSE_AFTER_FLUSH);
-        }
-        conn.out
-            .get_or_insert_with(|| Box::new(OutQueue::new(self.now)))
-            .push(bytes.into());
-        fanout::mark_pending(conn, key, &mut self.pending);
     }
 
     fn render_metrics(&self) -> String {
@@ -596,7 +567,7 @@ impl Server {
             start_time_unix_s: self.ops.start_unix_s,
             ..Snapshot::default()
         };
-        for (_, conn) in self.conns.iter() {
+        for (_, conn) in self.streams.iter() {
             match conn.state {
                 ConnState::Streaming { .. } => s.conns_streaming += 1,
                 ConnState::Lingering => s.conns_lingering += 1,
