@@ -8,14 +8,16 @@
 //! answer.
 
 use crate::auth::{Auth, Credentials};
+use crate::commit::{BatchEnd, Commit, Submitted, Synced};
 use crate::config::{Config, Durability};
 use crate::conn::table::{self, StreamTable};
 use crate::conn::{ConnState, flags, tls};
-use crate::history::{Event, Limits, TopicId};
+use crate::history::{Limits, TopicId};
 use crate::http::cors::{Cors, Verdict};
 use crate::http::request::{self, Method, Parsed, Request};
 use crate::http::response::{self, ALLOW_EVENTS, After};
 use crate::hub::{Hub, Resume};
+use crate::ingest::line::Publish;
 use crate::ingest::line::{self, Line};
 use crate::ingest::{self, Answers, BATCH_UNWRITTEN, InputLine, Producer};
 use crate::limits::{ClientKey, Counted, PerClient, forwarded_client};
@@ -26,11 +28,9 @@ use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream, UnixListener};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -137,19 +137,13 @@ pub struct Server {
     waker: Arc<Waker>,
     draining_until: Option<Millis>,
     slow_summary_armed: bool,
-    /// The on-disk log (`history.data_dir`), if any.
-    log: Option<Log>,
+    /// Where accepted events become committed: memory, or the on-disk log.
+    commit: Commit,
     auth: Auth,
     cors: Cors,
     /// HTTPS on the HTTP listener when `[tls]` is configured.
     tls_config: Option<Arc<rustls::ServerConfig>>,
     per_client: PerClient,
-    /// Highest log batch known durable (or refused): answers and deliveries up to it are due.
-    durable: u64,
-    /// Accepted events whose log batch is not durable yet, in id order, with their batch.
-    unsynced: VecDeque<(u64, Rc<Event>)>,
-    /// A batch was written this turn (fsync mode: ask for a sync before sleeping).
-    sync_wanted: bool,
     pub stats: Stats,
     /// systemd, admin listener, reload (`ops`).
     ops: ops::Ops,
@@ -227,6 +221,7 @@ impl Server {
                 .register(l, ops::ADMIN_LISTENER, Interest::READABLE)?;
         }
         let (max_connections, max_producers) = descriptor_caps(&config);
+        let durability = config.history.durability;
         let started = Instant::now();
         let mut wheel = Wheel::new(TICK_MS, WHEEL_SLOTS, 0);
         wheel.insert(PRUNE_EVERY_MS, Due::PruneHistory);
@@ -239,14 +234,11 @@ impl Server {
             streams: StreamTable::default(),
             producers: Slab::new(),
             hub,
-            log,
+            commit: Commit::new(log, durability),
             auth,
             cors,
             tls_config,
             per_client,
-            durable: 0,
-            unsynced: VecDeque::new(),
-            sync_wanted: false,
             wheel,
             producers_to_read: Vec::new(),
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
@@ -310,15 +302,11 @@ impl Server {
             if self.stop.load(Ordering::SeqCst) && self.draining_until.is_none() {
                 self.begin_drain();
             }
-            self.poll_log();
+            self.poll_commit();
             self.fire_timers();
             self.read_producers_left_over();
             self.apply_reload();
-            if std::mem::take(&mut self.sync_wanted)
-                && let Some(log) = &mut self.log
-            {
-                log.request_sync();
-            }
+            self.commit.request_sync();
             self.flush_pending();
             self.reap();
             if let Some(until) = self.draining_until
@@ -928,9 +916,8 @@ impl Server {
                 }
                 Due::PruneHistory => {
                     self.hub.prune(self.wall_ms());
-                    if let Some(log) = &mut self.log {
-                        log.enforce_retention(self.wall_us / 1000);
-                        self.hub.note_log_trimmed(log.forgotten_up_to());
+                    if let Some(forgotten) = self.commit.enforce_retention(self.wall_ms()) {
+                        self.hub.note_log_trimmed(forgotten);
                     }
                     self.wheel
                         .insert(self.now + PRUNE_EVERY_MS, Due::PruneHistory);
@@ -959,21 +946,48 @@ impl Server {
 
     // ---- ingest --------------------------------------------------------------------------
 
+    /// Reads what producer `key` sent (up to a budget per turn), handles each complete
+    /// line in order — publish, admin command or error — then closes the turn's log batch.
     fn read_producer(&mut self, key: usize) {
         let mut budget = INGEST_READ_PER_TURN;
-        let mut publisher = Publisher {
-            log: self.log.as_mut(),
-            unsynced: &mut self.unsynced,
-            hub: &mut self.hub,
-            streams: &mut self.streams,
-            stats: &mut self.stats,
-            now: self.now,
-            unix_micros: self.wall_us,
-            max_pending: self.config.streams.max_pending_bytes,
-            max_topics: self.config.streams.max_topics,
-            max_line: self.config.ingest.max_event_bytes,
-            ops: &mut self.ops,
-            config: &self.config,
+        let max_topics = self.config.streams.max_topics;
+        let max_line = self.config.ingest.max_event_bytes;
+        let max_pending = self.config.streams.max_pending_bytes;
+        let (now, wall_us) = (self.now, self.wall_us);
+        // Each line is handled here with the parts it may touch (disjoint fields).
+        let (hub, commit, streams, stats) = (
+            &mut self.hub,
+            &mut self.commit,
+            &mut self.streams,
+            &mut self.stats,
+        );
+        let (ops, config) = (&mut self.ops, &self.config);
+        let mut on_line = |input: InputLine<'_>, answers: &mut Answers| {
+            let decoded = match input {
+                InputLine::TooLong => Err(line::LineError(format!(
+                    "line longer than {max_line} bytes"
+                ))),
+                InputLine::Line(bytes) => line::decode_line(bytes, max_topics),
+            };
+            match decoded {
+                Ok(Line::Blank) => {}
+                Ok(Line::Publish(p)) => {
+                    let at = Publishing {
+                        now,
+                        wall_us,
+                        max_pending,
+                    };
+                    publish(&p, at, hub, commit, streams, stats, answers);
+                }
+                Ok(Line::Admin(line::Admin::Reload)) => match ops.request_reload(config) {
+                    Ok(answer) => answers.raw(&answer),
+                    Err(reason) => answers.error(&reason),
+                },
+                Err(e) => {
+                    stats.ingest_errors += 1;
+                    answers.error(&e.0);
+                }
+            }
         };
         loop {
             let Some(p) = self.producers.get_mut(key) else {
@@ -996,16 +1010,12 @@ impl Server {
             match p.sock.read(&mut self.scratch) {
                 Ok(0) => {
                     p.eof = true;
-                    p.finish_input(publisher.max_line, |input, answers| {
-                        publisher.line(input, answers)
-                    });
+                    p.finish_input(max_line, &mut on_line);
                     break;
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    p.take_input(&self.scratch[..n], publisher.max_line, |input, answers| {
-                        publisher.line(input, answers)
-                    });
+                    p.take_input(&self.scratch[..n], max_line, &mut on_line);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1016,89 +1026,57 @@ impl Server {
                 }
             }
         }
-        self.write_log_batch(key);
+        self.end_batch(key);
         self.flush_producer(key);
     }
 
-    /// Writes the records of the lines just read from producer `key` to the log. In `os`
-    /// mode they are durable at once; in `fsync` mode once the helper thread's sync
-    /// reports back (`poll_log`). Until then their answers wait and they reach no stream.
-    fn write_log_batch(&mut self, key: usize) {
-        let (Some(log), Some(p)) = (self.log.as_mut(), self.producers.get_mut(key)) else {
-            return;
-        };
-        if !log.has_buffered() {
-            p.answers.batch_written(None);
-            p.answers.release(self.durable);
-            return;
-        }
-        match log.write_batch() {
-            Ok(seq) => {
-                p.answers.batch_written(Some(seq));
-                for entry in self.unsynced.iter_mut().rev() {
-                    if entry.0 != BATCH_UNWRITTEN {
-                        break;
-                    }
-                    entry.0 = seq;
-                }
-                match self.config.history.durability {
-                    Durability::Os => self.durable_through(seq),
-                    Durability::Fsync => self.sync_wanted = true,
+    /// Closes the log batch of the lines just read from producer `key`. With `os`
+    /// durability it is durable at once; with `fsync` once the helper thread's sync reports
+    /// back (`poll_commit`). Until then its answers wait and its events reach no stream.
+    fn end_batch(&mut self, key: usize) {
+        let durable = self.commit.durable();
+        match self.commit.end_batch() {
+            BatchEnd::Empty => {
+                if let Some(p) = self.producers.get_mut(key) {
+                    p.answers.batch_written(None);
+                    p.answers.release(durable);
                 }
             }
-            Err(e) => {
-                warn!("log write failed, events refused: {e}");
-                p.answers
-                    .refuse_unwritten(&format!("not stored: log write failed: {e}"));
-                p.answers.release(self.durable);
-                while self
-                    .unsynced
-                    .back()
-                    .is_some_and(|(b, _)| *b == BATCH_UNWRITTEN)
-                {
-                    if let Some((_, event)) = self.unsynced.pop_back() {
-                        self.hub.abandon(&event);
-                    }
+            BatchEnd::Written(seq) => {
+                if let Some(p) = self.producers.get_mut(key) {
+                    p.answers.batch_written(Some(seq));
+                }
+                self.deliver_committed();
+            }
+            BatchEnd::Failed { reason, refused } => {
+                warn!("log write failed, events refused: {reason}");
+                if let Some(p) = self.producers.get_mut(key) {
+                    p.answers.refuse_unwritten(&reason);
+                    p.answers.release(durable);
+                }
+                for event in &refused {
+                    self.hub.abandon(event);
                 }
             }
         }
     }
 
-    /// Everything in log batches up to `seq` is durable: it enters history, reaches its
-    /// streams, and its producers get their `ok`.
-    fn durable_through(&mut self, seq: u64) {
-        self.durable = self.durable.max(seq);
-        while self.unsynced.front().is_some_and(|(b, _)| *b <= seq) {
-            let Some((_, event)) = self.unsynced.pop_front() else {
-                break;
-            };
+    /// Events whose batch became durable enter history and reach their streams; their
+    /// producers get their `ok`.
+    fn deliver_committed(&mut self) {
+        let max_pending = self.config.streams.max_pending_bytes;
+        for event in self.commit.take_committed() {
             self.hub.commit(&event);
             self.stats.events_published += 1;
-            let max_pending = self.config.streams.max_pending_bytes;
             self.streams
                 .fan_out(&event, &self.hub, self.now, max_pending, &mut self.stats);
         }
         self.release_answers(|a, durable| a.release(durable));
     }
 
-    /// A sync failed: every batch written since the last durable one is refused.
-    fn refuse_unsynced(&mut self, reason: &str) {
-        let Some(failed) = self.log.as_ref().map(Log::last_batch_seq) else {
-            return;
-        };
-        while self.unsynced.front().is_some_and(|(b, _)| *b <= failed) {
-            if let Some((_, event)) = self.unsynced.pop_front() {
-                self.hub.abandon(&event);
-            }
-        }
-        let reason = format!("not stored: {reason}");
-        let durable = self.durable;
-        self.release_answers(|a, _| a.fail(durable, failed, &reason));
-        self.durable = self.durable.max(failed);
-    }
-
-    /// Applies `f` to every producer's answers and writes what became due.
+    /// Applies `f` to every producer's held answers and writes what became due.
     fn release_answers(&mut self, mut f: impl FnMut(&mut Answers, u64)) {
+        let durable = self.commit.durable();
         let keys: Vec<usize> = self
             .producers
             .iter()
@@ -1107,31 +1085,39 @@ impl Server {
             .collect();
         for key in keys {
             if let Some(p) = self.producers.get_mut(key) {
-                f(&mut p.answers, self.durable);
+                f(&mut p.answers, durable);
             }
             self.flush_producer(key);
         }
     }
 
-    /// Collects finished syncs (and background errors) from the log's helper thread.
-    fn poll_log(&mut self) {
-        while let Some(result) = self.log.as_mut().and_then(Log::poll_sync) {
-            match result {
-                Ok(seq) => self.durable_through(seq),
-                Err(e) => {
-                    error!("log sync failed, unsynced events refused: {e}");
-                    self.refuse_unsynced(&format!("log sync failed: {e}"));
+    /// Collects what the log's helper thread reported: finished syncs commit their
+    /// batches; a failed sync refuses every batch it should have covered.
+    fn poll_commit(&mut self) {
+        while let Some(report) = self.commit.poll() {
+            match report {
+                Synced::Durable => self.deliver_committed(),
+                Synced::Failed {
+                    reason,
+                    failed,
+                    was_durable,
+                    refused,
+                } => {
+                    error!("log sync failed, unsynced events refused: {reason}");
+                    for event in &refused {
+                        self.hub.abandon(event);
+                    }
+                    self.release_answers(|a, _| a.fail(was_durable, failed, &reason));
                 }
             }
         }
-        if let Some(e) = self.log.as_mut().and_then(Log::take_background_error) {
+        if let Some(e) = self.commit.take_background_error() {
             warn!("log: {e}");
         }
     }
 
     fn producer_writable(&mut self, key: usize) {
-        if let Some(p) = self.producers.get_mut(key) {
-            p.write_blocked = false;
+        if self.producers.contains(key) {
             self.flush_producer(key);
         }
     }
@@ -1221,79 +1207,48 @@ impl Server {
     }
 }
 
-/// What one ingest line may touch, borrowed from the server while a producer is read:
-/// ingest → decode → accept (hub: id, encode) → log (held until durable) or commit →
-/// fan-out → answer.
-struct Publisher<'a> {
-    log: Option<&'a mut Log>,
-    unsynced: &'a mut VecDeque<(u64, Rc<Event>)>,
-    hub: &'a mut Hub,
-    streams: &'a mut StreamTable,
-    stats: &'a mut Stats,
+/// The turn's clock and limits, for `publish`.
+#[derive(Clone, Copy)]
+struct Publishing {
     now: Millis,
-    unix_micros: u64,
+    wall_us: u64,
     max_pending: usize,
-    max_topics: usize,
-    max_line: usize,
-    /// Admin commands (`{"admin":"reload"}`) and the configuration they compare with.
-    ops: &'a mut ops::Ops,
-    config: &'a Config,
 }
 
-impl Publisher<'_> {
-    /// Handles one input line and queues its answer (none for a blank line).
-    fn line(&mut self, input: InputLine<'_>, answers: &mut Answers) {
-        let decoded = match input {
-            InputLine::TooLong => Err(line::LineError(format!(
-                "line longer than {} bytes",
-                self.max_line
-            ))),
-            InputLine::Line(bytes) => line::decode_line(bytes, self.max_topics),
-        };
-        let publish = match decoded {
-            Ok(Line::Blank) => return,
-            Ok(Line::Publish(publish)) => publish,
-            Ok(Line::Admin(line::Admin::Reload)) => {
-                return match self.ops.request_reload(self.config) {
-                    Ok(answer) => answers.raw(&answer),
-                    Err(reason) => answers.error(&reason),
-                };
-            }
-            Err(e) => {
-                self.stats.ingest_errors += 1;
-                return answers.error(&e.0);
-            }
-        };
-        let event = match self
-            .hub
-            .accept(&publish, self.unix_micros / 1000, self.unix_micros)
-        {
-            Ok(event) => event,
-            Err(reason) => {
-                self.stats.ingest_errors += 1;
-                return answers.error(&reason);
-            }
-        };
-        match self.log.as_mut() {
-            Some(log) => {
-                log.append(&RecordRef {
-                    id: event.id,
-                    published_unix_ms: event.published_at,
-                    is_final: event.is_final,
-                    topics: &publish.topics,
-                    event: publish.event.as_deref(),
-                    data: &publish.data,
-                });
-                answers.ok(event.id, Some(BATCH_UNWRITTEN));
-                self.unsynced.push_back((BATCH_UNWRITTEN, event));
-            }
-            None => {
-                self.hub.commit(&event);
-                self.stats.events_published += 1;
-                self.streams
-                    .fan_out(&event, self.hub, self.now, self.max_pending, self.stats);
-                answers.ok(event.id, None);
-            }
+/// The ingest data path of one publish line: accept (final marks, id, encode once) →
+/// submit to the commit seam → committed now (memory: retain, fan out, answer `ok`) or
+/// held until durable (the answer waits for its batch).
+fn publish(
+    p: &Publish,
+    at: Publishing,
+    hub: &mut Hub,
+    commit: &mut Commit,
+    streams: &mut StreamTable,
+    stats: &mut Stats,
+    answers: &mut Answers,
+) {
+    let event = match hub.accept(p, at.wall_us / 1000, at.wall_us) {
+        Ok(event) => event,
+        Err(reason) => {
+            stats.ingest_errors += 1;
+            return answers.error(&reason);
+        }
+    };
+    let record = RecordRef {
+        id: event.id,
+        published_unix_ms: event.published_at,
+        is_final: event.is_final,
+        topics: &p.topics,
+        event: p.event.as_deref(),
+        data: &p.data,
+    };
+    match commit.submit(event.clone(), &record) {
+        Submitted::Held => answers.ok(event.id, Some(BATCH_UNWRITTEN)),
+        Submitted::Now => {
+            hub.commit(&event);
+            stats.events_published += 1;
+            streams.fan_out(&event, hub, at.now, at.max_pending, stats);
+            answers.ok(event.id, None);
         }
     }
 }

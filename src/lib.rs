@@ -26,6 +26,7 @@
 //! (configuration source, diff, `ssehub reload`); their loop glue is `event_loop::ops`.
 
 pub mod auth;
+pub mod commit;
 pub mod config;
 pub mod conn;
 pub mod event_loop;

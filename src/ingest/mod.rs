@@ -253,7 +253,6 @@ pub struct Producer {
     discarding: bool,
     /// The producer closed its side; close once the answers are written.
     pub eof: bool,
-    pub write_blocked: bool,
 }
 
 /// A complete input line, or the end of one that was too long.
@@ -271,7 +270,6 @@ impl Producer {
             answers_written: 0,
             discarding: false,
             eof: false,
-            write_blocked: false,
         }
     }
 
@@ -365,10 +363,7 @@ impl Producer {
             match self.sock.write(&self.answers.ready[self.answers_written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.answers_written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.write_blocked = true;
-                    return Ok(());
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

@@ -1,0 +1,332 @@
+//! The commit seam: where an accepted event becomes committed — retained in history,
+//! deliverable to streams, and answered `ok` to its producer (SPEC 3.2).
+//!
+//! - Memory only: an event is committed the moment it is submitted.
+//! - With the on-disk log (`history.data_dir`): an event is appended to the log's batch;
+//!   the batch is written when the producer's input of this turn is read (`end_batch`);
+//!   it is committed once the batch is durable — at once in `os` mode, when the helper
+//!   thread's fsync reports back in `fsync` mode (many batches share one sync) — and
+//!   refused when the write or the sync fails.
+//!
+//! The loop submits accepted events and batch ends; it gets back committed events (to
+//! retain and fan out, in id order) and what happened to each batch (for the producers'
+//! held answers, `ingest::Answers`). A Redis backend (cluster mode) is another variant of
+//! this seam: it may assign the id itself and commit later, from another thread through
+//! the loop's `Waker`, as the log's sync already does.
+
+use crate::config::Durability;
+use crate::history::Event;
+use crate::ingest::BATCH_UNWRITTEN;
+use crate::log::{Log, RecordRef};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+pub struct Commit {
+    /// The on-disk log; None: memory only.
+    log: Option<Log>,
+    durability: Durability,
+    /// Highest log batch known durable or refused: answers and deliveries up to it are due.
+    durable: u64,
+    /// Submitted events whose batch is not durable yet, in id order, with their batch
+    /// (`BATCH_UNWRITTEN` until the batch is written).
+    unsynced: VecDeque<(u64, Rc<Event>)>,
+    /// Batches were written since the last sync request (`fsync` mode).
+    sync_wanted: bool,
+}
+
+/// What `submit` did with an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Committed now (memory only): retain it, fan it out and answer `ok` at once.
+    Now,
+    /// Held until its batch is durable: its answer waits for batch `BATCH_UNWRITTEN`.
+    Held,
+}
+
+/// What happened to the batch that `end_batch` closed.
+#[derive(Debug)]
+pub enum BatchEnd {
+    /// Nothing was appended since the last batch (or memory only).
+    Empty,
+    /// Written as batch `seq`; with `os` durability it is durable already (see
+    /// `take_committed`).
+    Written(u64),
+    /// The write failed: every event of the batch is refused (`refused`, to undo their
+    /// final marks) with `reason`.
+    Failed {
+        reason: String,
+        refused: Vec<Rc<Event>>,
+    },
+}
+
+/// What the log's helper thread reported (`poll`).
+#[derive(Debug)]
+pub enum Synced {
+    /// Every batch up to the durable mark is durable: see `take_committed`.
+    Durable,
+    /// A sync failed: every batch up to `failed` that was not durable is refused
+    /// (`refused` events, to undo their final marks) with `reason`.
+    Failed {
+        reason: String,
+        failed: u64,
+        /// The durable mark before the failure: answers of batches up to it stay `ok`.
+        was_durable: u64,
+        refused: Vec<Rc<Event>>,
+    },
+}
+
+impl Commit {
+    pub fn memory() -> Commit {
+        Commit::new(None, Durability::Os)
+    }
+
+    pub fn new(log: Option<Log>, durability: Durability) -> Commit {
+        Commit {
+            log,
+            durability,
+            durable: 0,
+            unsynced: VecDeque::new(),
+            sync_wanted: false,
+        }
+    }
+
+    /// Highest log batch durable or refused (0: none; always 0 in memory).
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    pub fn log_mut(&mut self) -> Option<&mut Log> {
+        self.log.as_mut()
+    }
+
+    /// Submits an accepted event (`record`: the same event for the log).
+    pub fn submit(&mut self, event: Rc<Event>, record: &RecordRef<'_>) -> Submitted {
+        let Some(log) = &mut self.log else {
+            return Submitted::Now;
+        };
+        log.append(record);
+        self.unsynced.push_back((BATCH_UNWRITTEN, event));
+        Submitted::Held
+    }
+
+    /// Closes the batch of what was submitted since the last call: writes it to the log.
+    pub fn end_batch(&mut self) -> BatchEnd {
+        let Some(log) = &mut self.log else {
+            return BatchEnd::Empty;
+        };
+        if !log.has_buffered() {
+            return BatchEnd::Empty;
+        }
+        match log.write_batch() {
+            Ok(seq) => {
+                for entry in self.unsynced.iter_mut().rev() {
+                    if entry.0 != BATCH_UNWRITTEN {
+                        break;
+                    }
+                    entry.0 = seq;
+                }
+                match self.durability {
+                    Durability::Os => self.durable = self.durable.max(seq),
+                    Durability::Fsync => self.sync_wanted = true,
+                }
+                BatchEnd::Written(seq)
+            }
+            Err(e) => {
+                let mut refused = Vec::new();
+                while self
+                    .unsynced
+                    .back()
+                    .is_some_and(|(b, _)| *b == BATCH_UNWRITTEN)
+                {
+                    if let Some((_, event)) = self.unsynced.pop_back() {
+                        refused.push(event);
+                    }
+                }
+                refused.reverse();
+                BatchEnd::Failed {
+                    reason: format!("not stored: log write failed: {e}"),
+                    refused,
+                }
+            }
+        }
+    }
+
+    /// Once per turn, before sleeping: asks the helper thread for one sync covering every
+    /// batch written since the last request (group commit).
+    pub fn request_sync(&mut self) {
+        if std::mem::take(&mut self.sync_wanted)
+            && let Some(log) = &mut self.log
+        {
+            log.request_sync();
+        }
+    }
+
+    /// The next report of the log's helper thread, if any (call until None).
+    pub fn poll(&mut self) -> Option<Synced> {
+        let result = self.log.as_mut()?.poll_sync()?;
+        Some(match result {
+            Ok(seq) => {
+                self.durable = self.durable.max(seq);
+                Synced::Durable
+            }
+            Err(e) => {
+                let failed = self.log.as_ref().map_or(0, Log::last_batch_seq);
+                let mut refused = Vec::new();
+                while self.unsynced.front().is_some_and(|(b, _)| *b <= failed) {
+                    if let Some((_, event)) = self.unsynced.pop_front() {
+                        refused.push(event);
+                    }
+                }
+                let was_durable = self.durable;
+                self.durable = self.durable.max(failed);
+                Synced::Failed {
+                    reason: format!("not stored: log sync failed: {e}"),
+                    failed,
+                    was_durable,
+                    refused,
+                }
+            }
+        })
+    }
+
+    /// A problem the helper thread met in the background (meta write, segment deletion).
+    pub fn take_background_error(&mut self) -> Option<String> {
+        self.log.as_mut()?.take_background_error()
+    }
+
+    /// Events whose batch is durable, in id order: retain them and fan them out.
+    pub fn take_committed(&mut self) -> Vec<Rc<Event>> {
+        let mut committed = Vec::new();
+        while self
+            .unsynced
+            .front()
+            .is_some_and(|(b, _)| *b != BATCH_UNWRITTEN && *b <= self.durable)
+        {
+            if let Some((_, event)) = self.unsynced.pop_front() {
+                committed.push(event);
+            }
+        }
+        committed
+    }
+
+    /// Deletes log segments past retention; returns the highest id the log has forgotten.
+    pub fn enforce_retention(&mut self, now_unix_ms: u64) -> Option<u64> {
+        let log = self.log.as_mut()?;
+        log.enforce_retention(now_unix_ms);
+        Some(log.forgotten_up_to())
+    }
+
+    /// Whether a sync was asked for and not yet requested (tests).
+    #[cfg(test)]
+    fn sync_pending(&self) -> bool {
+        self.sync_wanted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogOptions;
+    use mio::{Poll, Token, Waker};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn event(id: u64) -> Rc<Event> {
+        Rc::new(Event::new(
+            id,
+            b"x".to_vec().into(),
+            0,
+            Box::new([0]),
+            false,
+        ))
+    }
+
+    fn record(id: u64, topics: &[Box<str>]) -> RecordRef<'_> {
+        RecordRef {
+            id,
+            published_unix_ms: 0,
+            is_final: false,
+            topics,
+            event: None,
+            data: "x",
+        }
+    }
+
+    fn log_commit(durability: Durability) -> (Commit, Poll, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+        let options = LogOptions {
+            fsync: durability == Durability::Fsync,
+            ..LogOptions::default()
+        };
+        let (log, _) = Log::open(dir.path(), options, waker, |_| {}).unwrap();
+        (Commit::new(Some(log), durability), poll, dir)
+    }
+
+    #[test]
+    fn memory_commits_at_once() {
+        let mut c = Commit::memory();
+        let topics: Vec<Box<str>> = vec!["t".into()];
+        assert_eq!(c.submit(event(1), &record(1, &topics)), Submitted::Now);
+        assert!(matches!(c.end_batch(), BatchEnd::Empty));
+        assert!(c.take_committed().is_empty());
+        assert!(c.poll().is_none());
+    }
+
+    #[test]
+    fn os_durability_commits_when_the_batch_is_written() {
+        let (mut c, _poll, _dir) = log_commit(Durability::Os);
+        let topics: Vec<Box<str>> = vec!["t".into()];
+        for id in [10, 11] {
+            assert_eq!(c.submit(event(id), &record(id, &topics)), Submitted::Held);
+        }
+        assert!(
+            c.take_committed().is_empty(),
+            "nothing before the batch is written"
+        );
+        let BatchEnd::Written(seq) = c.end_batch() else {
+            panic!("batch not written");
+        };
+        assert_eq!(c.durable(), seq);
+        let ids: Vec<u64> = c.take_committed().iter().map(|e| e.id).collect();
+        assert_eq!(ids, [10, 11]);
+        assert!(
+            matches!(c.end_batch(), BatchEnd::Empty),
+            "no empty batch written"
+        );
+    }
+
+    #[test]
+    fn fsync_durability_commits_when_the_sync_reports_back() {
+        let (mut c, _poll, _dir) = log_commit(Durability::Fsync);
+        let topics: Vec<Box<str>> = vec!["t".into()];
+        c.submit(event(20), &record(20, &topics));
+        let BatchEnd::Written(first) = c.end_batch() else {
+            panic!("batch not written");
+        };
+        c.submit(event(21), &record(21, &topics));
+        let BatchEnd::Written(second) = c.end_batch() else {
+            panic!("batch not written");
+        };
+        assert!(second > first);
+        assert!(
+            c.take_committed().is_empty(),
+            "written is not durable in fsync mode"
+        );
+        assert!(c.sync_pending());
+        c.request_sync();
+        // One sync covers both batches (group commit).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.durable() < second {
+            match c.poll() {
+                Some(Synced::Durable) => {}
+                Some(other) => panic!("{other:?}"),
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                None => panic!("no sync reported"),
+            }
+        }
+        let ids: Vec<u64> = c.take_committed().iter().map(|e| e.id).collect();
+        assert_eq!(ids, [20, 21]);
+    }
+}
