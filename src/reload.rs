@@ -169,6 +169,7 @@ pub fn merge(old: &Config, new: &Config) -> Config {
     c.http.max_header_bytes = new.http.max_header_bytes;
     c.ingest.allowed_uids = new.ingest.allowed_uids.clone();
     c.ingest.max_event_bytes = new.ingest.max_event_bytes;
+    c.ingest.max_producers = new.ingest.max_producers;
     c.streams = new.streams.clone();
     c.auth = new.auth.clone();
     c.cors = new.cors.clone();
@@ -263,6 +264,7 @@ mod tests {
             ("streams.keepalive", "[streams]\nkeepalive = \"1s\""),
             ("streams.write_timeout", "[streams]\nwrite_timeout = \"1s\""),
             ("ingest.max_event_bytes", "[ingest]\nmax_event_bytes = 100"),
+            ("ingest.max_producers", "[ingest]\nmax_producers = 3"),
             ("auth.private", "[auth]\nprivate = [\"a:*\"]"),
             ("auth.audience", "[auth]\naudience = \"https://a\""),
             ("auth.issuer", "[auth]\nissuer = \"https://i\""),
