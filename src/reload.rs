@@ -253,6 +253,25 @@ mod tests {
         }
     }
 
+    /// docs/protocol.md section 5 has one table row per key, saying whether a reload
+    /// applies it: the row must exist and agree with `KEYS`.
+    #[test]
+    fn every_key_is_documented_in_the_protocol_reference() {
+        let doc = include_str!("../docs/protocol.md");
+        for k in KEYS {
+            let row = format!("| `{}` |", k.name);
+            let line = doc.lines().find(|l| l.starts_with(&row));
+            let line = line.unwrap_or_else(|| panic!("{} missing from docs/protocol.md", k.name));
+            let reload = line.split(" | ").nth(2).unwrap_or_default();
+            let documented = reload.starts_with("yes");
+            assert_eq!(
+                documented, k.reloadable,
+                "{}: Reload column {reload:?}",
+                k.name
+            );
+        }
+    }
+
     #[test]
     fn reloadable_keys_are_changed_and_taken_over_by_merge() {
         let old = parse("");
