@@ -169,6 +169,7 @@ pub fn merge(old: &Config, new: &Config) -> Config {
     c.http.max_header_bytes = new.http.max_header_bytes;
     c.ingest.allowed_uids = new.ingest.allowed_uids.clone();
     c.ingest.max_event_bytes = new.ingest.max_event_bytes;
+    c.ingest.max_producers = new.ingest.max_producers;
     c.streams = new.streams.clone();
     c.auth = new.auth.clone();
     c.cors = new.cors.clone();
@@ -252,6 +253,25 @@ mod tests {
         }
     }
 
+    /// docs/protocol.md section 5 has one table row per key, saying whether a reload
+    /// applies it: the row must exist and agree with `KEYS`.
+    #[test]
+    fn every_key_is_documented_in_the_protocol_reference() {
+        let doc = include_str!("../docs/protocol.md");
+        for k in KEYS {
+            let row = format!("| `{}` |", k.name);
+            let line = doc.lines().find(|l| l.starts_with(&row));
+            let line = line.unwrap_or_else(|| panic!("{} missing from docs/protocol.md", k.name));
+            let reload = line.split(" | ").nth(2).unwrap_or_default();
+            let documented = reload.starts_with("yes");
+            assert_eq!(
+                documented, k.reloadable,
+                "{}: Reload column {reload:?}",
+                k.name
+            );
+        }
+    }
+
     #[test]
     fn reloadable_keys_are_changed_and_taken_over_by_merge() {
         let old = parse("");
@@ -263,6 +283,7 @@ mod tests {
             ("streams.keepalive", "[streams]\nkeepalive = \"1s\""),
             ("streams.write_timeout", "[streams]\nwrite_timeout = \"1s\""),
             ("ingest.max_event_bytes", "[ingest]\nmax_event_bytes = 100"),
+            ("ingest.max_producers", "[ingest]\nmax_producers = 3"),
             ("auth.private", "[auth]\nprivate = [\"a:*\"]"),
             ("auth.audience", "[auth]\naudience = \"https://a\""),
             ("auth.issuer", "[auth]\nissuer = \"https://i\""),
