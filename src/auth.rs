@@ -1,4 +1,4 @@
-//! Who may read a topic (SPEC 4): private topic patterns, where a request's token comes
+//! Who may read a topic (protocol 4): private topic patterns, where a request's token comes
 //! from, and JWT verification (HS256 with a secret, RS256/ES256 with a public key; the
 //! algorithm is pinned by the key, `none` never accepted; `crit` headers refused; `aud` and
 //! `iss` checked when configured). Pure decisions: request data in, the token's expiry or a

@@ -1,5 +1,5 @@
 //! The commit seam: where an accepted event becomes committed — retained in history,
-//! deliverable to streams, and answered `ok` to its producer (SPEC 3.2).
+//! deliverable to streams, and answered `ok` to its producer (protocol 3.2).
 //!
 //! - Memory only: an event is committed the moment it is submitted.
 //! - With the on-disk log (`history.data_dir`): an event is appended to the log's batch;

@@ -1,4 +1,4 @@
-//! Typed configuration: the TOML keys of SPEC 5 with their defaults, durations written as
+//! Typed configuration: the TOML keys of protocol 5 with their defaults, durations written as
 //! strings ("500ms", "15s", "1h"). Owns parsing and validation only; never opens sockets.
 
 use serde::{Deserialize, Deserializer};

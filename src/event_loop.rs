@@ -1,4 +1,4 @@
-//! The one event loop (SPEC 1): poll (timeout = next timer) → dispatch by token → fire
+//! The one event loop (protocol 1): poll (timeout = next timer) → dispatch by token → fire
 //! timers → flush pending writes → reap closed connections → repeat, until a stop signal
 //! has drained every stream. Time is read once per turn. Nothing here blocks.
 //!
@@ -322,7 +322,7 @@ impl Server {
         }
     }
 
-    /// Reads the clock: the one place the loop does (SPEC 1).
+    /// Reads the clock: the one place the loop does (protocol 1).
     fn tick(&mut self) {
         self.now = self.started.elapsed().as_millis() as Millis;
         self.wall_us = unix_micros();
@@ -708,7 +708,7 @@ impl Server {
         }
         let query = match request::parse_stream_query(&req.query, self.config.streams.max_topics) {
             Ok(q) => q,
-            // After a 400 the connection is closed (SPEC 2).
+            // After a 400 the connection is closed (protocol 2).
             Err(reason) => {
                 return self.answer(key, 400, &reason, After::Close, &headers, head_only);
             }

@@ -1,4 +1,4 @@
-//! Event ids and retained events: the id sequence (SPEC 2.2), the `Event` record shared by
+//! Event ids and retained events: the id sequence (protocol 2.2), the `Event` record shared by
 //! every topic it was published to, per-topic metadata (last id, highest evicted id, final
 //! mark) and the retention bounds (count per topic, age, total bytes). Pure: time is passed
 //! in (Unix milliseconds, so ages survive restarts); never touches sockets.

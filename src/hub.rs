@@ -1,4 +1,4 @@
-//! The publish path behind one boundary (SPEC 7): accept an event (check final marks,
+//! The publish path behind one boundary (protocol 7): accept an event (check final marks,
 //! assign an id, encode once), commit it to history once durable, and plan resumes (what
 //! a reconnecting client is owed, or that it must be told `reset`). Owns topics, history
 //! and the id sequence; never touches sockets, so another backend can replace it later.
@@ -23,7 +23,7 @@ pub struct Hub {
     forgotten_up_to: u64,
 }
 
-/// What a stream request is owed (SPEC 2.2, 2.4).
+/// What a stream request is owed (protocol 2.2, 2.4).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resume {
     /// Every requested topic is final and the client has seen each final event: `204`.
@@ -282,7 +282,7 @@ impl Hub {
     fn plan(&self, topics: &[&Retained], resume: Option<&str>) -> Resume {
         let any_final = topics.iter().any(|h| h.is_final());
         let Some(raw) = resume else {
-            // A fresh request on a closing topic gets its history, then the end (SPEC 2.4).
+            // A fresh request on a closing topic gets its history, then the end (protocol 2.4).
             return if any_final {
                 Resume::Stream {
                     cursor: 0,

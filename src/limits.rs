@@ -1,4 +1,4 @@
-//! Connection caps (SPEC 4): the per-client cap counted per IPv4 address or IPv6 /64, and
+//! Connection caps (protocol 4): the per-client cap counted per IPv4 address or IPv6 /64, and
 //! which address a connection counts for (the peer, or the `X-Forwarded-For` entry added
 //! by a trusted proxy). Pure bookkeeping; the event loop answers `429`/`503`.
 

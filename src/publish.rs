@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// One event as sent on the wire (SPEC 3).
+/// One event as sent on the wire (protocol 3).
 #[derive(Serialize)]
 struct WireEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]

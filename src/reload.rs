@@ -1,4 +1,4 @@
-//! Configuration reload (SPEC 3.3, 5): where the configuration comes from (a file plus the
+//! Configuration reload (protocol 3.3, 5): where the configuration comes from (a file plus the
 //! command-line overrides, re-applied on every load), which keys differ between two
 //! configurations, which of them can change in a running hub, and the `ssehub reload`
 //! client. Pure apart from reading the file; never touches the event loop's sockets.
@@ -73,7 +73,7 @@ macro_rules! key {
 const RELOAD: bool = true;
 const RESTART: bool = false;
 
-/// Every key of SPEC 5. Reloadable (SPEC 3.3): caps, CORS, auth keys and private patterns,
+/// Every key of protocol 5. Reloadable (protocol 3.3): caps, CORS, auth keys and private patterns,
 /// TLS certificates, keepalive/retry/timeouts, log level — plus the per-request limits,
 /// which are read afresh for every request or line. The rest (addresses, the socket file,
 /// history and its log) needs a restart.

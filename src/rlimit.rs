@@ -1,4 +1,4 @@
-//! The file-descriptor limit: raised to the hard limit at start (SPEC 4), read to derive
+//! The file-descriptor limit: raised to the hard limit at start (protocol 4), read to derive
 //! `http.max_connections`.
 
 /// (soft, hard) `RLIMIT_NOFILE`.

@@ -1,4 +1,4 @@
-//! The SSE wire format (SPEC 2.1), as pure functions: an event is encoded to bytes once and
+//! The SSE wire format (protocol 2.1), as pure functions: an event is encoded to bytes once and
 //! the resulting `Frame` is shared by every subscriber. Never does I/O.
 
 use std::rc::Rc;
@@ -61,7 +61,7 @@ pub fn push_data_lines(out: &mut Vec<u8>, data: &str) {
     }
 }
 
-/// The `reset` event (SPEC 2.2): no `id:` line, so the client's last id stays as it was
+/// The `reset` event (protocol 2.2): no `id:` line, so the client's last id stays as it was
 /// until a replayed event arrives. `last_event_id` is echoed as the client sent it.
 pub fn encode_reset(last_event_id: &str, earliest_id: Option<u64>) -> Vec<u8> {
     let quoted = serde_json::to_string(last_event_id).unwrap_or_else(|_| "\"\"".into());

@@ -1,5 +1,5 @@
 //! Topic names: the one rule shared by the HTTP query and the ingest line decoder.
-//! A name is 1–200 bytes of `A–Z a–z 0–9 _ - . : / @` (SPEC 2).
+//! A name is 1–200 bytes of `A–Z a–z 0–9 _ - . : / @` (protocol 2).
 
 /// Longest accepted topic name, in bytes.
 pub const MAX_LEN: usize = 200;

@@ -1,8 +1,8 @@
-//! SPEC 4 (limits) over real sockets against the real binary: the global connection cap
+//! protocol 4 (limits) over real sockets against the real binary: the global connection cap
 //! (`503` + `Retry-After`), the per-client cap (`429` + `Retry-After`) counted per peer
 //! address or per `X-Forwarded-For` entry of a trusted proxy (never anyone else's), both
 //! reached exactly at the configured numbers and freed on close; the descriptor limit raised
-//! and logged at start; `http.overload_as_retry` (SPEC 2).
+//! and logged at start; `http.overload_as_retry` (protocol 2).
 //!
 //! Other client addresses are loopback addresses other than 127.0.0.1: the client socket is
 //! bound to 127.0.0.2 before it connects.
@@ -434,7 +434,7 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_resumes() {
     }
 }
 
-/// SPEC 2: with `http.overload_as_retry = true` a capped stream request gets a `200` stream
+/// protocol 2: with `http.overload_as_retry = true` a capped stream request gets a `200` stream
 /// that carries only a `retry:` of at least the `Retry-After` value, and is closed.
 fn check_overload_as_retry(server: &Server, source: &str, headers: &str) {
     // A non-stream request at the cap still gets the plain answer, with its Retry-After.

@@ -1,5 +1,5 @@
 //! One owner per `history.data_dir`, and log recovery that keeps every good record and never
-//! skips silently (issue 16, SPEC 2.2, 3.2): real processes, a real data directory.
+//! skips silently (issue 16, protocol 2.2, 3.2): real processes, a real data directory.
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};

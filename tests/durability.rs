@@ -1,4 +1,4 @@
-//! Durability (SPEC 2.2, 3.2): with `history.data_dir` every acknowledged event survives a
+//! Durability (protocol 2.2, 3.2): with `history.data_dir` every acknowledged event survives a
 //! restart or a crash and is replayed to a client that resumes; a damaged log tail is
 //! repaired at start; a write error refuses events without stopping live streaming.
 mod common;
@@ -181,7 +181,7 @@ fn publish_and_stop(store: &Store, n: usize) -> Vec<u64> {
 }
 
 /// Resumes from `from` after a restart that cut the log's tail: ids issued before the cut
-/// may be lost, so the stream starts with `reset` (SPEC 2.2), then replays what is kept.
+/// may be lost, so the stream starts with `reset` (protocol 2.2), then replays what is kept.
 fn replay_all_after_a_cut(server: &Server, from: u64, earliest: u64, n: usize) -> Vec<u64> {
     let mut c = server.resume("topic=t", &from.to_string());
     assert_eq!(

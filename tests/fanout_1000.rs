@@ -1,4 +1,4 @@
-//! SPEC 1 and 2: one event reaches 1,000 concurrent subscribers of a topic, each exactly
+//! protocol 1 and 2: one event reaches 1,000 concurrent subscribers of a topic, each exactly
 //! once and with nothing else on the stream; a second event too.
 mod common;
 use common::*;

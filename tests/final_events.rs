@@ -1,4 +1,4 @@
-//! Final events (SPEC 2.4): a topic marked final ends its streams, refuses further
+//! Final events (protocol 2.4): a topic marked final ends its streams, refuses further
 //! publishes while the mark is kept, answers `204` to a client that has seen the end, and
 //! gives a fresh client the history and then the end (job-progress streams).
 mod common;

@@ -1,4 +1,4 @@
-//! SPEC 2: every HTTP answer of the stream endpoint and its neighbours over a raw socket:
+//! protocol 2: every HTTP answer of the stream endpoint and its neighbours over a raw socket:
 //! status, one-line plain-text reason, `Allow`, and whether the connection stays open.
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! Who may publish (SPEC 4): the ingest socket's file mode and group, and the optional
+//! Who may publish (protocol 4): the ingest socket's file mode and group, and the optional
 //! `ingest.allowed_uids` list checked with `SO_PEERCRED`.
 mod common;
 use common::*;

@@ -1,7 +1,7 @@
-//! The ingest socket answers every line, in order (SPEC 3.1): `{"ok":true,"id":"N"}` with
+//! The ingest socket answers every line, in order (protocol 3.1): `{"ok":true,"id":"N"}` with
 //! increasing ids, or `{"ok":false,"error":"<reason>"}` after which the connection goes on.
 //! Blank lines get no answer; over-long lines are refused; refused events are never
-//! delivered; `data` arrives as specified (SPEC 2.1).
+//! delivered; `data` arrives as specified (protocol 2.1).
 mod common;
 use common::*;
 

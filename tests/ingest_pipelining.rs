@@ -1,4 +1,4 @@
-//! A producer may pipeline many lines without waiting (SPEC 3.1): every line gets its
+//! A producer may pipeline many lines without waiting (protocol 3.1): every line gets its
 //! answer, in order, with strictly increasing ids, and subscribers get every event in order.
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! SPEC 2.3: a stream that sent nothing for `streams.keepalive` gets `:\n`, repeatedly;
+//! protocol 2.3: a stream that sent nothing for `streams.keepalive` gets `:\n`, repeatedly;
 //! a busy stream carries no keepalive bytes.
 mod common;
 use common::*;

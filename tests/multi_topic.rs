@@ -1,4 +1,4 @@
-//! SPEC 2 and 2.2: one stream, several topics: events of every requested topic in publish
+//! protocol 2 and 2.2: one stream, several topics: events of every requested topic in publish
 //! order, an event published to several of them exactly once, nothing from other topics,
 //! duplicate topic parameters merged, percent-encoded names decoded.
 mod common;

@@ -1,4 +1,4 @@
-//! `GET /metrics` (SPEC 5): Prometheus text format, read by the official Python client's
+//! `GET /metrics` (protocol 5): Prometheus text format, read by the official Python client's
 //! parser, with values checked against traffic the test made itself; `http.admin_listen`
 //! moves `/metrics` and `/healthz` to their own listener.
 mod common;

@@ -1,4 +1,4 @@
-//! systemd notifications (SPEC 5): started with `NOTIFY_SOCKET` pointing at a datagram
+//! systemd notifications (protocol 5): started with `NOTIFY_SOCKET` pointing at a datagram
 //! socket the test owns, the hub sends `READY=1` once listening, `STATUS=` lines with its
 //! counts, `WATCHDOG=1` at half of `WATCHDOG_USEC` from its own loop, and `STOPPING=1`
 //! when a stop signal starts the drain. Path and abstract (`@`) sockets both work.

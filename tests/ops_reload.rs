@@ -1,4 +1,4 @@
-//! Reload without restart (SPEC 3.3, 5): `{"admin":"reload"}` on the ingest socket (and
+//! Reload without restart (protocol 3.3, 5): `{"admin":"reload"}` on the ingest socket (and
 //! `ssehub reload`, the unit's ExecReload) re-reads the config file, answers which keys
 //! changed and which need a restart, and applies the reloadable ones while streams stay
 //! open — except streams that changed auth or CORS settings no longer allow, which get a

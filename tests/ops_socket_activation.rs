@@ -1,4 +1,4 @@
-//! Socket activation (SPEC 5): listening sockets passed the way systemd passes them —
+//! Socket activation (protocol 5): listening sockets passed the way systemd passes them —
 //! descriptors 3 and 4, `LISTEN_FDS`, `LISTEN_PID` naming the hub's own pid, optional
 //! `LISTEN_FDNAMES` — are used instead of binding; told apart by socket family; a passed
 //! ingest socket's file stays at exit; and because the sockets outlive the process (here

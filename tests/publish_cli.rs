@@ -1,4 +1,4 @@
-//! `ssehub publish` (SPEC 3.3): prints each id, exits non-zero with the server's reason on
+//! `ssehub publish` (protocol 3.3): prints each id, exits non-zero with the server's reason on
 //! an error answer, reads stdin with `-` or `--lines`, and retries connecting for `--wait`.
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! SPEC 2 (limits): a request not complete within `http.request_timeout` is closed
+//! protocol 2 (limits): a request not complete within `http.request_timeout` is closed
 //! (slowloris), an idle keep-alive connection too; a stream is not subject to it; a client
 //! that keeps sending after its stream's request head is closed.
 mod common;

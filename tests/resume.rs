@@ -1,4 +1,4 @@
-//! Resume (SPEC 2.2): a client reconnecting with the id of the last event it saw gets
+//! Resume (protocol 2.2): a client reconnecting with the id of the last event it saw gets
 //! exactly what it missed, merged across its topics, then live; `reset` when the hub
 //! cannot prove that nothing was missed.
 mod common;

@@ -1,4 +1,4 @@
-//! SPEC 4 over real sockets against the real binary: private topics and their tokens (every
+//! protocol 4 over real sockets against the real binary: private topics and their tokens (every
 //! source, every refusal, `nbf`, `alg: none`, RS256/ES256 with `auth.public_key`, expiry
 //! closing a live stream), and the Origin policy with its CORS headers and preflight.
 //!

@@ -1,4 +1,4 @@
-//! Graceful stop (SPEC 1, 2.3, 5): SIGTERM, SIGINT and SIGHUP all stop accepting, send each
+//! Graceful stop (protocol 1, 2.3, 5): SIGTERM, SIGINT and SIGHUP all stop accepting, send each
 //! stream a fresh jittered `retry:`, close it, remove the socket file and exit 0. The ingest
 //! socket of a running server is never stolen; a stale one is replaced.
 mod common;

@@ -1,5 +1,5 @@
 //! A producer that never reads its answers is slowed, never buffered without bound
-//! (SPEC 3.1): the server stops reading from it, stays responsive to everyone else, keeps
+//! (protocol 3.1): the server stops reading from it, stays responsive to everyone else, keeps
 //! its memory bounded, and once the producer reads, every answer arrives, in order.
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! SPEC 2.3: a subscriber that does not read is disconnected when its pending output passes
+//! protocol 2.3: a subscriber that does not read is disconnected when its pending output passes
 //! `streams.max_pending_bytes`, or when pending output is not written within
 //! `streams.write_timeout`; a reading subscriber on the same topic loses nothing and is not
 //! delayed, and the server stays responsive.
@@ -215,7 +215,7 @@ fn pending_bytes_limit_disconnects_non_reader_and_spares_reader() {
 
 #[test]
 fn pending_bytes_limit_disconnect_is_logged() {
-    // SPEC 5: slow-client disconnects are summarised in the log.
+    // protocol 5: slow-client disconnects are summarised in the log.
     let server = Server::start_with(&[("streams", "max_pending_bytes = 65536")]);
     let (mut slow, early) = non_reading_subscriber(server.addr, "big");
     let mut p = server.producer();

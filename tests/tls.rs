@@ -1,4 +1,4 @@
-//! HTTPS (SPEC 4): with `[tls] cert/key` the listener speaks TLS 1.2 and 1.3 with ALPN
+//! HTTPS (protocol 4): with `[tls] cert/key` the listener speaks TLS 1.2 and 1.3 with ALPN
 //! `http/1.1`; a real TLS client that verifies the certificate (a CA made here, with the
 //! openssl CLI) streams events; a stalled handshake is closed by the request timeout; a
 //! bad certificate file is a clear start-up error.

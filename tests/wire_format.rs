@@ -1,4 +1,4 @@
-//! SPEC 2 and 2.1: the exact bytes of a stream over a real socket: the response head, the
+//! protocol 2 and 2.1: the exact bytes of a stream over a real socket: the response head, the
 //! `retry:` line right after it, and every event encoding (line breaks, empty payloads,
 //! UTF-8, event types, non-string JSON data, ids).
 mod common;

@@ -77,7 +77,7 @@ pub struct Common {
 }
 
 impl Common {
-    /// Loopback targets and sources only (SPEC 6).
+    /// Loopback targets and sources only (protocol 6).
     pub fn check(&self) -> Result<(), String> {
         if !self.addr.ip().is_loopback() || self.sources.iter().any(|s| !s.is_loopback()) {
             return Err("loopback targets and sources only".into());

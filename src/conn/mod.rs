@@ -1,5 +1,5 @@
 //! Per-connection state of an HTTP client, kept small on purpose: an idle stream owns no
-//! read buffer and no write buffer (SPEC 1), only its socket, topics and a few numbers.
+//! read buffer and no write buffer (protocol 1), only its socket, topics and a few numbers.
 //! `size_of::<Conn>()` is pinned by a test so that growth is a visible decision.
 
 pub mod out_queue;

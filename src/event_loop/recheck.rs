@@ -1,4 +1,4 @@
-//! Re-checking open streams after a reload that changed `auth.*` or `cors.*` (SPEC 4):
+//! Re-checking open streams after a reload that changed `auth.*` or `cors.*` (protocol 4):
 //! which streams the new policy no longer allows, from the little each stream keeps (its
 //! topics, whether a token opened it and when that token runs out, a hash of its
 //! `Origin`). A pure decision; `ops::apply_reload` acts on it.

@@ -1,4 +1,4 @@
-//! The Origin policy (SPEC 4): which origins may read streams from a browser, and the CORS
+//! The Origin policy (protocol 4): which origins may read streams from a browser, and the CORS
 //! headers their answers carry (errors included). Pure; an empty list means no Origin
 //! check and no CORS headers. Also the keyed hash an open stream keeps of its `Origin`,
 //! so that a reload can re-check it without storing the client's string.

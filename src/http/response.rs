@@ -1,7 +1,7 @@
 //! Canned HTTP/1.1 responses: the stream head and short plain-text answers. Pure bytes;
 //! never decides policy (the event loop picks the status, this module only spells it).
 
-/// The head of every event stream (SPEC 2): close-delimited body, no compression, no
+/// The head of every event stream (protocol 2): close-delimited body, no compression, no
 /// proxy buffering. The `retry:` line follows directly.
 pub const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
 Content-Type: text/event-stream; charset=utf-8\r\n\

@@ -18,7 +18,7 @@ pub const HELD_LIMIT: usize = 65_536;
 pub const BATCH_UNWRITTEN: u64 = u64::MAX;
 
 /// A producer's answers, in input order: `ready` bytes to write, and `held` answers whose
-/// events wait for their log batch to become durable (SPEC 3.2: `ok` only once durable).
+/// events wait for their log batch to become durable (protocol 3.2: `ok` only once durable).
 #[derive(Debug, Default)]
 pub struct Answers {
     ready: Vec<u8>,

@@ -1,4 +1,4 @@
-//! The append-only on-disk event log (`history.data_dir`, SPEC 2.2, 3.2).
+//! The append-only on-disk event log (`history.data_dir`, protocol 2.2, 3.2).
 //!
 //! Every accepted event is appended before it is acknowledged; at start-up the log is read
 //! back to rebuild the in-memory history and to continue the id sequence.

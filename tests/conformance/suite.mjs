@@ -674,7 +674,7 @@ async function requireCors(server, allowed, denied) {
 
 /**
  * Mints a token with `ssehub token`. While that command does not exist the token is made
- * here instead (HS256 JWT with `subscribe` and `exp`, SPEC 4) so that the server's token
+ * here instead (HS256 JWT with `subscribe` and `exp`, protocol 4) so that the server's token
  * checks are exercised for real; the case then ends `pending` on the missing command
  * (or FAIL when the server got it wrong).
  */
