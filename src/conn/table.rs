@@ -751,3 +751,7 @@ fn flush_tls(
     }
     Ok(Flush::Budget)
 }
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;
