@@ -22,6 +22,7 @@ use crate::ingest::line::{self, Line};
 use crate::ingest::{self, Answers, BATCH_UNWRITTEN, InputLine, Producer};
 use crate::limits::{ClientKey, Counted, PerClient, forwarded_client};
 use crate::log::{DirLock, Log, LogOptions, RecordRef};
+use crate::rng::Rng;
 use crate::sse;
 use crate::timer::{Millis, Wheel};
 use log::{debug, error, info, warn};
@@ -1387,26 +1388,4 @@ fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// xorshift64*: jitter for `retry:` values, not for anything secret.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Self {
-        let seed = unix_micros() ^ (u64::from(std::process::id()) << 32) | 1;
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform-enough in [0, n) (n > 0); 0 when n is 0.
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
 }

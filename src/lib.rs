@@ -45,6 +45,7 @@ pub mod publish;
 pub mod pubsub;
 pub mod reload;
 pub mod rlimit;
+pub mod rng;
 pub mod sse;
 pub mod timer;
 pub mod topic_name;

@@ -251,21 +251,14 @@ pub fn decode_payload(payload: &[u8]) -> Result<Recovered, DecodeError> {
 mod tests {
     use super::*;
 
-    /// xorshift64*: deterministic, good enough to generate test inputs.
-    struct Rng(u64);
+    use crate::rng::Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
+    /// Test inputs from the crate's generator (deterministic for a seed).
+    trait Gen {
+        fn text(&mut self, min_bytes: usize, max_bytes: usize) -> String;
+    }
 
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-
+    impl Gen for Rng {
         /// A random UTF-8 string of at most `max_bytes` bytes, mixing 1-4 byte characters.
         fn text(&mut self, min_bytes: usize, max_bytes: usize) -> String {
             const POOL: &[char] = &[
@@ -304,8 +297,8 @@ mod tests {
             _ => 70_000,
         };
         Recovered {
-            id: rng.next(),
-            published_unix_ms: rng.next(),
+            id: rng.next_u64(),
+            published_unix_ms: rng.next_u64(),
             is_final: rng.below(2) == 0,
             topics,
             event,
@@ -315,7 +308,7 @@ mod tests {
 
     #[test]
     fn random_records_round_trip() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         let mut buf = Vec::new();
         for _ in 0..2_000 {
             let rec = random_record(&mut rng);
@@ -332,12 +325,12 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = Rng(12345);
+        let mut rng = Rng::new(12345);
         let mut buf = Vec::new();
         for i in 0..50_000 {
             buf.clear();
             let len = rng.below(if i % 10 == 0 { 2_000 } else { 64 }) as usize;
-            buf.extend((0..len).map(|_| rng.next() as u8));
+            buf.extend((0..len).map(|_| rng.next_u64() as u8));
             if i % 2 == 0 && len > 18 {
                 // Plausible headers reach deeper into the parser.
                 buf[16] = rng.below(2) as u8;
@@ -352,7 +345,7 @@ mod tests {
             encode_payload(&rec.as_ref(), &mut buf).expect("within limits");
             for _ in 0..1 + rng.below(4) {
                 let at = rng.below(buf.len() as u64) as usize;
-                buf[at] = rng.next() as u8;
+                buf[at] = rng.next_u64() as u8;
             }
             let _ = decode_payload(&buf);
         }

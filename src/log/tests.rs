@@ -1,5 +1,6 @@
 use super::recover::segment_name;
 use super::*;
+use crate::rng::Rng;
 use mio::{Events, Poll, Token};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -510,8 +511,8 @@ fn random_garbage_between_good_records_is_skipped() {
     fs::create_dir_all(env.dir()).expect("mkdir");
     let a: Vec<Recovered> = (1..=5).map(simple).collect();
     let b: Vec<Recovered> = (6..=10).map(simple).collect();
-    let mut x = 0x5EED_u64;
-    let garbage: Vec<u8> = (0..5000).map(|_| next(&mut x) as u8).collect();
+    let mut x = Rng::new(0x5EED_u64);
+    let garbage: Vec<u8> = (0..5000).map(|_| x.next_u64() as u8).collect();
     let mut bytes = framed(&a);
     let at = bytes.len();
     bytes.extend_from_slice(&garbage);
@@ -570,11 +571,11 @@ fn megabytes_of_garbage_scan_fast() {
     let a: Vec<Recovered> = (0..3).map(|i| simple(now - 1000 + i)).collect();
     let b: Vec<Recovered> = (0..3).map(|i| simple(now - 500 + i)).collect();
     let mut bytes = framed(&a);
-    let mut x = 0xC0FF_EE00_u64;
+    let mut x = Rng::new(0xC0FF_EE00_u64);
     let n = 8 << 20;
     bytes.reserve(n);
     for _ in 0..n / 8 {
-        bytes.extend_from_slice(&next(&mut x).to_le_bytes());
+        bytes.extend_from_slice(&x.next_u64().to_le_bytes());
     }
     bytes.extend_from_slice(&framed(&b));
     fs::write(env.dir().join(segment_name(a[0].id)), &bytes).expect("write");
@@ -651,12 +652,9 @@ fn garbage_appended_and_garbage_segment() {
     let path = env.segments()[0].clone();
     let good = file_len(&path);
     let mut bytes = fs::read(&path).expect("read");
-    let mut x = 0x1234_5678_9ABC_DEF0u64;
+    let mut x = Rng::new(0x1234_5678_9ABC_DEF0u64);
     for _ in 0..1000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        bytes.push(x as u8);
+        bytes.push(x.next_u64() as u8);
     }
     fs::write(&path, &bytes).expect("write");
     // And a whole segment of garbage after it.
@@ -1065,14 +1063,6 @@ fn unstorable_records_refuse_the_batch() {
     assert_eq!(got, [a, b].concat());
 }
 
-/// xorshift64* for the garbage tests.
-fn next(x: &mut u64) -> u64 {
-    *x ^= *x >> 12;
-    *x ^= *x << 25;
-    *x ^= *x >> 27;
-    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
 #[test]
 fn random_damage_never_panics_nor_invents_records() {
     let env = Env::new();
@@ -1094,26 +1084,26 @@ fn random_damage_never_panics_nor_invents_records() {
             (p, b)
         })
         .collect();
-    let mut x = 0xDEAD_BEEF_u64;
+    let mut x = Rng::new(0xDEAD_BEEF_u64);
     for round in 0..200 {
         for (p, b) in &originals {
             let mut b = b.clone();
-            match next(&mut x) % 4 {
+            match x.next_u64() % 4 {
                 0 => {
-                    let at = (next(&mut x) % b.len() as u64) as usize;
-                    b[at] = next(&mut x) as u8;
+                    let at = (x.next_u64() % b.len() as u64) as usize;
+                    b[at] = x.next_u64() as u8;
                 }
-                1 => b.truncate((next(&mut x) % (b.len() as u64 + 1)) as usize),
-                2 => b.extend((0..next(&mut x) % 64).map(|_| next(&mut x) as u8)),
+                1 => b.truncate((x.next_u64() % (b.len() as u64 + 1)) as usize),
+                2 => b.extend((0..x.next_u64() % 64).map(|_| x.next_u64() as u8)),
                 _ => {}
             }
             fs::write(p, &b).expect("write");
         }
         if round % 10 == 0 {
-            let junk: Vec<u8> = (0..next(&mut x) % 100)
-                .map(|_| next(&mut x) as u8)
+            let junk: Vec<u8> = (0..x.next_u64() % 100)
+                .map(|_| x.next_u64() as u8)
                 .collect();
-            fs::write(env.dir().join(segment_name(next(&mut x) % 300)), junk).expect("write");
+            fs::write(env.dir().join(segment_name(x.next_u64() % 300)), junk).expect("write");
         }
         let (_log, _, got) = env.open(o);
         for r in &got {
