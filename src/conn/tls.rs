@@ -1,7 +1,9 @@
 //! TLS on the event loop's sockets (protocol 4): the rustls server configuration (TLS 1.2 and
 //! 1.3, ALPN `http/1.1`, ring provider) and non-blocking read/write helpers in the order
 //! rustls wants: `read_tls` → `process_new_packets` → plaintext; plaintext → `writer` →
-//! `write_tls`. Never blocks; interest is derived from rustls's state by the caller.
+//! `write_tls`. Never blocks. Sockets stay registered for both readable and writable
+//! (edge-triggered); the stream table asks rustls whether it has bytes to send
+//! (`wants_write`) when the socket becomes writable or after a read.
 
 use mio::net::TcpStream;
 use rustls::ServerConnection;

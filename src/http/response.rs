@@ -30,7 +30,7 @@ pub const ALLOW_EVENTS: &str = "GET, HEAD, OPTIONS";
 /// How a plain answer ends the exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
-    /// Keep the connection for another request (`keep_alive_10`: say so to an HTTP/1.0 client).
+    /// Keep the connection for another request (`http10`: say so to an HTTP/1.0 client).
     KeepAlive {
         http10: bool,
     },
