@@ -53,17 +53,12 @@ impl OutQueue {
         self.pending == 0
     }
 
-    /// Writes queued frames, up to `max_writes` `writev` calls. Returns how many frames
-    /// were completed and the outcome; an I/O error other than `WouldBlock` is returned.
-    pub fn flush(
-        &mut self,
-        sock: &mut impl Write,
-        max_writes: usize,
-    ) -> io::Result<(Flush, usize)> {
-        let mut completed = 0;
+    /// Writes queued frames, up to `max_writes` `writev` calls; an I/O error other than
+    /// `WouldBlock` is returned.
+    pub fn flush(&mut self, sock: &mut impl Write, max_writes: usize) -> io::Result<Flush> {
         for _ in 0..max_writes {
             if self.frames.is_empty() {
-                return Ok((Flush::Done, completed));
+                return Ok(Flush::Done);
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
@@ -79,18 +74,16 @@ impl OutQueue {
             let written = match sock.write_vectored(&slices[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok((Flush::Blocked, completed));
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            completed += self.consume(written);
+            self.consume(written);
         }
         if self.frames.is_empty() {
-            Ok((Flush::Done, completed))
+            Ok(Flush::Done)
         } else {
-            Ok((Flush::Budget, completed))
+            Ok(Flush::Budget)
         }
     }
 
@@ -110,10 +103,9 @@ impl OutQueue {
         Ok(total)
     }
 
-    /// Drops `written` bytes from the front; returns how many frames were finished.
-    fn consume(&mut self, mut written: usize) -> usize {
+    /// Drops `written` bytes from the front.
+    fn consume(&mut self, mut written: usize) {
         self.pending -= written;
-        let mut completed = 0;
         while let Some(front) = self.frames.front() {
             let left = front.len() - self.head_written;
             if written < left {
@@ -123,9 +115,7 @@ impl OutQueue {
             written -= left;
             self.head_written = 0;
             self.frames.pop_front();
-            completed += 1;
         }
-        completed
     }
 }
 
@@ -174,9 +164,9 @@ mod tests {
             room: 100,
             calls: 0,
         };
-        let (outcome, done) = q.flush(&mut p, 8).unwrap();
+        let outcome = q.flush(&mut p, 8).unwrap();
         assert!(matches!(outcome, Flush::Done));
-        assert_eq!((done, p.calls), (3, 1));
+        assert_eq!(p.calls, 1, "three frames in one writev");
         assert_eq!(p.got, b"abcdef");
         assert!(q.is_empty());
     }
@@ -191,15 +181,14 @@ mod tests {
             room: 3,
             calls: 0,
         };
-        let (outcome, done) = q.flush(&mut p, 8).unwrap();
+        let outcome = q.flush(&mut p, 8).unwrap();
         assert!(matches!(outcome, Flush::Blocked));
-        assert_eq!(done, 0);
         assert_eq!(q.pending_bytes(), 7);
         p.room = 4;
         q.flush(&mut p, 8).unwrap();
         assert_eq!(q.pending_bytes(), 3);
         p.room = 100;
-        let (outcome, _) = q.flush(&mut p, 8).unwrap();
+        let outcome = q.flush(&mut p, 8).unwrap();
         assert!(matches!(outcome, Flush::Done));
         assert_eq!(p.got, b"helloworld");
     }

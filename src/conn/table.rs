@@ -425,7 +425,7 @@ impl StreamTable {
             let since = conn.out.as_ref().map(|o| o.since);
             let result = match (conn.tls.as_deref_mut(), conn.out.as_deref_mut()) {
                 (Some(tls), out) => flush_tls(&mut conn.sock, tls, out),
-                (None, Some(out)) => out.flush(&mut conn.sock, WRITES_PER_TURN).map(|(f, _)| f),
+                (None, Some(out)) => out.flush(&mut conn.sock, WRITES_PER_TURN),
                 (None, None) => continue,
             };
             let after = conn.pending_bytes();
