@@ -1,11 +1,20 @@
-//! The one event loop (protocol 1): poll (timeout = next timer) → dispatch by token → fire
-//! timers → flush pending writes → reap closed connections → repeat, until a stop signal
-//! has drained every stream. Time is read once per turn. Nothing here blocks.
+//! The one event loop (protocol 1). Each turn: poll (timeout = next timer) → dispatch by
+//! token → timers → commit → flush → reap, until a stop signal has drained every stream.
+//! The loop owns the listeners, the poll, the timer wheel and one field per part:
+//! `StreamTable` (every HTTP connection and its transitions), `Commit` (where accepted
+//! events become committed), `Hub` (topics, ids, history), the producers, and `ops`.
 //!
-//! HTTP data path: accept → read head → parse → route → subscribe → (fan-out queues
-//! frames) → flush/backpressure → keepalive/timeouts → close.
-//! Ingest data path: accept → read → split lines → decode → publish (hub) → fan-out →
-//! answer.
+//! HTTP data path: accept → read head → parse (`http::request`) → route (policy: caps,
+//! CORS, auth, resume plan) → the table starts the stream → fan-out of committed events
+//! → flush/backpressure → keepalive/timeouts → close.
+//! Ingest data path: accept → read → split lines → decode → accept (hub: id, encode once)
+//! → submit (commit seam) → committed: history → fan-out → answer.
+//!
+//! What may block the thread, and why it is allowed: nothing on a socket (every socket is
+//! non-blocking). The log's `write()` of a batch to the page cache runs here (bounded by
+//! one read budget of input; fsync, meta writes and segment deletion run on the log's
+//! helper thread), and a reload reads the configuration file (and a key or certificate
+//! file) once, at an operator's request.
 
 use crate::auth::{Auth, Credentials};
 use crate::commit::{BatchEnd, Commit, Submitted, Synced};
@@ -288,6 +297,7 @@ impl Server {
         self.tick();
         self.ops_ready();
         loop {
+            // Sleep until the next timer (or not at all when output or input is left over).
             self.tick();
             let timeout = self.poll_timeout(self.now);
             if let Err(e) = self.poll.poll(&mut events, timeout)
@@ -295,19 +305,26 @@ impl Server {
             {
                 return Err(e);
             }
+            // The turn's time: everything below sees this `now` and `wall_us`.
             self.tick();
+            // Dispatch: accept, read request heads (route, answer, start streams), read
+            // producers' lines (accept events, submit them to the commit seam).
             for event in events.iter() {
                 let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                 self.dispatch(event.token(), readable, event.is_writable());
             }
+            self.read_producers_left_over();
+            self.apply_reload();
             if self.stop.load(Ordering::SeqCst) && self.draining_until.is_none() {
                 self.begin_drain();
             }
-            self.poll_commit();
+            // Timers: keepalives, timeouts, token expiry, history pruning, systemd.
             self.fire_timers();
-            self.read_producers_left_over();
-            self.apply_reload();
+            // Commit: batches the log's helper reported durable are committed and fanned
+            // out, their answers released; one sync is asked for this turn's batches.
+            self.poll_commit();
             self.commit.request_sync();
+            // Flush every pending queue (bounded writes each), then close what ended.
             self.flush_pending();
             self.reap();
             if let Some(until) = self.draining_until
@@ -323,7 +340,8 @@ impl Server {
         }
     }
 
-    /// Reads the clock: the one place the loop does (protocol 1).
+    /// Reads the clock: the one place the loop does (protocol 1), once before sleeping (for
+    /// the poll timeout) and once after waking (for everything the turn does).
     fn tick(&mut self) {
         self.now = self.started.elapsed().as_millis() as Millis;
         self.wall_us = unix_micros();
