@@ -208,7 +208,7 @@ pub(super) fn admin_listener(
             format!("http.admin_listen {:?}: {e}", config.http.admin_listen),
         )
     })?;
-    super::bind_http(addr).map(Some).map_err(|e| {
+    super::accept::bind_http(addr).map(Some).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("http.admin_listen {}: {e}", config.http.admin_listen),
@@ -342,7 +342,8 @@ impl Server {
             .iter()
             .any(|k| matches!(*k, "http.max_connections" | "ingest.max_producers"))
         {
-            (self.max_connections, self.max_producers) = super::descriptor_caps(&self.config);
+            (self.max_connections, self.max_producers) =
+                super::accept::descriptor_caps(&self.config);
         }
         if diff.changed.contains(&"log.level") {
             set_log_level(&self.config.log.level);

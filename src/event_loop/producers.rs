@@ -1,0 +1,263 @@
+//! The producers' side of the loop: read each producer's lines (a budget per turn),
+//! handle each in order — publish through the commit seam, an admin command, or an error
+//! answer — close the turn's log batch, deliver what became committed, and write the held
+//! answers once their batches are durable (or refused).
+
+use super::*;
+
+impl Server {
+    // ---- ingest --------------------------------------------------------------------------
+
+    /// Reads what producer `key` sent (up to a budget per turn), handles each complete
+    /// line in order — publish, admin command or error — then closes the turn's log batch.
+    pub(super) fn read_producer(&mut self, key: usize) {
+        let mut budget = INGEST_READ_PER_TURN;
+        let max_topics = self.config.streams.max_topics;
+        let max_line = self.config.ingest.max_event_bytes;
+        let max_pending = self.config.streams.max_pending_bytes;
+        let (now, wall_us) = (self.now, self.wall_us);
+        // Each line is handled here with the parts it may touch (disjoint fields).
+        let (hub, commit, streams, stats) = (
+            &mut self.hub,
+            &mut self.commit,
+            &mut self.streams,
+            &mut self.stats,
+        );
+        let (ops, config) = (&mut self.ops, &self.config);
+        let mut on_line = |input: InputLine<'_>, answers: &mut Answers| {
+            let decoded = match input {
+                InputLine::TooLong => Err(line::LineError(format!(
+                    "line longer than {max_line} bytes"
+                ))),
+                InputLine::Line(bytes) => line::decode_line(bytes, max_topics),
+            };
+            match decoded {
+                Ok(Line::Blank) => {}
+                Ok(Line::Publish(p)) => {
+                    let at = Publishing {
+                        now,
+                        wall_us,
+                        max_pending,
+                    };
+                    publish(&p, at, hub, commit, streams, stats, answers);
+                }
+                Ok(Line::Admin(line::Admin::Reload)) => match ops.request_reload(config) {
+                    Ok(answer) => answers.raw(&answer),
+                    Err(reason) => answers.error(&reason),
+                },
+                Err(e) => {
+                    stats.ingest_errors += 1;
+                    answers.error(&e.0);
+                }
+            }
+        };
+        loop {
+            let Some(p) = self.producers.get_mut(key) else {
+                return;
+            };
+            if !p.may_read() && !p.eof {
+                // Answers piled up: write some before reading more.
+                if let Err(e) = p.flush_answers() {
+                    debug!("producer write failed: {e}");
+                    return self.close_producer(key);
+                }
+            }
+            if !p.may_read() {
+                break;
+            }
+            if budget == 0 {
+                self.producers_to_read.push(key);
+                break;
+            }
+            match p.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    p.eof = true;
+                    p.finish_input(max_line, &mut on_line);
+                    break;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    p.take_input(&self.scratch[..n], max_line, &mut on_line);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("producer read failed: {e}");
+                    p.eof = true;
+                    break;
+                }
+            }
+        }
+        self.end_batch(key);
+        self.flush_producer(key);
+    }
+
+    /// Closes the log batch of the lines just read from producer `key`. With `os`
+    /// durability it is durable at once; with `fsync` once the helper thread's sync reports
+    /// back (`poll_commit`). Until then its answers wait and its events reach no stream.
+    pub(super) fn end_batch(&mut self, key: usize) {
+        let durable = self.commit.durable();
+        match self.commit.end_batch() {
+            BatchEnd::Empty => {
+                if let Some(p) = self.producers.get_mut(key) {
+                    p.answers.batch_written(None);
+                    p.answers.release(durable);
+                }
+            }
+            BatchEnd::Written(seq) => {
+                if let Some(p) = self.producers.get_mut(key) {
+                    p.answers.batch_written(Some(seq));
+                }
+                self.deliver_committed();
+            }
+            BatchEnd::Failed { reason, refused } => {
+                warn!("log write failed, events refused: {reason}");
+                if let Some(p) = self.producers.get_mut(key) {
+                    p.answers.refuse_unwritten(&reason);
+                    p.answers.release(durable);
+                }
+                for event in &refused {
+                    self.hub.abandon(event);
+                }
+            }
+        }
+    }
+
+    /// Events whose batch became durable enter history and reach their streams; their
+    /// producers get their `ok`.
+    pub(super) fn deliver_committed(&mut self) {
+        let max_pending = self.config.streams.max_pending_bytes;
+        for event in self.commit.take_committed() {
+            self.hub.commit(&event);
+            self.stats.events_published += 1;
+            self.streams
+                .fan_out(&event, &self.hub, self.now, max_pending, &mut self.stats);
+        }
+        self.release_answers(|a, durable| a.release(durable));
+    }
+
+    /// Applies `f` to every producer's held answers and writes what became due.
+    pub(super) fn release_answers(&mut self, mut f: impl FnMut(&mut Answers, u64)) {
+        let durable = self.commit.durable();
+        let keys: Vec<usize> = self
+            .producers
+            .iter()
+            .filter(|(_, p)| p.answers.held() > 0)
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            if let Some(p) = self.producers.get_mut(key) {
+                f(&mut p.answers, durable);
+            }
+            self.flush_producer(key);
+        }
+    }
+
+    /// Collects what the log's helper thread reported: finished syncs commit their
+    /// batches; a failed sync refuses every batch it should have covered.
+    pub(super) fn poll_commit(&mut self) {
+        while let Some(report) = self.commit.poll() {
+            match report {
+                Synced::Durable => self.deliver_committed(),
+                Synced::Failed {
+                    reason,
+                    failed,
+                    was_durable,
+                    refused,
+                } => {
+                    error!("log sync failed, unsynced events refused: {reason}");
+                    for event in &refused {
+                        self.hub.abandon(event);
+                    }
+                    self.release_answers(|a, _| a.fail(was_durable, failed, &reason));
+                }
+            }
+        }
+        if let Some(e) = self.commit.take_background_error() {
+            warn!("log: {e}");
+        }
+    }
+
+    pub(super) fn producer_writable(&mut self, key: usize) {
+        if self.producers.contains(key) {
+            self.flush_producer(key);
+        }
+    }
+
+    /// Writes a producer's answers; resumes reading it once they drain, closes it at EOF.
+    pub(super) fn flush_producer(&mut self, key: usize) {
+        let Some(p) = self.producers.get_mut(key) else {
+            return;
+        };
+        let could_read = p.may_read();
+        if let Err(e) = p.flush_answers() {
+            debug!("producer write failed: {e}");
+            return self.close_producer(key);
+        }
+        if p.eof && p.drained() {
+            return self.close_producer(key);
+        }
+        if !could_read && p.may_read() {
+            self.producers_to_read.push(key);
+        }
+    }
+
+    pub(super) fn read_producers_left_over(&mut self) {
+        let keys = std::mem::take(&mut self.producers_to_read);
+        for key in keys {
+            self.read_producer(key);
+        }
+    }
+
+    pub(super) fn close_producer(&mut self, key: usize) {
+        if let Some(mut p) = self.producers.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut p.sock);
+        }
+    }
+}
+
+/// The turn's clock and limits, for `publish`.
+#[derive(Clone, Copy)]
+struct Publishing {
+    now: Millis,
+    wall_us: u64,
+    max_pending: usize,
+}
+
+/// The ingest data path of one publish line: accept (final marks, id, encode once) →
+/// submit to the commit seam → committed now (memory: retain, fan out, answer `ok`) or
+/// held until durable (the answer waits for its batch).
+fn publish(
+    p: &Publish,
+    at: Publishing,
+    hub: &mut Hub,
+    commit: &mut Commit,
+    streams: &mut StreamTable,
+    stats: &mut Stats,
+    answers: &mut Answers,
+) {
+    let event = match hub.accept(p, at.wall_us / 1000, at.wall_us) {
+        Ok(event) => event,
+        Err(reason) => {
+            stats.ingest_errors += 1;
+            return answers.error(&reason);
+        }
+    };
+    let record = RecordRef {
+        id: event.id,
+        published_unix_ms: event.published_at,
+        is_final: event.is_final,
+        topics: &p.topics,
+        event: p.event.as_deref(),
+        data: &p.data,
+    };
+    match commit.submit(event.clone(), &record) {
+        Submitted::Held => answers.ok(event.id, Some(BATCH_UNWRITTEN)),
+        Submitted::Now => {
+            hub.commit(&event);
+            stats.events_published += 1;
+            streams.fan_out(&event, hub, at.now, at.max_pending, stats);
+            answers.ok(event.id, None);
+        }
+    }
+}
