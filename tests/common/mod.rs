@@ -43,12 +43,21 @@ impl Server {
 
     /// Starts with extra config lines per section, e.g. `&[("streams", "keepalive = \"200ms\"")]`.
     pub fn start_with(sections: &[(&str, &str)]) -> Server {
+        Server::start_with_command(sections, serve_command)
+    }
+
+    /// Like `start_with`, but runs the command `command` builds from the config's path (the
+    /// hub behind a wrapper such as `sh -c "ulimit ... && exec ssehub serve ..."`).
+    pub fn start_with_command(
+        sections: &[(&str, &str)],
+        command: impl FnOnce(&Path) -> Command,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("ingest.sock");
         let config = config_with_socket(&socket, sections);
         let config_path = dir.path().join("ssehub.toml");
         std::fs::write(&config_path, config).expect("write config");
-        Server::spawn_in(serve_command(&config_path), &config_path, Some(dir))
+        Server::spawn_in(command(&config_path), &config_path, Some(dir))
     }
 
     /// Starts `ssehub serve --config CONFIG` (a file the test owns, e.g. from
@@ -133,6 +142,11 @@ impl Server {
 
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// A copy of the log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// The log so far, one line per line (for assertion messages).
