@@ -1,9 +1,10 @@
 //! Test fixtures shared by every file in tests/: the real `ssehub` binary on loopback and
 //! what talks to it over real sockets. No mocks.
 //! - `Server`: the hub started from a config written for the test (`start`, `start_with`,
-//!   `start_at_socket`) or from an existing file with a hook on the `Command` for env and
-//!   inherited descriptors (`start_config`, `spawn`); its stderr log collected, its
-//!   `listening http=` line awaited, killed on drop; signals, exit, log queries.
+//!   `start_at_socket`, `start_with_command` for a wrapper such as `sh -c "ulimit ..."`) or
+//!   from an existing file with a hook on the `Command` for env and inherited descriptors
+//!   (`start_config`, `spawn`); its stderr log collected, its `listening http=` line
+//!   awaited, killed on drop; signals, exit, log queries.
 //! - `Client` (raw HTTP over TCP), `Producer` (the ingest socket) and parsers of answers and
 //!   SSE blocks; config text (`config_with_socket`, `write_config`); CLI runs (`run_bin`).
 //! - `prom`: `/metrics` parsed by the official Prometheus client's parser.
