@@ -11,7 +11,7 @@ use common::*;
 use socket2::{Domain, Socket, Type};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const OTHER: &str = "127.0.0.2";
@@ -195,96 +195,30 @@ fn trusted_proxy_forwarded_clients_are_counted_and_others_ignored() {
 }
 
 /// The real binary started through `sh -c "ulimit ARGS && exec ssehub serve ..."`, so that it
-/// starts with the given descriptor limits; killed on drop.
-struct Limited {
-    child: std::process::Child,
-    lines: Vec<String>,
-    rx: std::sync::mpsc::Receiver<String>,
-    addr: SocketAddr,
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Limited {
-    fn start(ulimit: &str, sections: &[(&str, &str)]) -> Limited {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("ingest.sock");
-        let config = dir.path().join("ssehub.toml");
-        std::fs::write(&config, config_with_socket(&socket, sections)).expect("write config");
-        let mut child = Command::new("sh")
-            .arg("-c")
+/// starts with the given descriptor limits.
+fn start_limited(ulimit: &str, sections: &[(&str, &str)]) -> Server {
+    Server::start_with_command(sections, |config| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
             .arg(format!(
                 "ulimit {ulimit} && exec \"$0\" serve --config \"$1\" --log-level debug"
             ))
             .arg(BIN)
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ssehub");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut lines: Vec<String> = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
-            if let Some(addr) = lines
-                .iter()
-                .find_map(|l| l.split("listening http=").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-            {
-                break addr.parse().expect("listen address");
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => lines.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("server did not start: {lines:?}");
-                }
-            }
-        };
-        Limited {
-            child,
-            lines,
-            rx,
-            addr,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    /// The log lines so far.
-    fn log(&mut self) -> &[String] {
-        self.lines.extend(self.rx.try_iter());
-        &self.lines
-    }
-
-    /// CPU time (user + system) the process has used, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("/proc/PID/stat");
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .expect("stat")
-            .1
-            .split_whitespace()
-            .collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    }
+            .arg(config);
+        cmd
+    })
 }
 
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// CPU time (user + system) process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// The value of `key=` in a log line.
@@ -298,10 +232,10 @@ fn log_value(line: &str, key: &str) -> u64 {
 #[test]
 fn descriptor_limit_is_raised_to_the_hard_limit_and_logged() {
     // Start with a low soft limit, as a shell or an init system may leave it.
-    let mut server = Limited::start("-Sn 256", &[]);
+    let server = start_limited("-Sn 256", &[]);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id()))
         .expect("/proc/PID/limits");
-    let lines = server.log().to_vec();
+    let lines = server.log_lines();
     let fd_line = lines
         .iter()
         .find(|l| l.contains("file descriptor limit"))
@@ -355,7 +289,7 @@ fn head_within(c: &mut Client, wait: Duration) -> Option<String> {
 fn out_of_descriptors_pauses_accept_without_spinning_and_resumes() {
     // A hard limit of 64 descriptors the server cannot raise, and a cap above it, so that
     // accept runs out of descriptors before the cap is reached.
-    let mut server = Limited::start("-n 64", &[("http", "max_connections = 1000")]);
+    let server = start_limited("-n 64", &[("http", "max_connections = 1000")]);
     let mut served = Vec::new();
     let mut waiting = Vec::new();
     for _ in 0..100 {
@@ -386,7 +320,7 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_resumes() {
     );
     assert!(
         wait_for(Duration::from_secs(2), || server
-            .log()
+            .log_lines()
             .iter()
             .any(|l| l.contains("out of file descriptors"))),
         "no log line about running out of descriptors"
@@ -396,15 +330,15 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_resumes() {
     producer.send_raw(b"{\"topic\":\"caps:held\",\"data\":\"back\"}\n");
     // Out of descriptors with connections waiting in both backlogs: no busy loop, and
     // one log line for the episode (not one per retry every 100 ms).
-    let before = server.cpu_ticks();
+    let before = cpu_ticks(server.pid());
     std::thread::sleep(Duration::from_secs(2));
-    let used = server.cpu_ticks() - before;
+    let used = cpu_ticks(server.pid()) - before;
     assert!(
         used <= 40,
         "{used} ticks of CPU in 2 s while out of descriptors"
     );
     let paused = server
-        .log()
+        .log_lines()
         .iter()
         .filter(|l| l.contains("out of file descriptors"))
         .count();
@@ -523,9 +457,9 @@ fn producers_are_capped_so_the_log_keeps_its_descriptors() {
         "data_dir = {:?}\nmax_log_bytes = 0",
         data.path().display().to_string()
     );
-    let mut server = Limited::start("-n 100", &[("history", &history)]);
+    let server = start_limited("-n 100", &[("history", &history)]);
     let listening = server
-        .log()
+        .log_lines()
         .iter()
         .find(|l| l.contains("listening http="))
         .cloned()
@@ -564,10 +498,10 @@ fn producers_are_capped_so_the_log_keeps_its_descriptors() {
     assert_eq!(c.read_response().0, 200);
     assert!(
         !server
-            .log()
+            .log_lines()
             .iter()
             .any(|l| l.contains("Too many open files") || l.contains("out of file descriptors")),
         "{:?}",
-        server.log()
+        server.log_lines()
     );
 }

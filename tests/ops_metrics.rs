@@ -2,10 +2,9 @@
 //! parser, with values checked against traffic the test made itself; `http.admin_listen`
 //! moves `/metrics` and `/healthz` to their own listener.
 mod common;
-mod ops_support;
 
+use common::prom::{parse_prometheus, value};
 use common::*;
-use ops_support::*;
 use std::time::Duration;
 
 fn scrape(addr: std::net::SocketAddr) -> (String, String) {
@@ -20,7 +19,7 @@ fn scrape(addr: std::net::SocketAddr) -> (String, String) {
 fn metrics_match_known_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "", "");
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     let mut written = 0usize; // every byte the hub sent us, counted as we read it
 
     let mut streams: Vec<Client> = Vec::new();
@@ -149,7 +148,7 @@ fn metrics_match_known_traffic() {
 #[test]
 fn an_idle_hub_exposes_every_series_with_nan_quantiles() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&write_config(dir.path(), "", ""), |_| {});
+    let hub = Server::start_config(&write_config(dir.path(), "", ""), |_| {});
     let (_, body) = scrape(hub.addr);
     let m = parse_prometheus(&body);
     let q = value(
@@ -177,7 +176,7 @@ fn admin_listen_takes_metrics_and_healthz_away_from_the_public_listener() {
     drop(admin);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("admin_listen = \"{admin_addr}\""), "");
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     let status = |addr, path: &str| {
         let mut c = Client::connect(addr);
         c.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
@@ -209,7 +208,7 @@ fn metrics_on_the_public_listener_answer_loopback_clients_only() {
     // what counts (a proxy on this host must not open it to the world).
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "trusted_proxies = [\"127.0.0.1\"]", "");
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     let get = |headers: &str| {
         let mut c = Client::connect(hub.addr);
         c.send(&format!(

@@ -3,10 +3,8 @@
 //! counts, `WATCHDOG=1` at half of `WATCHDOG_USEC` from its own loop, and `STOPPING=1`
 //! when a stop signal starts the drain. Path and abstract (`@`) sockets both work.
 mod common;
-mod ops_support;
 
 use common::*;
-use ops_support::*;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
@@ -39,7 +37,7 @@ fn notify_sequence(rx: &UnixDatagram, notify_socket: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "", "[streams]\ndrain_timeout = \"2s\"\n");
     let notify = notify_socket.to_string();
-    let mut hub = Hub::start(&config, |cmd| {
+    let mut hub = Server::start_config(&config, |cmd| {
         cmd.env("NOTIFY_SOCKET", &notify)
             .env("WATCHDOG_USEC", "200000");
     });
@@ -101,7 +99,7 @@ fn notify_sequence(rx: &UnixDatagram, notify_socket: &str) {
     );
 
     // The stop: STOPPING=1 before the drain ends, then the process exits 0.
-    hub.signal(libc::SIGTERM);
+    hub.signal("TERM");
     let end = receive_for(rx, Duration::from_millis(500));
     let end_fields = fields(&end);
     assert!(
@@ -147,7 +145,7 @@ fn no_watchdog_when_it_is_meant_for_another_process() {
     let path = dir.path().join("notify");
     let rx = UnixDatagram::bind(&path).unwrap();
     let config = write_config(dir.path(), "", "");
-    let mut hub = Hub::start(&config, |cmd| {
+    let mut hub = Server::start_config(&config, |cmd| {
         cmd.env("NOTIFY_SOCKET", &path)
             .env("WATCHDOG_USEC", "100000")
             .env("WATCHDOG_PID", "1");
@@ -155,7 +153,7 @@ fn no_watchdog_when_it_is_meant_for_another_process() {
     let got = fields(&receive_for(&rx, Duration::from_millis(500)));
     assert_eq!(got.first().map(String::as_str), Some("READY=1"));
     assert!(!got.iter().any(|f| f == "WATCHDOG=1"), "{got:?}");
-    hub.signal(libc::SIGTERM);
+    hub.signal("TERM");
     assert_eq!(hub.wait_exit(Duration::from_secs(8)), Some(0));
 }
 
@@ -163,13 +161,13 @@ fn no_watchdog_when_it_is_meant_for_another_process() {
 fn without_notify_socket_nothing_is_sent_and_nothing_breaks() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "", "");
-    let mut hub = Hub::start(&config, |cmd| {
+    let mut hub = Server::start_config(&config, |cmd| {
         cmd.env_remove("NOTIFY_SOCKET")
             .env("WATCHDOG_USEC", "100000");
     });
     let mut c = Client::connect(hub.addr);
     c.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(c.read_response().0, 200);
-    hub.signal(libc::SIGTERM);
+    hub.signal("TERM");
     assert_eq!(hub.wait_exit(Duration::from_secs(8)), Some(0));
 }

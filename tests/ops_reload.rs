@@ -5,10 +5,8 @@
 //! `retry:` and are closed. A broken file changes nothing. SIGHUP is still a graceful stop
 //! (tests/signals.rs).
 mod common;
-mod ops_support;
 
 use common::*;
-use ops_support::*;
 use std::time::{Duration, Instant};
 
 fn reload_answer(socket: &std::path::Path) -> (Option<i32>, String) {
@@ -29,7 +27,7 @@ fn reload_changes_limits_while_streams_stay_open() {
         "max_header_bytes = 8192",
         "[streams]\nkeepalive = \"60s\"\n",
     );
-    let mut hub = Hub::start(&config, |_| {});
+    let mut hub = Server::start_config(&config, |_| {});
     let mut open = Client::connect(hub.addr);
     open.send("GET /events?topic=kept HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(open.read_head().starts_with("HTTP/1.1 200 OK"));
@@ -104,7 +102,7 @@ fn reload_changes_limits_while_streams_stay_open() {
     }));
     assert!(hub.log_contains("need a restart"));
 
-    hub.signal(libc::SIGTERM);
+    hub.signal("TERM");
     assert_eq!(hub.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
@@ -113,7 +111,7 @@ fn a_broken_file_changes_nothing_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("ingest.sock");
     let config = write_config(dir.path(), "", "[streams]\nkeepalive = \"60s\"\n");
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     std::fs::write(&config, "[streams]\nkeepalve = \"1s\"\n").unwrap();
     let (code, answer) = reload_answer(&socket);
     assert_ne!(code, Some(0));
@@ -132,7 +130,7 @@ fn a_broken_file_changes_nothing_and_says_why() {
 fn reload_answers_in_order_between_pipelined_publishes() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "", "");
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     let _ = &hub;
     let mut p = Producer::connect(&dir.path().join("ingest.sock"));
     p.send_raw(
@@ -174,7 +172,7 @@ fn reload_applies_auth_and_cors_to_new_requests() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("ingest.sock");
     let config = write_config(dir.path(), "", "");
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     let status = |query: &str, headers: &str| {
         let mut c = Client::connect(hub.addr);
         c.send(&format!(
@@ -303,7 +301,7 @@ fn renewed_certificate_files_are_taken_on_reload() {
         dir.path().join("key.pem").display().to_string()
     );
     let config = write_config(dir.path(), "", &tls);
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     assert!(
         presented_cn(hub.addr).contains("CN = first"),
         "{}",
@@ -426,7 +424,7 @@ fn rotating_the_key_and_adding_a_private_topic_ends_the_streams_it_revokes() {
         format!("{RETRY}[auth]\nsecret = \"{secret}\"\nprivate = [{private}]\n")
     };
     let config = write_config(dir.path(), "", &auth("old-key", "\"priv:*\""));
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     let old_token = format!("Authorization: Bearer {}\r\n", mint("old-key", "priv:*"));
     let mut anonymous = open_stream(hub.addr, "topic=later:1", "");
     let mut with_token = open_stream(hub.addr, "topic=priv:a", &old_token);
@@ -473,7 +471,7 @@ fn a_token_stream_on_an_already_private_topic_survives_an_unrelated_private_patt
     let socket = dir.path().join("ingest.sock");
     let auth = |private: &str| format!("{RETRY}[auth]\nsecret = \"k\"\nprivate = [{private}]\n");
     let config = write_config(dir.path(), "", &auth("\"priv:*\""));
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     let token = format!("Authorization: Bearer {}\r\n", mint("k", "priv:*"));
     let mut kept = open_stream(hub.addr, "topic=priv:a&topic=news", &token);
     let mut anonymous = open_stream(hub.addr, "topic=other:1", "");
@@ -510,7 +508,7 @@ fn a_stream_whose_origin_is_no_longer_allowed_is_ended() {
         "",
         &cors("\"https://a.example\", \"https://b.example\""),
     );
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     let mut a = open_stream(hub.addr, "topic=news", "Origin: https://a.example\r\n");
     let mut b = open_stream(hub.addr, "topic=news", "Origin: https://b.example\r\n");
     let mut plain = open_stream(hub.addr, "topic=news", "");
@@ -543,7 +541,7 @@ fn a_second_reload_in_the_same_turn_keeps_the_first_ones_changes() {
     let socket = dir.path().join("ingest.sock");
     let auth = |secret: &str| format!("{RETRY}[auth]\nsecret = \"{secret}\"\nprivate = [\"p\"]\n");
     let config = write_config(dir.path(), "", &auth("old-key"));
-    let hub = Hub::start(&config, |_| {});
+    let hub = Server::start_config(&config, |_| {});
     let old_token = format!("Authorization: Bearer {}\r\n", mint("old-key", "p"));
     let mut with_token = open_stream(hub.addr, "topic=p", &old_token);
 

@@ -4,10 +4,8 @@
 //! ingest socket's file stays at exit; and because the sockets outlive the process (here
 //! the test holds them, as the socket unit does), a restart refuses no one.
 mod common;
-mod ops_support;
 
 use common::*;
-use ops_support::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
@@ -24,7 +22,7 @@ fn start_activated(
     fds: &[RawFd],
     names: Option<&str>,
     listen_pid: Option<&str>,
-) -> Hub {
+) -> Server {
     let fds = fds.to_vec();
     let mut cmd = Command::new("sh");
     let pid = listen_pid.unwrap_or("$$");
@@ -63,7 +61,7 @@ fn start_activated(
             Ok(())
         });
     }
-    Hub::spawn(cmd)
+    Server::spawn(cmd, config)
 }
 
 fn subscribe(addr: std::net::SocketAddr, topic: &str) -> Client {
@@ -123,7 +121,7 @@ fn passed_sockets_are_served_and_the_ingest_file_stays() {
         sub.read_event(),
         format!("id: {id}\ndata: through passed sockets\n\n")
     );
-    hub.signal(libc::SIGTERM);
+    hub.signal("TERM");
     assert!(sub.read_to_close(Duration::from_secs(5)).is_some());
     drop(p);
     assert_eq!(hub.wait_exit(Duration::from_secs(5)), Some(0));
@@ -146,7 +144,7 @@ fn names_are_honoured_and_a_kind_not_passed_is_bound_from_config() {
     let mut p = Producer::connect(&s.dir.path().join("ingest.sock"));
     let id = p.publish("named", "x");
     assert_eq!(sub.read_event(), format!("id: {id}\ndata: x\n\n"));
-    hub.signal(libc::SIGTERM);
+    hub.signal("TERM");
     drop(p);
     assert!(sub.read_to_close(Duration::from_secs(5)).is_some());
     assert_eq!(hub.wait_exit(Duration::from_secs(5)), Some(0));
@@ -179,7 +177,7 @@ fn a_restart_refuses_no_subscriber_and_no_producer() {
     let mut first = start_activated(&s.config, &fds, names, None);
     let addr = first.addr;
     let mut old = subscribe(addr, "r");
-    first.signal(libc::SIGTERM);
+    first.signal("TERM");
     assert!(old.read_to_close(Duration::from_secs(5)).is_some());
     assert_eq!(first.wait_exit(Duration::from_secs(5)), Some(0));
 

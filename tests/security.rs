@@ -916,7 +916,7 @@ fn audience_and_issuer_are_checked_when_configured() {
 
     // `ssehub token --config` takes the audience and issuer from the file; with `--secret`
     // they are left out unless given as flags.
-    let config = server.dir.path().join("ssehub.toml");
+    let config = server.config.clone();
     let token_with = |args: &[&str]| {
         let mut all = vec!["token", "--subscribe", "notifications:*"];
         all.extend_from_slice(args);

@@ -1,6 +1,16 @@
-//! Test fixtures: the real `ssehub` binary started on loopback with a config written for
-//! the test, a raw-socket HTTP client and a Unix-socket producer. No mocks.
+//! Test fixtures shared by every file in tests/: the real `ssehub` binary on loopback and
+//! what talks to it over real sockets. No mocks.
+//! - `Server`: the hub started from a config written for the test (`start`, `start_with`,
+//!   `start_at_socket`, `start_with_command` for a wrapper such as `sh -c "ulimit ..."`) or
+//!   from an existing file with a hook on the `Command` for env and inherited descriptors
+//!   (`start_config`, `spawn`); its stderr log collected, its `listening http=` line
+//!   awaited, killed on drop; signals, exit, log queries.
+//! - `Client` (raw HTTP over TCP), `Producer` (the ingest socket) and parsers of answers and
+//!   SSE blocks; config text (`config_with_socket`, `write_config`); CLI runs (`run_bin`).
+//! - `prom`: `/metrics` parsed by the official Prometheus client's parser.
 #![allow(dead_code)]
+
+pub mod prom;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,9 +26,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ssehub");
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The ingest socket its config names.
     pub socket: PathBuf,
-    pub dir: tempfile::TempDir,
+    /// The config file it was started with.
+    pub config: PathBuf,
+    /// Every stderr line so far (the log, at debug level).
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The temp dir the fixture made for the config; None when the test owns the config.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -29,21 +44,40 @@ impl Server {
 
     /// Starts with extra config lines per section, e.g. `&[("streams", "keepalive = \"200ms\"")]`.
     pub fn start_with(sections: &[(&str, &str)]) -> Server {
+        Server::start_with_command(sections, serve_command)
+    }
+
+    /// Like `start_with`, but runs the command `command` builds from the config's path (the
+    /// hub behind a wrapper such as `sh -c "ulimit ... && exec ssehub serve ..."`).
+    pub fn start_with_command(
+        sections: &[(&str, &str)],
+        command: impl FnOnce(&Path) -> Command,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("ingest.sock");
         let config = config_with_socket(&socket, sections);
         let config_path = dir.path().join("ssehub.toml");
         std::fs::write(&config_path, config).expect("write config");
-        Server::spawn(dir, &config_path, socket)
+        Server::spawn_in(command(&config_path), &config_path, Some(dir))
     }
 
-    fn spawn(dir: tempfile::TempDir, config: &Path, socket: PathBuf) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--log-level")
-            .arg("debug")
+    /// Starts `ssehub serve --config CONFIG` (a file the test owns, e.g. from
+    /// `write_config`) after `setup` has adjusted the command (env, `pre_exec`).
+    pub fn start_config(config: &Path, setup: impl FnOnce(&mut Command)) -> Server {
+        let mut cmd = serve_command(config);
+        setup(&mut cmd);
+        Server::spawn(cmd, config)
+    }
+
+    /// Spawns `cmd`, which must end up running the hub with `config` (through a wrapper
+    /// such as `sh -c "... exec ssehub serve ..."` if need be), and waits for it to listen.
+    pub fn spawn(cmd: Command, config: &Path) -> Server {
+        Server::spawn_in(cmd, config, None)
+    }
+
+    fn spawn_in(mut cmd: Command, config: &Path, dir: Option<tempfile::TempDir>) -> Server {
+        let socket = ingest_socket(config);
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -73,8 +107,9 @@ impl Server {
             child,
             addr,
             socket,
-            dir,
+            config: config.to_path_buf(),
             log,
+            _dir: dir,
         }
     }
 
@@ -108,6 +143,16 @@ impl Server {
 
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// A copy of the log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The log so far, one line per line (for assertion messages).
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     pub fn producer(&self) -> Producer {
@@ -381,6 +426,41 @@ pub fn config_with_socket(socket: &Path, sections: &[(&str, &str)]) -> String {
     config
 }
 
+/// Writes `dir/ssehub.toml` with the ingest socket at `dir/ingest.sock`, a free port,
+/// `http_extra` lines in `[http]` and `extra` (whole TOML sections, e.g.
+/// "[streams]\nkeepalive = \"1s\"\n") after `[ingest]`; returns its path. Writing again
+/// replaces the file (the reload tests rely on that).
+pub fn write_config(dir: &Path, http_extra: &str, extra: &str) -> PathBuf {
+    let path = dir.join("ssehub.toml");
+    let mut config = config_with_socket(&dir.join("ingest.sock"), &[("http", http_extra)]);
+    config.push_str(extra);
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+/// `ssehub serve --config CONFIG --log-level debug`: what every `Server` runs.
+pub fn serve_command(config: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--log-level")
+        .arg("debug");
+    cmd
+}
+
+/// The `[ingest] socket` of a config file.
+fn ingest_socket(config: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(config).expect("read config");
+    let table: toml::Table = text.parse().expect("config is TOML");
+    let socket = table
+        .get("ingest")
+        .and_then(|i| i.get("socket"))
+        .and_then(|s| s.as_str())
+        .unwrap_or_else(|| panic!("no [ingest] socket in {config:?}"));
+    PathBuf::from(socket)
+}
+
 impl Server {
     /// Starts with the ingest socket at `socket` (a path that may not exist yet, or hold a
     /// stale socket file); the config lives in a temp dir of its own.
@@ -388,7 +468,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("ssehub.toml");
         std::fs::write(&config_path, config_with_socket(socket, sections)).expect("write config");
-        Server::spawn(dir, &config_path, socket.to_path_buf())
+        Server::spawn_in(serve_command(&config_path), &config_path, Some(dir))
     }
 }
 
