@@ -1,29 +1,39 @@
 //! ssehub: a Server-Sent Events hub on one `mio` thread.
 //!
 //! ```text
-//!  producers ──unix socket──▶ ingest (lines) ──▶ hub: id, encode once, history
-//!                                                     │ shared frame (Rc)
-//!  subscribers ◀──writev── out queues ◀── fanout ◀────┘
-//!      │  ▲
-//!      ▼  │ accept → read head → http::request → route → subscribe (pubsub)
-//!  event_loop: poll(timeout = timer wheel) → dispatch → timers → flush → reap
+//!  producers ─unix socket─▶ ingest (lines) ─▶ hub.accept: final marks, id, encode once
+//!                                                  │
+//!                                commit seam: memory now | log batch → durable
+//!                                                  │ committed: history (hub)
+//!  subscribers ◀─writev─ out queues ◀─ stream table: fan-out ◀─┘
+//!      │ ▲
+//!      ▼ │ accept → read head → http::request → route → stream table: start/replay
+//!  event_loop, each turn: poll (timeout = timer wheel) → dispatch → timers → commit
+//!                         → flush → reap
 //! ```
 //!
 //! Invariants:
-//! - one thread does all network I/O; nothing blocks it;
+//! - one thread does all network I/O; nothing blocks it on a socket;
+//! - the clock is read once per turn and passed down (`now`, `wall_us`);
 //! - an event is encoded once; every subscriber queue holds the same `Rc` bytes;
-//! - an idle stream owns no buffers (`conn::Conn` is pinned by a size test);
+//! - an event reaches streams and its producer's `ok` only once committed;
+//! - an idle stream owns no buffers (`conn::Conn` is pinned at 64 bytes by a test);
 //! - every keepalive and timeout is one entry in the timer wheel per connection;
 //! - a slow subscriber is cut off at `streams.max_pending_bytes` or `streams.write_timeout`
-//!   and never delays the others.
+//!   and never delays the others; history stays within `history.max_bytes`.
 //!
-//! Modules: `config` (TOML keys), `event_loop` (the loop), `conn` (per-connection state and
-//! out queue), `http` (request parsing, canned answers), `pubsub` (topics and subscribers),
-//! `fanout` (frames into queues), `sse` (wire format), `history` (ids, retention), `hub`
-//! (the publish path), `ingest` (Unix-socket producers), `timer` (the wheel), `publish`
-//! (the command-line producer), `logger`, `rlimit`. Operations: `metrics` (Prometheus
-//! text), `notify` (systemd `sd_notify`), `listen_fds` (socket activation), `reload`
-//! (configuration source, diff, `ssehub reload`); their loop glue is `event_loop::ops`.
+//! `protocol N` in comments refers to section N of `docs/protocol.md`.
+//!
+//! Modules — the data path: `event_loop` (the turn; `accept`, `producers`, `ops` and
+//! `recheck` are its parts), `conn` (per-connection state, out queue, TLS, and
+//! `conn::table`, the stream table), `http` (request parsing, CORS, canned answers),
+//! `auth` (tokens), `limits` (per-client caps), `ingest` (producers' lines), `hub` (the
+//! publish path: accept, resume plans), `commit` (where events become committed), `log`
+//! (the on-disk log), `history` (ids, retention), `pubsub` (topics and subscribers),
+//! `fanout` (a frame into one queue), `sse` (wire format), `timer` (the wheel),
+//! `topic_name`. Operations: `config`, `reload`, `metrics`, `notify` (systemd),
+//! `listen_fds` (socket activation), `logger`, `rlimit`, `rng`, `publish` (the
+//! command-line producer).
 
 pub mod auth;
 pub mod commit;
