@@ -5,11 +5,17 @@
 #    `os`, one pipelined producer (`ssehub publish --lines`); events/s;
 #  - recovery: restart on the last run's log and read the `log recovered ... ms=` line.
 # Prints each run and the medians. Server on core 0, producer on core 1, loopback only.
-# Same server setup as run.sh, without its fsync and replay parts.
+# Same server setup as run.sh, without its fsync and replay parts. BIN=path times another
+# build (e.g. a copy of the previous revision's) instead of building this worktree, so that
+# two builds can be run alternately under the same load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release --quiet
-bin=$PWD/target/release/ssehub
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  cargo build --release --quiet
+  bin=$PWD/target/release/ssehub
+fi
 events=${EVENTS:-1000000}
 runs=${RUNS:-3}
 work=$(mktemp -d)
@@ -44,7 +50,7 @@ for i in range($events):
     out.write(f'{i:09d} {line}\n')
 " >"$work/payloads"
 
-echo "- revision \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD || echo ' (+ uncommitted changes)'); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- binary $bin$([ -z "${BIN:-}" ] && echo " at revision \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD || echo ' (+ uncommitted changes)')"); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 : >"$work/rates"
 for i in $(seq "$runs"); do
   rm -rf "$work/data"
