@@ -1,64 +1,21 @@
 //! CRC-32C (Castagnoli; reflected polynomial 0x82F63B78, initial value and final xor
-//! 0xFFFFFFFF), the checksum of every record payload. Table-driven, eight bytes per step
-//! ("slicing by 8") so that recovery is not bound by the checksum; the tables are built at
-//! compile time.
-
-const POLY: u32 = 0x82F6_3B78;
-
-const fn make_tables() -> [[u32; 256]; 8] {
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ POLY } else { c >> 1 };
-            k += 1;
-        }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut s = 1;
-    while s < 8 {
-        let mut i = 0;
-        while i < 256 {
-            let prev = t[s - 1][i];
-            t[s][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
-            i += 1;
-        }
-        s += 1;
-    }
-    t
-}
-
-static TABLES: [[u32; 256]; 8] = make_tables();
+//! 0xFFFFFFFF), the checksum of every record payload. The one place the log gets it from.
+//! Computed by the `crc32c` crate: the CPU's CRC instruction (SSE4.2 on x86_64, detected at
+//! run time) with a table-driven software fallback; on this project's machines it made the
+//! raw checksum 5 to 8 times faster than the slicing-by-8 tables it replaced, and recovery of
+//! 1,000,000 records ~25% faster (bench-results/2026-11-28-crc32c.md).
 
 /// CRC-32C of `bytes`.
 pub fn crc32c(bytes: &[u8]) -> u32 {
-    let t = &TABLES;
-    let mut crc = !0u32;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let a = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) ^ crc;
-        let b = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
-        crc = t[7][(a & 0xFF) as usize]
-            ^ t[6][((a >> 8) & 0xFF) as usize]
-            ^ t[5][((a >> 16) & 0xFF) as usize]
-            ^ t[4][(a >> 24) as usize]
-            ^ t[3][(b & 0xFF) as usize]
-            ^ t[2][((b >> 8) & 0xFF) as usize]
-            ^ t[1][((b >> 16) & 0xFF) as usize]
-            ^ t[0][(b >> 24) as usize];
-    }
-    for &byte in chunks.remainder() {
-        crc = t[0][((crc ^ byte as u32) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    !crc
+    ::crc32c::crc32c(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reflected CRC-32C polynomial, for the bit-at-a-time reference below.
+    const POLY: u32 = 0x82F6_3B78;
 
     fn bitwise(bytes: &[u8]) -> u32 {
         let mut crc = !0u32;
@@ -87,13 +44,31 @@ mod tests {
     }
 
     #[test]
-    fn sliced_matches_bitwise_at_every_length_and_alignment() {
+    fn matches_bitwise_at_every_length_and_alignment() {
         let data: Vec<u8> = (0..300u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         for start in 0..9 {
             for end in start..data.len() {
                 assert_eq!(crc32c(&data[start..end]), bitwise(&data[start..end]));
+            }
+        }
+    }
+
+    /// The crate switches strategy with the length (8 bytes per step, then three
+    /// interleaved streams of 3 x 256 B and 3 x 8 KiB blocks joined by table shifts): every
+    /// boundary, one off either side, at an unaligned start, against the bit-at-a-time CRC.
+    #[test]
+    fn matches_bitwise_across_block_size_boundaries() {
+        let data: Vec<u8> = (0..(200u32 << 10))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        for len in [
+            767, 768, 769, 1536, 24_575, 24_576, 24_577, 65_536, 65_549, 200_000,
+        ] {
+            for start in [0, 3] {
+                let piece = &data[start..start + len];
+                assert_eq!(crc32c(piece), bitwise(piece), "len {len} start {start}");
             }
         }
     }
