@@ -18,7 +18,7 @@
 //!   and never delays the others.
 //!
 //! Modules: `config` (TOML keys), `event_loop` (the loop), `conn` (per-connection state and
-//! out queue), `http` (request parsing, canned answers), `pubsub` (topics and subscribers),
+//! out queue), `http` (request parsing, the routing decision, canned answers), `pubsub` (topics and subscribers),
 //! `fanout` (frames into queues), `sse` (wire format), `history` (ids, retention), `hub`
 //! (the publish path), `ingest` (Unix-socket producers), `timer` (the wheel), `publish`
 //! (the command-line producer), `logger`, `rlimit`. Operations: `metrics` (Prometheus
