@@ -18,12 +18,13 @@
 //!   and never delays the others.
 //!
 //! Modules: `config` (TOML keys), `event_loop` (the loop), `conn` (per-connection state and
-//! out queue), `http` (request parsing, the routing decision, canned answers), `pubsub` (topics and subscribers),
-//! `fanout` (frames into queues), `sse` (wire format), `history` (ids, retention), `hub`
-//! (the publish path), `ingest` (Unix-socket producers), `timer` (the wheel), `publish`
-//! (the command-line producer), `logger`, `rlimit`. Operations: `metrics` (Prometheus
-//! text), `notify` (systemd `sd_notify`), `listen_fds` (socket activation), `reload`
-//! (configuration source, diff, `ssehub reload`); their loop glue is `event_loop::ops`.
+//! out queue), `http` (request parsing, the routing decision, canned answers), `pubsub`
+//! (topics and subscribers), `fanout` (frames into queues), `sse` (wire format), `history`
+//! (ids, retention), `hub` (the publish path), `ingest` (Unix-socket producers), `timer`
+//! (the wheel), `publish` (the command-line producer), `logger`, `rlimit`. Operations:
+//! `metrics` (Prometheus text), `notify` (systemd `sd_notify`), `listen_fds` (socket
+//! activation), `reload` (configuration source, diff, `ssehub reload`); their loop glue is
+//! `event_loop::ops`.
 
 pub mod auth;
 pub mod config;
