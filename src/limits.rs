@@ -60,16 +60,18 @@ impl PerClient {
         self.trusted.contains(&peer)
     }
 
+    /// Whether `try_add(key)` would count one more connection (below the cap). Lets the
+    /// router (`http::route`) decide without counting; the loop counts what it decided.
+    pub fn has_room(&self, key: ClientKey) -> bool {
+        self.open.get(&key).map_or(0, |&n| n as usize) < self.max
+    }
+
     /// Counts one more connection for `key`; false (and not counted) when at the cap.
     pub fn try_add(&mut self, key: ClientKey) -> bool {
-        let n = self.open.entry(key).or_insert(0);
-        if *n as usize >= self.max {
-            if *n == 0 {
-                self.open.remove(&key);
-            }
+        if !self.has_room(key) {
             return false;
         }
-        *n += 1;
+        *self.open.entry(key).or_insert(0) += 1;
         true
     }
 
@@ -115,8 +117,10 @@ mod tests {
         let k = ClientKey::of("127.0.0.1".parse().unwrap());
         assert!(p.try_add(k));
         assert!(p.try_add(k));
+        assert!(!p.has_room(k));
         assert!(!p.try_add(k));
         p.remove(k);
+        assert!(p.has_room(k));
         assert!(p.try_add(k));
     }
 
