@@ -16,20 +16,21 @@
 //! helper thread), and a reload reads the configuration file (and a key or certificate
 //! file) once, at an operator's request.
 
-use crate::auth::{Auth, Credentials};
+use crate::auth::Auth;
 use crate::commit::{BatchEnd, Commit, Submitted, Synced};
 use crate::config::{Config, Durability};
 use crate::conn::table::{self, StreamTable};
 use crate::conn::{ConnState, flags, tls};
 use crate::history::{Limits, TopicId};
-use crate::http::cors::{Cors, Verdict};
-use crate::http::request::{self, Method, Parsed, Request};
-use crate::http::response::{self, ALLOW_EVENTS, After};
-use crate::hub::{Hub, Resume};
+use crate::http::cors::Cors;
+use crate::http::request::{self, Parsed, Request};
+use crate::http::response::{self, After};
+use crate::http::route::{self, Decision};
+use crate::hub::Hub;
 use crate::ingest::line::Publish;
 use crate::ingest::line::{self, Line};
 use crate::ingest::{self, Answers, BATCH_UNWRITTEN, InputLine, Producer};
-use crate::limits::{ClientKey, Counted, PerClient, forwarded_client};
+use crate::limits::{ClientKey, Counted, PerClient};
 use crate::log::{DirLock, Log, LogOptions, RecordRef};
 use crate::rng::Rng;
 use crate::sse;
@@ -65,8 +66,6 @@ const INGEST_READ_PER_TURN: usize = 256 * 1024;
 /// Connections accepted past `http.max_connections` with `overload_as_retry`, just long
 /// enough to read their request (they use the descriptor reserve).
 const OVERLOAD_SLOTS: usize = 32;
-/// `Retry-After` of the cap answers (`503`, `429`), in seconds.
-const RETRY_AFTER_S: &str = "5";
 /// How often retained history is checked against `history.max_age`.
 const PRUNE_EVERY_MS: Millis = 1_000;
 /// Pause before accepting again after running out of file descriptors.
@@ -461,164 +460,81 @@ impl Server {
         }
     }
 
-    /// Routes one request: path (404) → method (405) → topics (400) → stream.
+    /// Routes one request (`http::route`: a pure decision) and applies the decision.
     fn handle_request(&mut self, key: u32, req: Request) {
-        let after = if req.keep_alive && !req.has_body {
-            After::KeepAlive { http10: req.http10 }
-        } else {
-            After::Close
-        };
-        let head_only = req.method == Method::Head;
         let deadline = self.now + self.request_timeout();
         self.streams.reschedule(key, deadline, &mut self.wheel);
-        // `/metrics`, and everything on the admin listener (`ops`).
-        if self.route_admin(key, &req, after, head_only) {
+        let Some(conn) = self.streams.get(key) else {
             return;
-        }
-        let over_cap = self
-            .streams
-            .get(key)
-            .map_or(0, |c| c.flags & (flags::OVER_CAP | flags::OVER_PER_IP));
-        if over_cap != 0 {
-            return self.answer_over_cap(key, over_cap, &req, head_only);
-        }
-        if !self.count_forwarded_client(key, &req) {
-            if self.config.http.overload_as_retry {
-                return self.answer_over_cap(key, flags::OVER_PER_IP, &req, head_only);
-            }
-            let headers = [("Retry-After", RETRY_AFTER_S)];
-            let reason = "too many connections from your address";
-            return self.answer(key, 429, reason, After::Close, &headers, head_only);
-        }
-        // CORS headers go on every answer to an allowed origin, errors included.
-        let verdict = self.cors.verdict(req.origin.as_deref());
-        let mut headers: Vec<(&str, &str)> = Vec::new();
-        if let Verdict::Allowed(origin) = verdict {
-            self.cors.headers(origin, &mut headers);
-        }
-        match req.path.as_str() {
-            "/events" => match req.method {
-                Method::Get | Method::Head => {}
-                Method::Options => {
-                    if verdict == Verdict::Refused {
-                        return self.answer(key, 403, "origin not allowed", after, &[], false);
-                    }
-                    headers.push(("Allow", ALLOW_EVENTS));
-                    if matches!(verdict, Verdict::Allowed(_)) {
-                        let mut preflight = Vec::new();
-                        Cors::preflight_headers(&mut preflight);
-                        headers.extend(preflight);
-                    }
-                    return self.answer(key, 204, "", after, &headers, false);
-                }
-                Method::Other => {
-                    headers.push(("Allow", ALLOW_EVENTS));
-                    return self.answer(key, 405, "method not allowed", after, &headers, false);
-                }
-            },
-            "/healthz" => {
-                return match req.method {
-                    Method::Get | Method::Head => {
-                        self.answer(key, 200, "ok", after, &headers, head_only)
-                    }
-                    _ => {
-                        headers.push(("Allow", "GET, HEAD"));
-                        self.answer(key, 405, "method not allowed", after, &headers, false)
-                    }
-                };
-            }
-            // The server-wide `OPTIONS *` (RFC 9110 9.3.7): what the server supports.
-            "*" => {
-                headers.push(("Allow", ALLOW_EVENTS));
-                return self.answer(key, 204, "", after, &headers, false);
-            }
-            _ => return self.answer(key, 404, "not found", after, &headers, head_only),
-        }
-        let query = match request::parse_stream_query(&req.query, self.config.streams.max_topics) {
-            Ok(q) => q,
-            // After a 400 the connection is closed (protocol 2).
-            Err(reason) => {
-                return self.answer(key, 400, &reason, After::Close, &headers, head_only);
-            }
         };
-        if verdict == Verdict::Refused {
-            return self.answer(key, 403, "origin not allowed", after, &headers, head_only);
-        }
-        let creds = Credentials {
-            authorization: req.authorization.as_deref(),
-            cookie_header: req.cookie.as_deref(),
-            query_token: query.token.as_deref(),
+        let over_cap = match conn.flags & (flags::OVER_CAP | flags::OVER_PER_IP) {
+            0 => None,
+            f if f & flags::OVER_PER_IP != 0 => Some(route::Cap::PerClient),
+            _ => Some(route::Cap::Global),
         };
-        let token_exp = match self.auth.check(&query.topics, &creds) {
-            Ok(exp) => exp,
-            Err(denied) => {
-                if denied.status == 401 {
-                    headers.push(("WWW-Authenticate", "Bearer"));
-                }
-                return self.answer(
-                    key,
-                    denied.status,
-                    denied.reason,
-                    after,
-                    &headers,
-                    head_only,
-                );
-            }
+        // The peer address (a syscall) matters only to `/metrics` (loopback clients only).
+        let peer = match req.path == "/metrics" {
+            true => conn.sock.peer_addr().ok().map(|a| a.ip()),
+            false => None,
         };
-        // The stream ends when its token expires (exp + leeway), by the wheel. A token in
-        // its last second (the check counts whole seconds) is refused right here.
-        let token_left_ms =
-            token_exp.map(|exp| crate::auth::ms_left(exp, self.auth.leeway_s(), self.wall_ms()));
-        if token_left_ms == Some(0) {
-            headers.push(("WWW-Authenticate", "Bearer"));
-            return self.answer(
-                key,
-                401,
-                "the token has expired",
-                after,
-                &headers,
-                head_only,
-            );
-        }
-        // The resume point: the Last-Event-ID header wins (what EventSource sends on
-        // reconnect), else the lastEventId parameter (a first connection).
-        let resume = req.last_event_id.or(query.last_event_id);
-        let plan = self.hub.plan_resume_names(&query.topics, resume.as_deref());
-        if plan == Resume::Finished {
-            return self.answer(key, 204, "", after, &headers, false);
-        }
-        let mut start = table::Start {
-            retry_ms: self.retry_ms(),
-            ..table::Start::default()
+        let ctx = route::Ctx {
+            on_admin: conn.has(flags::ADMIN),
+            admin_split: self.ops.admin_configured,
+            peer,
+            per_client: &self.per_client,
+            via_proxy: self.streams.counted_as(key) == Some(Counted::ViaProxy),
+            over_cap,
+            overload_as_retry: self.config.http.overload_as_retry,
+            max_topics: self.config.streams.max_topics,
+            auth: &self.auth,
+            cors: &self.cors,
+            hub: &self.hub,
+            wall_ms: self.wall_ms(),
         };
-        if let Resume::Stream {
-            cursor,
-            reset,
-            replay,
-        } = plan
+        let routed = route::route(&req, &ctx);
+        if let Some(client) = routed.count_client
+            && self.per_client.try_add(client)
         {
-            let reset_frame =
-                reset.map(|r| sse::encode_reset(resume.as_deref().unwrap_or(""), r.earliest_id));
-            let gone = self.hub.evicted_up_to_names(&query.topics);
-            if (reset_frame.is_some() || resume.is_none()) && gone > cursor {
-                // What was gone at the start was announced by `reset` (or not asked for);
-                // only later evictions of unsent events end the replay.
-                start.replay_floor = Some(gone);
-            }
-            start.replay = replay.then_some((cursor, reset_frame));
+            self.streams.set_counted_as(key, Counted::As(client));
         }
-        // `left_ms` may be near u64::MAX for a far-future `exp`.
-        start.token_deadline = token_left_ms.map(|left_ms| self.now.saturating_add(left_ms));
-        start.origin_hash = req.origin.as_deref().map(crate::http::cors::origin_hash);
-        let topics: Box<[TopicId]> = match head_only {
-            true => Box::default(),
-            false => query
-                .topics
-                .iter()
-                .map(|name| self.hub.intern(name))
-                .collect(),
-        };
-        self.start_stream(key, topics, start, &headers, head_only);
+        match routed.decision {
+            Decision::Answer(a) => {
+                self.answer(key, a.status, &a.reason, a.after, &a.headers, a.head_only);
+            }
+            Decision::Metrics { after, head_only } => {
+                let body = self.render_metrics();
+                let bytes = crate::metrics::http_response(&body, after, head_only);
+                self.streams
+                    .queue(key, bytes.into(), after == After::Close, self.now);
+            }
+            Decision::RetryOnly { status } => {
+                // A capped stream request with overload_as_retry: a `200` stream carrying
+                // only a jittered `retry:` (at least `Retry-After`), so browsers come back
+                // later instead of giving up.
+                self.stats.rejected.count(status);
+                let jitter_max = self.config.streams.retry_jitter.as_millis() as u64;
+                let retry = route::RETRY_AFTER_MS + self.rng.below(jitter_max + 1);
+                let mut bytes = response::stream_head(&[]);
+                bytes.extend_from_slice(&sse::retry(retry));
+                self.streams.queue(key, bytes.into(), true, self.now);
+            }
+            Decision::StreamHead { headers } => {
+                let start = table::Start::default();
+                self.start_stream(key, Box::default(), start, &headers, true);
+            }
+            Decision::Stream(plan) => {
+                let start = table::Start {
+                    replay: plan.replay,
+                    replay_floor: plan.replay_floor,
+                    // `left_ms` may be near u64::MAX for a far-future `exp`.
+                    token_deadline: plan.token_left_ms.map(|ms| self.now.saturating_add(ms)),
+                    origin_hash: plan.origin_hash,
+                    retry_ms: self.retry_ms(),
+                };
+                let topics = plan.topics.iter().map(|n| self.hub.intern(n)).collect();
+                self.start_stream(key, topics, start, &plan.headers, false);
+            }
+        }
     }
 
     /// The `retry:` value of a stream's start: `retry_base` plus up to `retry_jitter`.
@@ -626,47 +542,6 @@ impl Server {
         let s = &self.config.streams;
         let jitter = s.retry_jitter.as_millis() as u64;
         s.retry_base.as_millis() as u64 + self.rng.below(jitter + 1)
-    }
-
-    /// A connection accepted past a cap with `http.overload_as_retry`: a stream request
-    /// gets a `200` stream carrying only a jittered `retry:` (at least `Retry-After`), so
-    /// browsers come back later instead of giving up; anything else the plain cap answer.
-    fn answer_over_cap(&mut self, key: u32, over_cap: u8, req: &Request, head_only: bool) {
-        let (status, reason) = if over_cap == flags::OVER_CAP {
-            (503, "server at connection limit")
-        } else {
-            (429, "too many connections from your address")
-        };
-        if req.path != "/events" || req.method != Method::Get {
-            // `answer` counts the status.
-            let headers = [("Retry-After", RETRY_AFTER_S)];
-            return self.answer(key, status, reason, After::Close, &headers, head_only);
-        }
-        self.stats.rejected.count(status);
-        let base = RETRY_AFTER_S.parse::<u64>().unwrap_or(5) * 1000;
-        let jitter = self
-            .rng
-            .below(self.config.streams.retry_jitter.as_millis() as u64 + 1);
-        let mut bytes = response::stream_head(&[]);
-        bytes.extend_from_slice(&sse::retry(base + jitter));
-        self.streams.queue(key, bytes.into(), true, self.now);
-    }
-
-    /// With a per-client cap behind a trusted proxy, counts the client named by the
-    /// proxy's `X-Forwarded-For` entry; false when that client is at its cap.
-    fn count_forwarded_client(&mut self, key: u32, req: &Request) -> bool {
-        if self.streams.counted_as(key) != Some(Counted::ViaProxy) {
-            return true;
-        }
-        let Some(client) = req.forwarded_for.as_deref().and_then(forwarded_client) else {
-            return true;
-        };
-        let client = ClientKey::of(client);
-        if !self.per_client.try_add(client) {
-            return false;
-        }
-        self.streams.set_counted_as(key, Counted::As(client));
-        true
     }
 
     /// Queues a plain answer; `After::Close` lingers and closes once it is written.

@@ -42,7 +42,7 @@ impl Server {
                     503,
                     "server at connection limit",
                     After::Close,
-                    &[("Retry-After", RETRY_AFTER_S)],
+                    &[("Retry-After", route::RETRY_AFTER_S)],
                     false,
                 );
                 let _ = io::Write::write(&mut sock, &answer);
@@ -66,7 +66,7 @@ impl Server {
                         429,
                         "too many connections from your address",
                         After::Close,
-                        &[("Retry-After", RETRY_AFTER_S)],
+                        &[("Retry-After", route::RETRY_AFTER_S)],
                         false,
                     );
                     let _ = io::Write::write(&mut sock, &answer);

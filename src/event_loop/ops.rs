@@ -8,8 +8,6 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::conn::tls;
 use crate::conn::{ConnState, flags};
-use crate::http::request::Method;
-use crate::http::response::After;
 use crate::metrics::{self, Snapshot};
 use crate::notify::Notifier;
 use crate::reload::{self, ConfigSource, Diff};
@@ -59,7 +57,7 @@ pub(super) struct Ops {
     auth_key_file: Option<Vec<u8>>,
     pub(super) admin: Option<TcpListener>,
     /// An admin listener was configured (it is closed during the drain).
-    admin_configured: bool,
+    pub(super) admin_configured: bool,
     /// The ingest socket file is ours to remove at exit (false when systemd passed it in).
     pub(super) owns_ingest_file: bool,
     reloads_ok: u64,
@@ -490,65 +488,8 @@ impl Server {
         }
     }
 
-    /// Routes `/metrics` (and, on the admin listener, everything): true when answered.
-    /// With an admin listener, `/metrics` and `/healthz` are served only there; without
-    /// one, `/metrics` on the public listener answers loopback clients only (the client
-    /// named by a trusted proxy's `X-Forwarded-For` when there is one), since it tells
-    /// anyone who asks about topics, traffic and capacity.
-    pub(super) fn route_admin(
-        &mut self,
-        key: u32,
-        req: &crate::http::request::Request,
-        after: After,
-        head_only: bool,
-    ) -> bool {
-        let (path, method) = (req.path.as_str(), req.method);
-        let on_admin = self.streams.get(key).is_some_and(|c| c.has(flags::ADMIN));
-        let split = self.ops.admin_configured;
-        match path {
-            "/metrics" | "/healthz" if split && !on_admin => {
-                self.answer(key, 404, "not found", after, &[], head_only);
-            }
-            "/metrics" | "/healthz" if !matches!(method, Method::Get | Method::Head) => {
-                let allow = [("Allow", "GET, HEAD")];
-                self.answer(key, 405, "method not allowed", after, &allow, false);
-            }
-            "/metrics" if !on_admin && !self.client_is_loopback(key, req) => {
-                let reason = "metrics are served to loopback clients only (set http.admin_listen)";
-                self.answer(key, 403, reason, after, &[], head_only);
-            }
-            "/metrics" => {
-                let body = self.render_metrics();
-                let bytes = metrics::http_response(&body, after, head_only);
-                self.streams
-                    .queue(key, bytes.into(), after == After::Close, self.now);
-            }
-            "/healthz" if on_admin => self.answer(key, 200, "ok", after, &[], head_only),
-            _ if on_admin => self.answer(key, 404, "not found", after, &[], head_only),
-            _ => return false,
-        }
-        true
-    }
-
-    /// Whether the client of connection `key` is on this host: its peer address, or the
-    /// `X-Forwarded-For` entry of a trusted proxy.
-    fn client_is_loopback(&self, key: u32, req: &crate::http::request::Request) -> bool {
-        let Some(Ok(peer)) = self.streams.get(key).map(|c| c.sock.peer_addr()) else {
-            return false;
-        };
-        let client = match req.forwarded_for.as_deref() {
-            Some(f) if self.per_client.is_trusted(peer.ip()) => {
-                match crate::limits::forwarded_client(f) {
-                    Some(ip) => ip,
-                    None => return false,
-                }
-            }
-            _ => peer.ip(),
-        };
-        client.is_loopback() || client.to_canonical().is_loopback()
-    }
-
-    fn render_metrics(&self) -> String {
+    /// The `/metrics` body.
+    pub(super) fn render_metrics(&self) -> String {
         let mut s = Snapshot {
             producers: self.producers.len() as u64,
             topics: self.hub.topics.len() as u64,

@@ -90,7 +90,7 @@ pub enum Decision<'r> {
     Metrics { after: After, head_only: bool },
     /// A `GET /events` past a cap with `overload_as_retry`: the `200` stream head (no extra
     /// headers), then only `retry:` of `RETRY_AFTER_MS` plus the loop's jitter, then close.
-    /// The loop counts `rejected_at_cap` and `status` in the rejected requests.
+    /// The loop counts `status` in the rejected requests.
     RetryOnly { status: u16 },
     /// A `HEAD /events` that passed every check: the stream head with `headers`, then close.
     StreamHead {
@@ -109,8 +109,6 @@ pub struct Answer<'r> {
     pub headers: Vec<(&'static str, &'r str)>,
     /// `HEAD`: the head without the body.
     pub head_only: bool,
-    /// Refused at a connection cap: the loop also counts `rejected_at_cap`.
-    pub at_cap: bool,
 }
 
 /// A stream to open: subscribe `topics`, write the head with `headers` and `retry:`, then
@@ -179,7 +177,6 @@ fn answer<'r>(
         after,
         headers,
         head_only,
-        at_cap: false,
     })
 }
 
@@ -241,7 +238,6 @@ fn refuse_at_cap(cap: Cap, req: &Request, head_only: bool, retry_stream: bool) -
         after: After::Close,
         headers: vec![("Retry-After", RETRY_AFTER_S)],
         head_only,
-        at_cap: true,
     })
 }
 
@@ -536,7 +532,6 @@ mod tests {
             after,
             headers: headers.to_vec(),
             head_only,
-            at_cap: false,
         })
     }
 
@@ -547,7 +542,6 @@ mod tests {
             after: After::Close,
             headers: vec![("Retry-After", "5")],
             head_only,
-            at_cap: true,
         })
     }
 
