@@ -84,13 +84,7 @@ impl Server {
                     }
                 },
             };
-            let key = self.streams.next_key();
-            if let Err(e) = self.poll.registry().register(
-                &mut sock,
-                Token(key as usize),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                debug!("register failed: {e}");
+            if !self.register_next(&mut sock) {
                 self.release_client_slot(counted);
                 continue;
             }
@@ -103,6 +97,24 @@ impl Server {
             }
             if let (Some(session), Some(conn)) = (session, self.streams.get_mut(key)) {
                 conn.tls = Some(session);
+            }
+        }
+    }
+
+    /// Registers an accepted socket under the key the stream table gives it next (both
+    /// readable and writable, edge-triggered, once for its lifetime); false when that fails.
+    pub(super) fn register_next(&mut self, sock: &mut TcpStream) -> bool {
+        let key = self.streams.next_key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match self
+            .poll
+            .registry()
+            .register(sock, Token(key as usize), interest)
+        {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("register failed: {e}");
+                false
             }
         }
     }

@@ -14,8 +14,8 @@ use crate::reload::{self, ConfigSource, Diff};
 use crate::sse;
 use crate::timer::Millis;
 use log::{debug, error, info, warn};
+use mio::Token;
 use mio::net::TcpListener;
-use mio::{Interest, Token};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -473,13 +473,7 @@ impl Server {
             if self.streams.len() >= self.max_connections + ADMIN_EXTRA {
                 continue;
             }
-            let key = self.streams.next_key();
-            if let Err(e) = self.poll.registry().register(
-                &mut sock,
-                Token(key as usize),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                debug!("register failed: {e}");
+            if !self.register_next(&mut sock) {
                 continue;
             }
             let deadline = self.now + self.request_timeout();
