@@ -89,11 +89,16 @@ impl Server {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening http=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                let addr = line
+                    .split("listening http=")
+                    .nth(1)
+                    .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string());
+                // Logged before the start is announced, so a test that reads the log right
+                // after `start` finds the `listening` line in it.
+                sink.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(10)) {
