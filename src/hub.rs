@@ -10,7 +10,8 @@ use crate::sse;
 use std::rc::Rc;
 
 pub struct Hub {
-    pub topics: Topics,
+    /// Crate-visible for tests; the loop goes through the methods below.
+    pub(crate) topics: Topics,
     timeline: Timeline,
     ids: IdSequence,
     limits: Limits,
@@ -87,6 +88,29 @@ impl Hub {
     /// know; only a topic created later (its past may be in those segments) is affected.
     pub fn note_log_trimmed(&mut self, id: u64) {
         self.forgotten_up_to = self.forgotten_up_to.max(id);
+    }
+
+    /// Topics known (with history, metadata or subscribers).
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn topic_name(&self, t: TopicId) -> &str {
+        &self.topics.get(t).name
+    }
+
+    /// The connections subscribed to `t`.
+    pub fn subscribers(&self, t: TopicId) -> impl Iterator<Item = u32> + '_ {
+        self.topics.get(t).subscribers.iter().copied()
+    }
+
+    pub fn subscribe(&mut self, t: TopicId, conn: u32) {
+        self.topics.subscribe(t, conn);
+    }
+
+    /// Unsubscribes; a topic with no past and no subscriber left is forgotten.
+    pub fn unsubscribe(&mut self, t: TopicId, conn: u32) {
+        self.topics.unsubscribe(t, conn);
     }
 
     /// The topic named `name`, created when first used (see `forgotten_up_to`).

@@ -236,7 +236,7 @@ impl StreamTable {
         }
         head.extend_from_slice(&sse::retry(start.retry_ms));
         for &t in topics.iter() {
-            hub.topics.subscribe(t, key);
+            hub.subscribe(t, key);
         }
         // Bytes that came with the head count toward the discard limit.
         if let ConnState::Reading { buf } = &conn.state {
@@ -343,7 +343,7 @@ impl StreamTable {
     ) {
         stats.latency.committed(event.id);
         for &t in event.topics.iter() {
-            for &sub in hub.topics.get(t).subscribers.iter() {
+            for sub in hub.subscribers(t) {
                 let Some(conn) = self.conns.get_mut(sub as usize) else {
                     continue;
                 };
@@ -699,7 +699,7 @@ impl StreamTable {
             std::mem::replace(&mut conn.state, ConnState::Lingering)
         {
             for &t in topics.iter() {
-                hub.topics.unsubscribe(t, key);
+                hub.unsubscribe(t, key);
             }
         }
     }

@@ -408,7 +408,7 @@ impl Server {
                 continue; // already ending
             }
             let kept = recheck::Kept {
-                topics: topics.iter().map(|&t| &*self.hub.topics.get(t).name),
+                topics: topics.iter().map(|&t| self.hub.topic_name(t)),
                 token_deadline: self.streams.token_deadline(key),
                 origin: self.streams.origin_hash(key),
             };
@@ -486,7 +486,7 @@ impl Server {
     pub(super) fn render_metrics(&self) -> String {
         let mut s = Snapshot {
             producers: self.producers.len() as u64,
-            topics: self.hub.topics.len() as u64,
+            topics: self.hub.topic_count() as u64,
             max_connections: self.max_connections as u64,
             accepted: self.stats.accepted,
             streams_opened: self.stats.streams_opened,
