@@ -226,8 +226,11 @@ impl Commit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::{Producer, line};
     use crate::log::LogOptions;
-    use mio::{Poll, Token, Waker};
+    use mio::{Events, Poll, Token, Waker};
+    use std::io::{ErrorKind, Read};
+    use std::os::unix::net::UnixStream;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -328,5 +331,160 @@ mod tests {
         }
         let ids: Vec<u64> = c.take_committed().iter().map(|e| e.id).collect();
         assert_eq!(ids, [20, 21]);
+    }
+
+    /// A producer over a real socket pair; what it is answered arrives at the other end.
+    fn producer() -> (Producer, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        (Producer::new(mio::net::UnixStream::from_std(ours)), theirs)
+    }
+
+    /// Writes the producer's due answers and returns what its peer receives.
+    fn answered(p: &mut Producer, peer: &mut UnixStream) -> String {
+        p.flush_answers().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match peer.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    fn ok_line(id: u64) -> String {
+        let mut out = Vec::new();
+        line::write_ok(&mut out, id);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn error_line(reason: &str) -> String {
+        let mut out = Vec::new();
+        line::write_error(&mut out, reason);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Submits `id` as the loop's publish path does: held answer until its batch is durable.
+    fn submit(c: &mut Commit, p: &mut Producer, id: u64, topics: &[Box<str>]) {
+        assert_eq!(c.submit(event(id), &record(id, topics)), Submitted::Held);
+        p.answers.ok(id, Some(BATCH_UNWRITTEN));
+    }
+
+    /// Ends the batch as the loop does and returns its sequence number.
+    fn end_written(c: &mut Commit, p: &mut Producer) -> u64 {
+        let BatchEnd::Written(seq) = c.end_batch() else {
+            panic!("batch not written");
+        };
+        p.answers.batch_written(Some(seq));
+        p.answers.release(c.durable());
+        seq
+    }
+
+    fn committed_ids(c: &mut Commit) -> Vec<u64> {
+        c.take_committed().iter().map(|e| e.id).collect()
+    }
+
+    /// Waits on the log's waker (no sleeping) for the helper thread's next sync report.
+    fn next_report(c: &mut Commit, poll: &mut Poll) -> Synced {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut events = Events::with_capacity(4);
+        loop {
+            if let Some(report) = c.poll() {
+                return report;
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("no sync reported");
+            poll.poll(&mut events, Some(left)).unwrap();
+        }
+    }
+
+    #[test]
+    fn group_commit_holds_ok_until_the_sync_that_covers_both_batches() {
+        let (mut c, mut poll, _dir) = log_commit(Durability::Fsync);
+        let (mut p, mut peer) = producer();
+        let topics: Vec<Box<str>> = vec!["t".into()];
+        submit(&mut c, &mut p, 20, &topics);
+        let first = end_written(&mut c, &mut p);
+        submit(&mut c, &mut p, 21, &topics);
+        let second = end_written(&mut c, &mut p);
+        assert_eq!(second, first + 1);
+        assert_eq!(answered(&mut p, &mut peer), "", "written is not durable");
+        assert!(committed_ids(&mut c).is_empty());
+        assert_eq!(p.answers.held(), 2);
+
+        c.request_sync();
+        // Written after the sync was asked for: not covered by it.
+        submit(&mut c, &mut p, 22, &topics);
+        let third = end_written(&mut c, &mut p);
+
+        assert!(matches!(next_report(&mut c, &mut poll), Synced::Durable));
+        assert_eq!(c.durable(), second, "one sync made both batches durable");
+        assert_eq!(committed_ids(&mut c), [20, 21]);
+        p.answers.release(c.durable());
+        assert_eq!(
+            answered(&mut p, &mut peer),
+            ok_line(20) + &ok_line(21),
+            "released only now, in order"
+        );
+        assert_eq!(p.answers.held(), 1, "22 waits for the next sync");
+
+        c.request_sync();
+        assert!(matches!(next_report(&mut c, &mut poll), Synced::Durable));
+        assert_eq!(c.durable(), third);
+        assert_eq!(committed_ids(&mut c), [22]);
+        p.answers.release(c.durable());
+        assert_eq!(answered(&mut p, &mut peer), ok_line(22));
+        assert_eq!(p.answers.held(), 0);
+    }
+
+    /// An I/O failure of the write cannot be injected from here (the log's write fault
+    /// hook is private to `log`); a record the log cannot store (no topic; ingest never
+    /// sends one) makes `write_batch` fail the same way, refusing the whole batch.
+    #[test]
+    fn a_failed_write_refuses_the_batch_behind_earlier_answers() {
+        let (mut c, mut poll, _dir) = log_commit(Durability::Fsync);
+        let (mut p, mut peer) = producer();
+        let topics: Vec<Box<str>> = vec!["t".into()];
+        submit(&mut c, &mut p, 30, &topics);
+        let first = end_written(&mut c, &mut p);
+
+        submit(&mut c, &mut p, 31, &topics);
+        submit(&mut c, &mut p, 32, &[]);
+        let BatchEnd::Failed { reason, refused } = c.end_batch() else {
+            panic!("a batch holding an unstorable record was written");
+        };
+        assert!(
+            reason.starts_with("not stored: log write failed: "),
+            "{reason}"
+        );
+        let refused: Vec<u64> = refused.iter().map(|e| e.id).collect();
+        assert_eq!(refused, [31, 32]);
+        p.answers.refuse_unwritten(&reason);
+        p.answers.release(c.durable());
+        assert_eq!(answered(&mut p, &mut peer), "", "30 is not durable yet");
+
+        c.request_sync();
+        assert!(matches!(next_report(&mut c, &mut poll), Synced::Durable));
+        assert_eq!(c.durable(), first);
+        assert_eq!(
+            committed_ids(&mut c),
+            [30],
+            "refused events are never committed"
+        );
+        p.answers.release(c.durable());
+        assert_eq!(
+            answered(&mut p, &mut peer),
+            ok_line(30) + &error_line(&reason) + &error_line(&reason)
+        );
+
+        // The failure used no batch number; the next batch is written normally.
+        submit(&mut c, &mut p, 33, &topics);
+        assert_eq!(end_written(&mut c, &mut p), first + 1);
     }
 }
