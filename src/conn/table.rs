@@ -439,10 +439,12 @@ impl StreamTable {
                         stats.latency.written(conn.cursor, since);
                     }
                     conn.out = None;
-                    if conn.has(flags::REPLAYING) {
-                        self.refill_replay(key, hub, now, stats);
-                    } else if conn.has(flags::CLOSE_AFTER_FLUSH) {
+                    // An ending stream (drain, revoked by a reload, final) lingers even
+                    // while it was replaying: its `retry:` was the last thing to send.
+                    if conn.has(flags::CLOSE_AFTER_FLUSH) {
                         self.linger(key, hub, wheel, now);
+                    } else if conn.has(flags::REPLAYING) {
+                        self.refill_replay(key, hub, now, stats);
                     } else if matches!(conn.state, ConnState::Reading { .. }) {
                         answered.push(key);
                     }

@@ -661,4 +661,8 @@ fn drain_stops_a_replay_at_its_retry() {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "drained bytes differ");
     assert_eq!(rig.stats.events_replayed, 4);
+    // And then it ends: lingering, no longer subscribed (it used to stay a replaying
+    // stream and get keepalives after its retry).
+    assert!(matches!(rig.conn(key).state, ConnState::Lingering));
+    client.expect_eof();
 }
