@@ -231,12 +231,13 @@ impl Timeline {
     /// Retains `event` in each of its topics and in the timeline; events pushed out by a
     /// topic's count limit that no topic holds any more are released.
     pub fn retain(&mut self, event: Rc<Event>, max_events: usize, topics: &mut impl Histories) {
-        let mut released = Vec::new();
+        // Released at once (no list: this runs for every published event), before the new
+        // slot exists; a released event is older, so its slot is already there.
         for &t in event.topics.iter() {
             if let Some(out) = topics.history(t).push(event.clone(), max_events)
                 && out.held_by.get() == 0
             {
-                released.push(out.id);
+                self.release(out.id);
             }
         }
         self.bytes += event.cost();
@@ -245,9 +246,6 @@ impl Timeline {
             id: event.id,
             event: Some(event),
         });
-        for id in released {
-            self.release(id);
-        }
     }
 
     /// Evicts the oldest event from every topic and from the timeline.

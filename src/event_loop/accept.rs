@@ -37,15 +37,7 @@ impl Server {
                 // Read the request first: a stream request gets a retry-only stream.
                 over_cap = flags::OVER_CAP;
             } else if open >= self.max_connections {
-                self.stats.rejected.count(503);
-                let answer = response::plain(
-                    503,
-                    "server at connection limit",
-                    After::Close,
-                    &[("Retry-After", route::RETRY_AFTER_S)],
-                    false,
-                );
-                let _ = io::Write::write(&mut sock, &answer);
+                self.refuse_at_accept(&mut sock, route::Cap::Global);
                 continue;
             }
             let counted = if !self.per_client.enabled() || over_cap != 0 {
@@ -61,15 +53,7 @@ impl Server {
                     over_cap = flags::OVER_PER_IP;
                     None
                 } else {
-                    self.stats.rejected.count(429);
-                    let answer = response::plain(
-                        429,
-                        "too many connections from your address",
-                        After::Close,
-                        &[("Retry-After", route::RETRY_AFTER_S)],
-                        false,
-                    );
-                    let _ = io::Write::write(&mut sock, &answer);
+                    self.refuse_at_accept(&mut sock, route::Cap::PerClient);
                     continue;
                 }
             };
@@ -117,6 +101,16 @@ impl Server {
                 false
             }
         }
+    }
+
+    /// Answers a connection over a cap at once, before its request is read (one write
+    /// into the fresh socket's empty buffer; it is closed when dropped).
+    fn refuse_at_accept(&mut self, sock: &mut TcpStream, cap: route::Cap) {
+        let (status, reason) = cap.status_reason();
+        self.stats.rejected.count(status);
+        let headers = [("Retry-After", route::RETRY_AFTER_S)];
+        let answer = response::plain(status, reason, After::Close, &headers, false);
+        let _ = io::Write::write(sock, &answer);
     }
 
     /// A connection counted by the per-client cap was not served after all.

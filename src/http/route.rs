@@ -64,7 +64,8 @@ pub enum Cap {
 }
 
 impl Cap {
-    fn status_reason(self) -> (u16, &'static str) {
+    /// The answer's status and reason.
+    pub fn status_reason(self) -> (u16, &'static str) {
         match self {
             Cap::Global => (503, "server at connection limit"),
             Cap::PerClient => (429, "too many connections from your address"),
