@@ -525,14 +525,20 @@ fn output_that_cannot_be_written_closes_at_exactly_the_write_timeout() {
     );
     assert!(rig.conn(key).pending_bytes() > 0);
 
-    // Keepalive timers come and go meanwhile; none of them closes it early.
+    // Keepalive timers come and go meanwhile, one per interval at most; none of them
+    // closes it early.
+    let mut wakeups = 0;
     for now in since..since + W {
-        rig.fire(now);
+        wakeups += rig.fire(now).len();
         assert!(
             !rig.closing(key),
             "closed at {now}, before since + write_timeout"
         );
     }
+    assert!(
+        wakeups <= (W / K) as usize + 1,
+        "{wakeups} wakeups of a blocked stream in {W} ms (keepalive {K} ms)"
+    );
     assert_eq!(rig.fire(since + W), [key]);
     assert!(rig.closing(key));
     assert_eq!(rig.stats.slow_disconnects, 1);
