@@ -532,14 +532,11 @@ impl StreamTable {
                         );
                         return self.close_slow(key, stats);
                     }
-                    // Blocked output: wake at the write timeout, or one keepalive interval
-                    // from now if that comes first — never sooner, so a blocked stream
-                    // costs a wakeup per interval. A queue that drains before then wrote at
-                    // `last_write` > the time this timer was armed, so the timer fires before
-                    // `last_write + keepalive` and re-arms at exactly that keepalive.
-                    conn.keepalive_due(now, keepalive)
-                        .max(now + keepalive)
-                        .min(out.since + write_timeout)
+                    // Pending output: wake one keepalive interval from now (a blocked
+                    // stream costs a wakeup per interval), or at the write timeout if that
+                    // comes first. A queue that drains meanwhile wrote after now, so this
+                    // fires before its `last_write + keepalive` and re-arms at exactly that.
+                    (now + keepalive).min(out.since + write_timeout)
                 } else if conn.since_write(now) >= keepalive {
                     let keepalive_frame = self.keepalive.clone();
                     conn.out
