@@ -36,6 +36,7 @@
 //! command-line producer).
 
 pub mod auth;
+pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod conn;
