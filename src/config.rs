@@ -17,6 +17,7 @@ pub struct Config {
     pub auth: Auth,
     pub cors: Cors,
     pub log: Log,
+    pub cluster: Cluster,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +35,9 @@ pub struct Http {
     #[serde(deserialize_with = "duration")]
     pub request_timeout: Duration,
     pub max_header_bytes: usize,
+    /// `SO_REUSEPORT` on `listen`: several processes share the port (cluster mode, one
+    /// process per core).
+    pub reuse_port: bool,
 }
 
 impl Default for Http {
@@ -47,6 +51,7 @@ impl Default for Http {
             overload_as_retry: false,
             request_timeout: Duration::from_secs(10),
             max_header_bytes: 8192,
+            reuse_port: false,
         }
     }
 }
@@ -137,6 +142,8 @@ pub struct History {
     pub data_dir: PathBuf,
     pub durability: Durability,
     pub max_log_bytes: u64,
+    /// Cluster mode: `MAXLEN ~` of the Redis stream (0: only `max_age` bounds it).
+    pub max_stream_events: u64,
 }
 
 impl Default for History {
@@ -148,6 +155,7 @@ impl Default for History {
             data_dir: PathBuf::new(),
             durability: Durability::Os,
             max_log_bytes: 0,
+            max_stream_events: 0,
         }
     }
 }
@@ -202,6 +210,44 @@ impl Default for Log {
     }
 }
 
+/// `[cluster]` (SPEC 7): several processes share one event stream in Redis. Changing any
+/// of it needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://host:port/db`, `rediss://…` or `redis+unix:///path`; empty: single node.
+    pub redis: String,
+    pub key_prefix: String,
+    /// Replicas that must hold an event (`WAIT`) before its `ok`; 0: no `WAIT`.
+    pub min_replicas: u32,
+    #[serde(deserialize_with = "duration")]
+    pub replica_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// How long a resume from an id above this node's last id waits for the reader.
+    #[serde(deserialize_with = "duration")]
+    pub catch_up: Duration,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis: String::new(),
+            key_prefix: "ssehub".into(),
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            catch_up: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Cluster {
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
+    }
+}
+
 impl Config {
     /// Reads and validates a TOML file; the error names the file and the problem.
     pub fn load(path: &Path) -> Result<Config, String> {
@@ -239,6 +285,30 @@ impl Config {
         }
         if self.ingest.socket.as_os_str().is_empty() {
             return Err("ingest.socket must name a path".into());
+        }
+        let c = &self.cluster;
+        if c.enabled() {
+            if !self.history.data_dir.as_os_str().is_empty() {
+                return Err("history.data_dir cannot be used with cluster.redis: in cluster \
+                     mode Redis is the event log (one durable store, not two)"
+                    .into());
+            }
+            let scheme = c.redis.split("://").next().unwrap_or_default();
+            if !c.redis.contains("://")
+                || !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix")
+            {
+                return Err(format!(
+                    "cluster.redis {:?} must be a redis://host:port/db, rediss://… or \
+                     redis+unix:///path URL",
+                    c.redis
+                ));
+            }
+            if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}', ' ']) {
+                return Err("cluster.key_prefix must be non-empty, without braces or spaces".into());
+            }
+            if c.connect_timeout.is_zero() {
+                return Err("cluster.connect_timeout must be above 0".into());
+            }
         }
         Ok(())
     }
@@ -340,6 +410,32 @@ mod tests {
         assert!(Config::parse("[streams]\nkeepalive = \"0s\"").is_err());
         assert!(Config::parse("[ingest]\nmode = \"0999\"").is_err());
         assert!(Config::parse("[history]\ndurability = \"maybe\"").is_err());
+    }
+
+    #[test]
+    fn cluster_section() {
+        let c = Config::parse("").unwrap();
+        assert!(!c.cluster.enabled());
+        assert_eq!(c.cluster.key_prefix, "ssehub");
+        assert_eq!(c.cluster.catch_up, Duration::from_secs(1));
+        assert!(!c.http.reuse_port);
+        let c = Config::parse(
+            "[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nmin_replicas = 1\n\
+             replica_timeout = \"250ms\"\n[http]\nreuse_port = true\n\
+             [history]\nmax_stream_events = 5000",
+        )
+        .unwrap();
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.min_replicas, 1);
+        assert_eq!(c.cluster.replica_timeout, Duration::from_millis(250));
+        assert_eq!(c.history.max_stream_events, 5000);
+        assert!(c.http.reuse_port);
+        let both = Config::parse(
+            "[cluster]\nredis = \"redis+unix:///tmp/r.sock\"\n[history]\ndata_dir = \"/x\"",
+        );
+        assert!(both.unwrap_err().contains("history.data_dir cannot be used"));
+        let bad = Config::parse("[cluster]\nredis = \"localhost:6379\"");
+        assert!(bad.unwrap_err().contains("must be a redis://"));
     }
 
     #[test]

@@ -86,6 +86,7 @@ const KEYS: &[Key] = &[
     key!("http.overload_as_retry", RELOAD, http.overload_as_retry),
     key!("http.request_timeout", RELOAD, http.request_timeout),
     key!("http.max_header_bytes", RELOAD, http.max_header_bytes),
+    key!("http.reuse_port", RESTART, http.reuse_port),
     key!("ingest.socket", RESTART, ingest.socket),
     key!("ingest.mode", RESTART, ingest.mode),
     key!("ingest.group", RESTART, ingest.group),
@@ -110,6 +111,11 @@ const KEYS: &[Key] = &[
     key!("history.data_dir", RESTART, history.data_dir),
     key!("history.durability", RESTART, history.durability),
     key!("history.max_log_bytes", RESTART, history.max_log_bytes),
+    key!(
+        "history.max_stream_events",
+        RESTART,
+        history.max_stream_events
+    ),
     key!("auth.secret", RELOAD, auth.secret),
     key!("auth.public_key", RELOAD, auth.public_key),
     key!("auth.private", RELOAD, auth.private),
@@ -120,6 +126,12 @@ const KEYS: &[Key] = &[
     key!("cors.allowed_origins", RELOAD, cors.allowed_origins),
     key!("cors.allow_credentials", RELOAD, cors.allow_credentials),
     key!("log.level", RELOAD, log.level),
+    key!("cluster.redis", RESTART, cluster.redis),
+    key!("cluster.key_prefix", RESTART, cluster.key_prefix),
+    key!("cluster.min_replicas", RESTART, cluster.min_replicas),
+    key!("cluster.replica_timeout", RESTART, cluster.replica_timeout),
+    key!("cluster.connect_timeout", RESTART, cluster.connect_timeout),
+    key!("cluster.catch_up", RESTART, cluster.catch_up),
 ];
 
 /// What a reload found: keys whose value differs, split by whether they took effect.
