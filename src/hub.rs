@@ -412,6 +412,7 @@ mod tests {
             event: None,
             data: "x".into(),
             is_final,
+            key: None,
         }
     }
 

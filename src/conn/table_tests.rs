@@ -137,6 +137,7 @@ impl Rig {
             event: None,
             data: data.into(),
             is_final,
+            key: None,
         };
         // Unix µs 0: ids are simply 1, 2, 3...
         self.hub.accept(&p, 0, 0).expect("accepted")

@@ -473,6 +473,7 @@ mod tests {
                     event: None,
                     data: "x".into(),
                     is_final,
+                    key: None,
                 };
                 let e = hub.accept(&p, 0, 1_000 + i as u64 * 10).unwrap();
                 hub.commit(&e);

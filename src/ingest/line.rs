@@ -20,6 +20,9 @@ pub struct Publish {
     pub data: Box<str>,
     /// The producer marked this as the last event of the topics.
     pub is_final: bool,
+    /// Cluster mode: the producer's idempotency key (1–128 bytes of printable ASCII, no
+    /// space): a retry with the same key within `history.max_age` is not stored twice.
+    pub key: Option<Box<str>>,
 }
 
 /// An administrative command sent on the ingest socket.
@@ -115,6 +118,7 @@ struct Wire<'a> {
     event: Option<&'a RawValue>,
     data: Option<&'a RawValue>,
     is_final: Option<&'a RawValue>,
+    key: Option<&'a RawValue>,
     admin: Option<&'a RawValue>,
 }
 
@@ -142,6 +146,7 @@ impl<'de> Visitor<'de> for WireVisitor {
                 Field::Event => &mut wire.event,
                 Field::Data => &mut wire.data,
                 Field::Final => &mut wire.is_final,
+                Field::Key => &mut wire.key,
                 Field::Admin => &mut wire.admin,
             };
             if slot.is_some() {
@@ -163,6 +168,7 @@ enum Field {
     Event,
     Data,
     Final,
+    Key,
     Admin,
 }
 
@@ -174,6 +180,7 @@ impl Field {
             Field::Event => "event",
             Field::Data => "data",
             Field::Final => "final",
+            Field::Key => "key",
             Field::Admin => "admin",
         }
     }
@@ -201,10 +208,11 @@ impl Visitor<'_> for FieldVisitor {
             "event" => Field::Event,
             "data" => Field::Data,
             "final" => Field::Final,
+            "key" => Field::Key,
             "admin" => Field::Admin,
             _ => {
                 return Err(E::custom(format_args!(
-                    "unknown field {}, expected one of topic, topics, event, data, final",
+                    "unknown field {}, expected one of topic, topics, event, data, final, key",
                     quoted(key)
                 )));
             }
@@ -222,6 +230,7 @@ fn decode_admin(command: &RawValue, wire: &Wire<'_>) -> Result<Line, LineError> 
         wire.event,
         wire.data,
         wire.is_final,
+        wire.key,
     ];
     if others.iter().any(Option::is_some) {
         return fail("\"admin\" must be the only field of its line");
@@ -256,12 +265,29 @@ fn decode_publish(wire: Wire<'_>, max_topics: usize) -> Result<Publish, LineErro
         Some("true") => true,
         Some(_) => return fail("\"final\" must be true or false"),
     };
+    let key = match wire.key {
+        None => None,
+        Some(raw) => Some(decode_key(raw)?),
+    };
     Ok(Publish {
         topics,
         event,
         data,
         is_final,
+        key,
     })
+}
+
+/// Longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+
+fn decode_key(raw: &RawValue) -> Result<Box<str>, LineError> {
+    const BAD: &str = "\"key\" must be a string of 1-128 printable ASCII characters, no spaces";
+    let key = expect_string(raw, BAD)?;
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return fail(BAD);
+    }
+    Ok(key.into_boxed_str())
 }
 
 fn decode_topics(raw: &RawValue, max_topics: usize) -> Result<Vec<Box<str>>, LineError> {
@@ -516,6 +542,20 @@ mod tests {
     }
 
     #[test]
+    fn idempotency_key() {
+        let p = publish(r#"{"topic":"t","data":1,"key":"order-17:v2"}"#);
+        assert_eq!(p.key.as_deref(), Some("order-17:v2"));
+        assert_eq!(publish(r#"{"topic":"t","data":1}"#).key, None);
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        for bad in ["\"\"", "\"a b\"", "17", "null", &format!("\"{long}\"")] {
+            assert_reason(
+                &format!(r#"{{"topic":"t","data":1,"key":{bad}}}"#),
+                "\"key\" must be a string",
+            );
+        }
+    }
+
+    #[test]
     fn spec_examples() {
         let p = publish(
             r#"{"topic": "notifications:42", "event": "notification", "data": "{\"title\":\"Hi\"}"}"#,
@@ -527,6 +567,7 @@ mod tests {
                 event: Some("notification".into()),
                 data: r#"{"title":"Hi"}"#.into(),
                 is_final: false,
+                key: None,
             }
         );
         let p = publish(r#"{"topics": ["prices:AAPL", "prices:ALL"], "data": 187.12}"#);
@@ -726,7 +767,7 @@ mod tests {
     fn unknown_and_duplicate_fields() {
         assert_reason(
             r#"{"topik":"t","data":1}"#,
-            "unknown field \"topik\", expected one of topic, topics, event, data, final",
+            "unknown field \"topik\", expected one of topic, topics, event, data, final, key",
         );
         assert_reason(
             r#"{"topic":"t","data":1,"Final":true}"#,

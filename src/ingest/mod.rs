@@ -38,6 +38,8 @@ enum Answer {
     Err(String),
     /// A whole line (an admin command's answer).
     Raw(String),
+    /// Cluster mode: waits for Redis's answer to publish `seq` (`resolve`).
+    Remote(u64),
 }
 
 impl Answers {
@@ -79,17 +81,46 @@ impl Answers {
         }
     }
 
+    /// Cluster mode: the answer to publish `seq`, sent to Redis; it leaves once `resolve`d
+    /// and every earlier answer has left.
+    pub fn remote(&mut self, seq: u64) {
+        self.held.push_back(Held {
+            batch: 0,
+            answer: Answer::Remote(seq),
+        });
+    }
+
+    /// Redis answered publish `seq`: `Ok(id)` or the whole reason. Writes what became due.
+    /// Returns false when no answer waits for `seq`.
+    pub fn resolve(&mut self, seq: u64, result: Result<u64, &str>) -> bool {
+        let Some(h) = self
+            .held
+            .iter_mut()
+            .find(|h| matches!(h.answer, Answer::Remote(s) if s == seq))
+        else {
+            return false;
+        };
+        h.answer = match result {
+            Ok(id) => Answer::Ok(id),
+            Err(reason) => Answer::Err(reason.to_string()),
+        };
+        self.release(0);
+        true
+    }
+
     pub fn held(&self) -> usize {
         self.held.len()
     }
 
     /// The unwritten batch got number `seq` (or, with `None`, held nothing that needs one).
+    /// Answers waiting for Redis (cluster mode) are passed over: they are not in a batch.
     pub fn batch_written(&mut self, seq: Option<u64>) {
         for h in self
             .held
             .iter_mut()
             .rev()
-            .take_while(|h| h.batch == BATCH_UNWRITTEN)
+            .take_while(|h| h.batch == BATCH_UNWRITTEN || matches!(h.answer, Answer::Remote(_)))
+            .filter(|h| h.batch == BATCH_UNWRITTEN)
         {
             h.batch = seq.unwrap_or(0);
         }
@@ -114,7 +145,7 @@ impl Answers {
     /// Releases answers whose batches are durable (`batch <= durable`), in order.
     pub fn release(&mut self, durable: u64) {
         while let Some(h) = self.held.front() {
-            if h.batch > durable {
+            if h.batch > durable || matches!(h.answer, Answer::Remote(_)) {
                 break;
             }
             if let Some(h) = self.held.pop_front() {
@@ -127,7 +158,7 @@ impl Answers {
     /// Only batches newer than `durable` are affected.
     pub fn fail(&mut self, durable: u64, failed: u64, reason: &str) {
         while let Some(h) = self.held.front() {
-            if h.batch > failed {
+            if h.batch > failed || matches!(h.answer, Answer::Remote(_)) {
                 break;
             }
             if let Some(h) = self.held.pop_front() {
@@ -148,6 +179,8 @@ impl Answers {
                 self.ready.extend_from_slice(text.as_bytes());
                 self.ready.push(b'\n');
             }
+            // `release` never lets an unresolved one through.
+            Answer::Remote(_) => {}
         }
     }
 }
@@ -450,6 +483,32 @@ mod tests {
             text(&a),
             "{\"ok\":true,\"id\":\"1\"}\n{\"ok\":false,\"error\":\"disk full\"}\n"
         );
+    }
+
+    /// Cluster mode: Redis answers in order, but an error line (bad input) and an admin
+    /// answer between two publishes must still leave in input order.
+    #[test]
+    fn remote_answers_leave_in_input_order_once_resolved() {
+        let mut a = Answers::default();
+        a.remote(1);
+        a.error("bad line");
+        a.remote(2);
+        a.raw("{\"ok\":true}");
+        a.batch_written(None);
+        a.release(0);
+        assert_eq!(text(&a), "", "publish 1 is not answered yet");
+        assert!(a.resolve(1, Ok(1_700_000_000_000_001)));
+        assert_eq!(
+            text(&a),
+            "{\"ok\":true,\"id\":\"1700000000000001\"}\n{\"ok\":false,\"error\":\"bad line\"}\n"
+        );
+        assert_eq!(a.held(), 2, "publish 2 and the raw line behind it wait");
+        assert!(!a.resolve(9, Ok(1)), "no such publish");
+        assert!(a.resolve(2, Err("not stored: redis unavailable: refused")));
+        assert!(text(&a).ends_with(
+            "{\"ok\":false,\"error\":\"not stored: redis unavailable: refused\"}\n{\"ok\":true}\n"
+        ));
+        assert_eq!(a.held(), 0);
     }
 
     #[test]
