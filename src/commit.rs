@@ -8,12 +8,16 @@
 //!   thread's fsync reports back in `fsync` mode (many batches share one sync) — and
 //!   refused when the write or the sync fails.
 //!
+//! - Redis (cluster mode, SPEC 7): an event is not accepted here at all. Its publish is
+//!   `send`t to Redis, which assigns the id; the producer's answer comes back later
+//!   (`poll_remote`, `FromRedis::Answers`), and the event is committed only when the
+//!   link's reader reads it back from the stream (`Report::Entries`), on every node alike.
+//!
 //! The loop submits accepted events and batch ends; it gets back committed events (to
 //! retain and fan out, in id order) and what happened to each batch (for the producers'
-//! held answers, `ingest::Answers`). A Redis backend (cluster mode) is another variant of
-//! this seam: it may assign the id itself and commit later, from another thread through
-//! the loop's `Waker`, as the log's sync already does.
+//! held answers, `ingest::Answers`).
 
+use crate::cluster::{Link, PublishRequest, Report};
 use crate::config::Durability;
 use crate::history::Event;
 use crate::ingest::BATCH_UNWRITTEN;
@@ -32,6 +36,34 @@ pub struct Commit {
     unsynced: VecDeque<(u64, Rc<Event>)>,
     /// Batches were written since the last sync request (`fsync` mode).
     sync_wanted: bool,
+    /// Cluster mode: the link to Redis and who sent each unanswered publish.
+    remote: Option<Remote>,
+}
+
+/// Publishes sent to Redis and not answered yet, at most: past this the loop stops reading
+/// producers until answers come back (a full queue slows producers; SPEC 7).
+pub const MAX_IN_FLIGHT: usize = 65_536;
+
+struct Remote {
+    link: Link,
+    /// (publish sequence number, producer key), in sending order.
+    senders: VecDeque<(u64, usize)>,
+}
+
+/// What came back from Redis (`poll_remote`).
+#[derive(Debug)]
+pub enum FromRedis {
+    /// Answers to sent publishes, in sending order, with the producer that sent each.
+    Answers(Vec<RemoteAnswer>),
+    /// Anything else the link reported (entries to commit, a gap, up or down).
+    Report(Report),
+}
+
+#[derive(Debug)]
+pub struct RemoteAnswer {
+    pub producer: usize,
+    pub seq: u64,
+    pub result: Result<u64, String>,
 }
 
 /// What `submit` did with an event.
@@ -87,7 +119,72 @@ impl Commit {
             durable: 0,
             unsynced: VecDeque::new(),
             sync_wanted: false,
+            remote: None,
         }
+    }
+
+    /// Cluster mode: every publish goes through `link`.
+    pub fn remote(link: Link) -> Commit {
+        Commit {
+            remote: Some(Remote {
+                link,
+                senders: VecDeque::new(),
+            }),
+            ..Commit::memory()
+        }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The link to Redis (cluster mode).
+    pub fn link(&self) -> Option<&Link> {
+        self.remote.as_ref().map(|r| &r.link)
+    }
+
+    /// Whether another publish may be sent (cluster mode: fewer than `MAX_IN_FLIGHT` wait).
+    pub fn may_send(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_none_or(|r| r.senders.len() < MAX_IN_FLIGHT)
+    }
+
+    /// Cluster mode: sends a publish of `producer` to Redis; returns its sequence number
+    /// (the producer's answer waits for it: `Answers::remote`). None: not in cluster mode.
+    pub fn send(&mut self, request: PublishRequest, producer: usize) -> Option<u64> {
+        let r = self.remote.as_mut()?;
+        let seq = r.link.submit(request);
+        r.senders.push_back((seq, producer));
+        Some(seq)
+    }
+
+    /// The next report of the link to Redis, if any (call until None after a wake-up).
+    pub fn poll_remote(&mut self) -> Option<FromRedis> {
+        let r = self.remote.as_mut()?;
+        Some(match r.link.poll()? {
+            Report::Answered(answered) => {
+                let mut answers = Vec::with_capacity(answered.len());
+                for (seq, result) in answered {
+                    // Answers come in sending order; anything before `seq` was answered.
+                    while r.senders.front().is_some_and(|&(s, _)| s < seq) {
+                        r.senders.pop_front();
+                    }
+                    if let Some(&(s, producer)) = r.senders.front()
+                        && s == seq
+                    {
+                        r.senders.pop_front();
+                        answers.push(RemoteAnswer {
+                            producer,
+                            seq,
+                            result,
+                        });
+                    }
+                }
+                FromRedis::Answers(answers)
+            }
+            other => FromRedis::Report(other),
+        })
     }
 
     /// Highest log batch durable or refused (0: none; always 0 in memory).
@@ -153,7 +250,11 @@ impl Commit {
 
     /// Once per turn, before sleeping: asks the helper thread for one sync covering every
     /// batch written since the last request (group commit).
+    /// In cluster mode: hands this turn's publishes to the link's writer (one pipeline).
     pub fn request_sync(&mut self) {
+        if let Some(r) = &mut self.remote {
+            r.link.flush();
+        }
         if std::mem::take(&mut self.sync_wanted)
             && let Some(log) = &mut self.log
         {

@@ -47,8 +47,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod accept;
+mod cluster;
 mod ops;
 use accept::{bind_http, descriptor_caps};
+use cluster::{Parked, cluster_link};
 mod producers;
 mod recheck;
 
@@ -132,6 +134,10 @@ pub struct Server {
     wheel: Wheel<Due>,
     /// Producers with input possibly left unread (budget ran out or answers drained).
     producers_to_read: Vec<usize>,
+    /// Cluster mode: producers not read while `commit::MAX_IN_FLIGHT` publishes wait.
+    producers_waiting: Vec<usize>,
+    /// Cluster mode: requests resuming from an id this node has not read yet.
+    catching_up: Vec<Parked>,
     scratch: Box<[u8]>,
     max_connections: usize,
     /// Producers connected at once (`ingest.max_producers`, or derived).
@@ -197,7 +203,7 @@ impl Server {
         };
         let mut http = match passed.http {
             Some(l) => TcpListener::from_std(l),
-            None => bind_http(config.http.listen)?,
+            None => bind_http(config.http.listen, config.http.reuse_port)?,
         };
         // A socket passed in belongs to the socket unit: its file stays at exit.
         let owns_ingest_file = passed.ingest.is_none();
@@ -212,6 +218,10 @@ impl Server {
             }
         };
         let mut admin = ops::admin_listener(&config, passed.admin)?;
+        let link = match config.cluster.enabled() {
+            true => Some(cluster_link(&config, waker.clone())?),
+            false => None,
+        };
         let log = match dir_lock {
             None => None,
             Some(lock) => match open_log(&config, lock, waker.clone(), &mut hub) {
@@ -246,7 +256,12 @@ impl Server {
             streams: StreamTable::default(),
             producers: Slab::new(),
             hub,
-            commit: Commit::new(log, durability),
+            commit: match link {
+                Some(link) => Commit::remote(link),
+                None => Commit::new(log, durability),
+            },
+            catching_up: Vec::new(),
+            producers_waiting: Vec::new(),
             auth,
             cors,
             tls_config,
@@ -325,6 +340,8 @@ impl Server {
             // Commit: batches the log's helper reported durable are committed and fanned
             // out, their answers released; one sync is asked for this turn's batches.
             self.poll_commit();
+            self.poll_redis();
+            self.resume_parked(true);
             self.commit.request_sync();
             // Flush every pending queue (bounded writes each), then close what ended.
             self.flush_pending();
@@ -368,6 +385,10 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let mut ms = self.wheel.next_timeout(now);
+        if let Some(deadline) = self.next_catch_up_deadline() {
+            let left = deadline.saturating_sub(now);
+            ms = Some(ms.map_or(left, |m| m.min(left)));
+        }
         if let Some(until) = self.draining_until {
             let left = until.saturating_sub(now);
             ms = Some(ms.map_or(left, |m| m.min(left)));
@@ -433,6 +454,10 @@ impl Server {
     /// looked at once the previous answer has been written (pipelining stays bounded).
     fn process_requests(&mut self, key: u32) {
         loop {
+            // Cluster mode: a request waits for the node to catch up; the next one waits.
+            if self.is_parked(key) {
+                return;
+            }
             let Some(conn) = self.streams.get_mut(key) else {
                 return;
             };
@@ -454,14 +479,16 @@ impl Server {
                 }
                 Parsed::Complete { request, head_len } => {
                     buf.drain(..head_len);
-                    self.handle_request(key, request);
+                    let may_wait = self.commit.is_remote();
+                    self.handle_request(key, request, may_wait);
                 }
             }
         }
     }
 
     /// Routes one request (`http::route`: a pure decision) and applies the decision.
-    fn handle_request(&mut self, key: u32, req: Request) {
+    /// `may_wait` (cluster mode, first look): a resume ahead of this node may be parked.
+    fn handle_request(&mut self, key: u32, req: Request, may_wait: bool) {
         let deadline = self.now + self.request_timeout();
         self.streams.reschedule(key, deadline, &mut self.wheel);
         let Some(conn) = self.streams.get(key) else {
@@ -490,6 +517,7 @@ impl Server {
             cors: &self.cors,
             hub: &self.hub,
             wall_ms: self.wall_ms(),
+            catch_up: may_wait,
         };
         let routed = route::route(&req, &ctx);
         if let Some(client) = routed.count_client
@@ -534,6 +562,7 @@ impl Server {
                 let topics = plan.topics.iter().map(|n| self.hub.intern(n)).collect();
                 self.start_stream(key, topics, start, &plan.headers, false);
             }
+            Decision::CatchUp { until } => self.park(key, req, until),
         }
     }
 
@@ -652,6 +681,7 @@ impl Server {
     /// Closes what was listed this turn, and arms the once-a-second summary of slow
     /// disconnects.
     fn reap(&mut self) {
+        self.unpark_closing();
         let registry = self.poll.registry();
         self.streams.reap(
             &mut self.hub,

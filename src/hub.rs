@@ -346,6 +346,22 @@ impl Hub {
         }
     }
 
+    /// The resume id, when it is a decimal id above the last id (cluster mode: another
+    /// node may have delivered it before this node read it).
+    pub fn ahead_of_last(&self, resume: Option<&str>) -> Option<u64> {
+        resume
+            .and_then(parse_id)
+            .filter(|&id| id > self.last_id())
+    }
+
+    /// Cluster mode: ids up to `id` were issued elsewhere (Redis's last id at start-up, or
+    /// the end of a gap): resumes up to it are planned against this node's history.
+    pub fn raise_last(&mut self, id: u64) {
+        if id > self.ids.last() {
+            self.ids = IdSequence::new(id);
+        }
+    }
+
     /// The retained event with the smallest id above `cursor` on any of `topics`.
     pub fn next_after(&self, topics: &[TopicId], cursor: u64) -> Option<&Rc<Event>> {
         topics

@@ -175,6 +175,8 @@ pub struct Snapshot {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub start_time_unix_s: f64,
+    /// Cluster mode: whether Redis is reachable now, and its errors since start.
+    pub redis: Option<(bool, u64)>,
 }
 
 /// Renders the exposition text.
@@ -323,6 +325,20 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
             ("{result=\"error\"}", s.reloads_failed.to_string()),
         ],
     );
+    if let Some((up, errors)) = s.redis {
+        family(
+            "ssehub_redis_up",
+            "gauge",
+            "Cluster mode: 1 while both connections to Redis work, else 0.",
+            &one(u64::from(up)),
+        );
+        family(
+            "ssehub_redis_errors_total",
+            "counter",
+            "Cluster mode: failed connects, lost connections, timeouts and protocol errors.",
+            &one(errors),
+        );
+    }
     let name = "ssehub_publish_to_write_latency_seconds";
     let _ = writeln!(
         out,

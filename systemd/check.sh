@@ -20,11 +20,20 @@ getent passwd ssehub
 # The service user reads the installed config (root:ssehub 0640).
 if command -v runuser >/dev/null; then
   runuser -u ssehub -- /usr/bin/ssehub check-config /etc/ssehub/ssehub.toml
+  runuser -u ssehub -- /usr/bin/ssehub check-config /etc/ssehub/cluster.toml
 fi
 
 units=(/lib/systemd/system/ssehub.service /lib/systemd/system/ssehub.socket)
 # verify prints problems and exits non-zero on errors; warnings are shown too.
 systemd-analyze verify "${units[@]}"
+# The cluster template, as instance 0 (the template itself cannot be verified).
+ln -sf /lib/systemd/system/ssehub@.service /tmp/ssehub@0.service
+systemd-analyze verify /tmp/ssehub@0.service
+cluster_score=$(systemd-analyze security --offline=true /tmp/ssehub@0.service 2>&1 |
+  sed -n 's/.*Overall exposure level for ssehub@0.service: \([0-9.]*\).*/\1/p')
+echo "systemd-analyze security --offline=true ssehub@0.service: exposure $cluster_score"
+systemd-analyze security --offline=true --threshold=20 /tmp/ssehub@0.service >/dev/null
+rm -f /tmp/ssehub@0.service
 score=$(systemd-analyze security --offline=true /lib/systemd/system/ssehub.service 2>&1 |
   sed -n 's/.*Overall exposure level for ssehub.service: \([0-9.]*\).*/\1/p')
 echo "systemd-analyze security --offline=true: exposure $score"

@@ -125,6 +125,11 @@ impl StreamTable {
         !self.pending.is_empty() || !self.closing.is_empty()
     }
 
+    /// Connections listed for closing at the end of this turn.
+    pub fn closing(&self) -> &[u32] {
+        &self.closing
+    }
+
     pub fn token_deadline(&self, key: u32) -> Option<Millis> {
         self.token_deadline.get(&key).copied()
     }

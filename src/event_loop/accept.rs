@@ -208,10 +208,15 @@ impl Server {
     }
 }
 
-pub(super) fn bind_http(addr: SocketAddr) -> io::Result<TcpListener> {
+/// `reuse_port` (`http.reuse_port`): `SO_REUSEPORT`, so several processes share the port
+/// and the kernel spreads new connections over them.
+pub(super) fn bind_http(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     // Accepted sockets inherit TCP_NODELAY: events leave at once, and coalescing is ours.
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;

@@ -206,7 +206,7 @@ pub(super) fn admin_listener(
             format!("http.admin_listen {:?}: {e}", config.http.admin_listen),
         )
     })?;
-    super::accept::bind_http(addr).map(Some).map_err(|e| {
+    super::accept::bind_http(addr, false).map(Some).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("http.admin_listen {}: {e}", config.http.admin_listen),
@@ -310,14 +310,29 @@ impl Server {
     }
 
     fn status_line(&self) -> String {
+        let redis = match self.commit.link() {
+            None => "",
+            Some(link) if link.is_up() => "redis up; ",
+            Some(_) => "redis DOWN (publishes refused, streams kept open); ",
+        };
         format!(
-            "{} streams, {} connections, {} producers; {} events published, {} delivered",
+            "{redis}{} streams, {} connections, {} producers; {} events published, {} delivered",
             self.streams_open(),
             self.streams.len(),
             self.producers.len(),
             self.stats.events_published,
             self.stats.deliveries,
         )
+    }
+
+    /// Cluster mode: Redis came up or went down; `STATUS=` says so at once.
+    pub(super) fn ops_status_changed(&mut self) {
+        if self.draining_until.is_none() {
+            let status = self.status_line();
+            if let Some(n) = &mut self.ops.notifier {
+                n.status(&status);
+            }
+        }
     }
 
     // ---- reload ------------------------------------------------------------------------
@@ -501,6 +516,7 @@ impl Server {
             reloads_ok: self.ops.reloads_ok,
             reloads_failed: self.ops.reloads_failed,
             start_time_unix_s: self.ops.start_unix_s,
+            redis: self.commit.link().map(|l| (l.is_up(), l.errors_total())),
             ..Snapshot::default()
         };
         for (_, conn) in self.streams.iter() {

@@ -4,6 +4,7 @@
 //! answers once their batches are durable (or refused).
 
 use super::*;
+use crate::cluster::PublishRequest;
 
 impl Server {
     // ---- ingest --------------------------------------------------------------------------
@@ -16,6 +17,8 @@ impl Server {
         let max_line = self.config.ingest.max_event_bytes;
         let max_pending = self.config.streams.max_pending_bytes;
         let (now, wall_us) = (self.now, self.wall_us);
+        // Cluster mode: the outgoing queue to Redis is full (`commit::MAX_IN_FLIGHT`).
+        let queue_full = std::cell::Cell::new(!self.commit.may_send());
         // Each line is handled here with the parts it may touch (disjoint fields).
         let (hub, commit, streams, stats) = (
             &mut self.hub,
@@ -38,8 +41,10 @@ impl Server {
                         now,
                         wall_us,
                         max_pending,
+                        producer: key,
                     };
-                    publish(&p, at, hub, commit, streams, stats, answers);
+                    publish(p, at, hub, commit, streams, stats, answers);
+                    queue_full.set(!commit.may_send());
                 }
                 Ok(Line::Admin(line::Admin::Reload)) => match ops.request_reload(config) {
                     Ok(answer) => answers.raw(&answer),
@@ -63,6 +68,12 @@ impl Server {
                 }
             }
             if !p.may_read() {
+                break;
+            }
+            if queue_full.get() {
+                // Cluster mode: the outgoing queue to Redis is full; read on once answers
+                // come back (`poll_redis`).
+                self.producers_waiting.push(key);
                 break;
             }
             if budget == 0 {
@@ -216,19 +227,22 @@ impl Server {
     }
 }
 
-/// The turn's clock and limits, for `publish`.
+/// The turn's clock and limits, and who is publishing, for `publish`.
 #[derive(Clone, Copy)]
 struct Publishing {
     now: Millis,
     wall_us: u64,
     max_pending: usize,
+    producer: usize,
 }
 
 /// The ingest data path of one publish line: accept (final marks, id, encode once) →
 /// submit to the commit seam → committed now (memory: retain, fan out, answer `ok`) or
-/// held until durable (the answer waits for its batch).
+/// held until durable (the answer waits for its batch). In cluster mode the line goes to
+/// Redis instead, which assigns the id; the answer waits for Redis's reply, and the event
+/// reaches history and streams when the link reads it back (`poll_redis`).
 fn publish(
-    p: &Publish,
+    p: Publish,
     at: Publishing,
     hub: &mut Hub,
     commit: &mut Commit,
@@ -236,6 +250,24 @@ fn publish(
     stats: &mut Stats,
     answers: &mut Answers,
 ) {
+    if commit.is_remote() {
+        let request = PublishRequest {
+            topics: p.topics,
+            event: p.event,
+            data: p.data,
+            is_final: p.is_final,
+            key: p.key,
+        };
+        if let Some(seq) = commit.send(request, at.producer) {
+            answers.remote(seq);
+        }
+        return;
+    }
+    if p.key.is_some() {
+        stats.ingest_errors += 1;
+        return answers.error("\"key\" needs cluster mode (cluster.redis)");
+    }
+    let p = &p;
     let event = match hub.accept(p, at.wall_us / 1000, at.wall_us) {
         Ok(event) => event,
         Err(reason) => {

@@ -52,6 +52,9 @@ pub struct Ctx<'a> {
     pub hub: &'a Hub,
     /// Unix milliseconds, read once per loop turn by the caller (token expiry).
     pub wall_ms: u64,
+    /// Cluster mode, first look at this request: a resume from an id above the hub's last
+    /// id waits for the node to read it (`Decision::CatchUp`) instead of being decided.
+    pub catch_up: bool,
 }
 
 /// Which connection cap a refused request is over.
@@ -99,6 +102,10 @@ pub enum Decision<'r> {
     },
     /// Open a stream.
     Stream(StreamPlan<'r>),
+    /// Cluster mode: the resume id `until` is above this node's last id (another node saw
+    /// it first). Route the request again once the node has read up to it, or once
+    /// `cluster.catch_up` has passed (then without `Ctx::catch_up`).
+    CatchUp { until: u64 },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -354,6 +361,11 @@ fn route_public<'r>(
         .last_event_id
         .as_deref()
         .or(query.last_event_id.as_deref());
+    if ctx.catch_up
+        && let Some(until) = ctx.hub.ahead_of_last(resume)
+    {
+        return Decision::CatchUp { until };
+    }
     let (cursor, reset, replay) = match ctx.hub.plan_resume_names(&query.topics, resume) {
         Resume::Finished => return answer(204, "", after, headers, false),
         Resume::Stream {
@@ -510,6 +522,7 @@ mod tests {
                 cors: &self.cors,
                 hub: &self.hub,
                 wall_ms: now_s() * 1000,
+                catch_up: false,
             }
         }
     }
@@ -1084,6 +1097,42 @@ mod tests {
                 headers: CORS.to_vec()
             }
         );
+    }
+
+    /// Cluster mode: an id above the node's last id waits for the node's reader (once);
+    /// ids it already has, ids that are no ids, and absent ones are decided at once.
+    #[test]
+    fn cluster_resumes_ahead_of_the_node_wait_to_catch_up() {
+        let w = World::new();
+        let ctx = Ctx {
+            catch_up: true,
+            ..w.ctx()
+        };
+        let last = *w.ids.last().unwrap();
+        let ahead = format!("Last-Event-ID: {}\r\n", last + 5);
+        let r = http("GET", "/events?topic=a", &ahead);
+        assert_eq!(decide(&r, &ctx), Decision::CatchUp { until: last + 5 });
+        // The second look (catch-up over or timed out) decides: an id never seen: reset.
+        let again = Ctx {
+            catch_up: false,
+            ..w.ctx()
+        };
+        let plan = stream(decide(&r, &again));
+        assert!(plan.replay.is_some_and(|(_, reset)| reset.is_some()));
+        for extra in [
+            format!("Last-Event-ID: {last}\r\n"),
+            "Last-Event-ID: abc\r\n".to_string(),
+            String::new(),
+        ] {
+            let r = http("GET", "/events?topic=a", &extra);
+            assert!(
+                matches!(decide(&r, &ctx), Decision::Stream(_)),
+                "{extra:?} decided at once"
+            );
+        }
+        // Auth and CORS are decided before any wait.
+        let r = http("GET", "/events?topic=secret/x", &ahead);
+        assert!(matches!(decide(&r, &ctx), Decision::Answer(a) if a.status == 401));
     }
 
     #[test]
