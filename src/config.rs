@@ -289,9 +289,11 @@ impl Config {
         let c = &self.cluster;
         if c.enabled() {
             if !self.history.data_dir.as_os_str().is_empty() {
-                return Err("history.data_dir cannot be used with cluster.redis: in cluster \
+                return Err(
+                    "history.data_dir cannot be used with cluster.redis: in cluster \
                      mode Redis is the event log (one durable store, not two)"
-                    .into());
+                        .into(),
+                );
             }
             let scheme = c.redis.split("://").next().unwrap_or_default();
             if !c.redis.contains("://")
@@ -304,7 +306,9 @@ impl Config {
                 ));
             }
             if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}', ' ']) {
-                return Err("cluster.key_prefix must be non-empty, without braces or spaces".into());
+                return Err(
+                    "cluster.key_prefix must be non-empty, without braces or spaces".into(),
+                );
             }
             if c.connect_timeout.is_zero() {
                 return Err("cluster.connect_timeout must be above 0".into());
@@ -433,7 +437,10 @@ mod tests {
         let both = Config::parse(
             "[cluster]\nredis = \"redis+unix:///tmp/r.sock\"\n[history]\ndata_dir = \"/x\"",
         );
-        assert!(both.unwrap_err().contains("history.data_dir cannot be used"));
+        assert!(
+            both.unwrap_err()
+                .contains("history.data_dir cannot be used")
+        );
         let bad = Config::parse("[cluster]\nredis = \"localhost:6379\"");
         assert!(bad.unwrap_err().contains("must be a redis://"));
     }

@@ -349,9 +349,7 @@ impl Hub {
     /// The resume id, when it is a decimal id above the last id (cluster mode: another
     /// node may have delivered it before this node read it).
     pub fn ahead_of_last(&self, resume: Option<&str>) -> Option<u64> {
-        resume
-            .and_then(parse_id)
-            .filter(|&id| id > self.last_id())
+        resume.and_then(parse_id).filter(|&id| id > self.last_id())
     }
 
     /// Cluster mode: ids up to `id` were issued elsewhere (Redis's last id at start-up, or

@@ -206,12 +206,14 @@ pub(super) fn admin_listener(
             format!("http.admin_listen {:?}: {e}", config.http.admin_listen),
         )
     })?;
-    super::accept::bind_http(addr, false).map(Some).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("http.admin_listen {}: {e}", config.http.admin_listen),
-        )
-    })
+    super::accept::bind_http(addr, false)
+        .map(Some)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("http.admin_listen {}: {e}", config.http.admin_listen),
+            )
+        })
 }
 
 impl Server {

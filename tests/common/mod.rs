@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod prom;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,351 @@
+//! Cluster mode (SPEC 7) against real `redis-server` processes and 2–3 real ssehub nodes:
+//! one ordered stream for every node, resume on any node, and `reset` (never a silent gap)
+//! when Redis loses data — restarted empty, failed over to a lagging replica, or trimmed
+//! past a paused node; publishes refused or unconfirmed while Redis is unreachable, and a
+//! retry with the same idempotency key stored once.
+mod common;
+use common::redis::{Forwarder, Mode, Redis, metric, node, node_on, redis_up};
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Reads events until `n` with ids arrived; returns (id, data) in order. `reset` events
+/// (no id) are returned with id 0.
+fn read_events(c: &mut Client, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while got.iter().filter(|(id, _)| *id > 0).count() < n {
+        let block = c.read_event();
+        if block.contains("event: reset") {
+            got.push((0, event_data(&block)));
+        } else if let Some(id) = event_id(&block) {
+            got.push((id, event_data(&block)));
+        }
+    }
+    got
+}
+
+fn ids(events: &[(u64, String)]) -> Vec<u64> {
+    events.iter().map(|(id, _)| *id).collect()
+}
+
+/// Publishes `{"topics":[..],"data":..}` and returns the answer line.
+fn publish_to(p: &mut Producer, topics: &[&str], data: &str) -> String {
+    let topics: Vec<String> = topics.iter().map(|t| json_str(t)).collect();
+    p.request(&format!(
+        "{{\"topics\":[{}],\"data\":{}}}",
+        topics.join(","),
+        json_str(data)
+    ))
+}
+
+#[test]
+fn every_node_delivers_every_event_once_in_the_same_order_with_the_same_ids() {
+    let redis = Redis::start(&[]);
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis.url(), &[])).collect();
+    // On every node: one stream on `a`, one on `b`, one on both.
+    let mut subs: Vec<(usize, &str, Client)> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for q in ["topic=a", "topic=b", "topic=a&topic=b"] {
+            subs.push((i, q, n.subscribe(q)));
+        }
+    }
+    let mut producers: Vec<Producer> = nodes.iter().map(Server::producer).collect();
+    let mut published = Vec::new();
+    for k in 0..30 {
+        let topics: &[&str] = match k % 3 {
+            0 => &["a"],
+            1 => &["b"],
+            _ => &["a", "b"],
+        };
+        let data = format!("e{k}");
+        let answer = publish_to(&mut producers[k % 3], topics, &data);
+        let id = parse_ok(&answer).unwrap_or_else(|| panic!("refused: {answer}"));
+        published.push((id, data, topics.to_vec()));
+    }
+    let all_ids: Vec<u64> = published.iter().map(|(id, _, _)| *id).collect();
+    assert!(
+        all_ids.windows(2).all(|w| w[0] < w[1]),
+        "ids from three nodes are one increasing sequence: {all_ids:?}"
+    );
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert!(all_ids[0] > now_us - 60_000_000, "ids are >= Unix µs");
+    for (node, query, c) in &mut subs {
+        let wanted: Vec<(u64, String)> = published
+            .iter()
+            .filter(|(_, _, topics)| topics.iter().any(|t| query.contains(&format!("={t}"))))
+            .map(|(id, data, _)| (*id, data.clone()))
+            .collect();
+        let got = read_events(c, wanted.len());
+        assert_eq!(got, wanted, "node {node} stream {query}");
+        // Nothing more: a multi-topic event reached the two-topic stream once.
+        let extra = c.read_for(Duration::from_millis(200));
+        assert!(
+            !String::from_utf8_lossy(&extra).contains("id: "),
+            "node {node} {query}: duplicate delivery {extra:?}"
+        );
+    }
+}
+
+#[test]
+fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
+    let redis = Redis::start(&[]);
+    let (a, b) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let mut pa = a.producer();
+    let mut c = a.subscribe("topic=t");
+    let first: Vec<u64> = (0..3).map(|i| pa.publish("t", &format!("x{i}"))).collect();
+    assert_eq!(ids(&read_events(&mut c, 3)), first);
+    drop(c);
+    let missed: Vec<u64> = (0..4).map(|i| pa.publish("t", &format!("y{i}"))).collect();
+    // Wait until b has read them (its metric counts committed events).
+    assert!(wait_for(Duration::from_secs(5), || {
+        metric(&b, "ssehub_events_published_total") == Some(7)
+    }));
+    let mut c = b.resume("topic=t", &first[2].to_string());
+    let got = read_events(&mut c, 4);
+    assert_eq!(ids(&got), missed, "exactly the missed events, no reset");
+    let live = pa.publish("t", "live");
+    assert_eq!(ids(&read_events(&mut c, 1)), [live]);
+}
+
+/// A resume from an id that node b has not read yet (b was stopped while a delivered it)
+/// waits for b's reader instead of getting a spurious `reset`.
+#[test]
+fn a_resume_ahead_of_the_node_waits_for_it_instead_of_reset() {
+    let redis = Redis::start(&[]);
+    let (a, b) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let mut pa = a.producer();
+    pa.publish("t", "before");
+    b.signal("STOP");
+    let mut c = a.subscribe("topic=t");
+    let seen = pa.publish("t", "seen on a");
+    assert_eq!(ids(&read_events(&mut c, 1)), [seen]);
+    // The request reaches b's accept queue while b is stopped; b handles it right after
+    // it continues, possibly before its reader has read `seen`.
+    let mut resumed = Client::connect(b.addr);
+    resumed.send(&format!(
+        "GET /events?topic=t HTTP/1.1\r\nHost: t\r\nLast-Event-ID: {seen}\r\n\r\n"
+    ));
+    b.signal("CONT");
+    let head = resumed.read_head();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let after = pa.publish("t", "after");
+    let got = read_events(&mut resumed, 1);
+    assert_eq!(
+        got,
+        [(after, "after".to_string())],
+        "no reset, nothing replayed twice"
+    );
+}
+
+#[test]
+fn redis_restarted_empty_resets_resuming_clients_and_ids_keep_increasing() {
+    let mut redis = Redis::start(&[]);
+    let (a, b) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let mut pa = a.producer();
+    let mut live = a.subscribe("topic=t");
+    let before: Vec<u64> = (0..3).map(|i| pa.publish("t", &format!("b{i}"))).collect();
+    assert_eq!(ids(&read_events(&mut live, 3)), before);
+    assert!(wait_for(Duration::from_secs(5), || {
+        metric(&b, "ssehub_events_published_total") == Some(3)
+    }));
+    redis.restart();
+    // The live stream on a is told to come back (gap: a's last entry is gone).
+    let rest = live
+        .read_to_close(Duration::from_secs(15))
+        .expect("the live stream was closed after the gap");
+    assert!(
+        String::from_utf8_lossy(&rest).contains("retry: "),
+        "{rest:?}"
+    );
+    assert!(wait_for(Duration::from_secs(10), || redis_up(&a)
+        == Some(true)
+        && redis_up(&b) == Some(true)));
+    // Resuming from before the loss, on either node: reset.
+    for n in [&a, &b] {
+        let mut c = n.resume("topic=t", &before[1].to_string());
+        let first = c.read_event();
+        assert!(
+            first.contains("event: reset"),
+            "{first:?}\n{}",
+            n.log_text()
+        );
+    }
+    // New ids exceed everything delivered before the loss.
+    let next = pa.publish("t", "after");
+    assert!(next > before[2], "{next} <= {}", before[2]);
+}
+
+/// The replica lags (it is asleep) when the primary, having acknowledged an event, dies;
+/// the replica is promoted without it. The nodes must not go on as if nothing happened.
+#[test]
+fn failover_to_a_lagging_replica_gives_reset_never_a_silent_gap() {
+    let mut primary = Redis::start(&[]);
+    let replica = Redis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let fwd = Forwarder::start(primary.port);
+    let (a, b) = (node(&fwd.url(), &[]), node(&fwd.url(), &[]));
+    let mut pa = a.producer();
+    let replicated = pa.publish("t", "on both");
+    assert!(wait_for(Duration::from_secs(5), || {
+        replica.stream_len("ssehub") == 1
+    }));
+    // The replica sleeps; the primary acknowledges an event it never gets.
+    let sleeper = {
+        let port = replica.port.to_string();
+        std::thread::spawn(move || {
+            std::process::Command::new("redis-cli")
+                .args(["-p", &port, "DEBUG", "SLEEP", "3"])
+                .output()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let lost = pa.publish("t", "primary only");
+    assert!(wait_for(Duration::from_secs(5), || {
+        metric(&b, "ssehub_events_published_total") == Some(2)
+    }));
+    primary.kill();
+    let _ = sleeper.join();
+    assert_eq!(replica.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+    assert_eq!(
+        replica.stream_len("ssehub"),
+        1,
+        "the replica lacks the lost event"
+    );
+    fwd.retarget(replica.port);
+    fwd.cut();
+    assert!(wait_for(Duration::from_secs(15), || {
+        a.log_contains("possible gap") && b.log_contains("possible gap")
+    }));
+    // A client that saw only the replicated event must learn it may have missed one.
+    let mut c = b.resume("topic=t", &replicated.to_string());
+    let first = c.read_event();
+    assert!(first.contains("event: reset"), "{first:?}");
+    let next = pa.publish("t", "after failover");
+    assert!(next > lost);
+}
+
+/// Node b is paused while the stream is trimmed past its last entry.
+#[test]
+fn a_node_paused_while_the_stream_is_trimmed_past_it_resets() {
+    let redis = Redis::start(&[]);
+    let trim = [("history", "max_stream_events = 4")];
+    let (a, b) = (node(&redis.url(), &trim), node(&redis.url(), &trim));
+    let mut pa = a.producer();
+    let first = pa.publish("t", "seen by b");
+    assert!(wait_for(Duration::from_secs(5), || {
+        metric(&b, "ssehub_events_published_total") == Some(1)
+    }));
+    let mut live = b.subscribe("topic=t");
+    b.signal("STOP");
+    for i in 0..40 {
+        pa.publish("t", &format!("while b sleeps {i}"));
+    }
+    assert!(redis.stream_len("ssehub") < 40, "the stream was trimmed");
+    b.signal("CONT");
+    let rest = live
+        .read_to_close(Duration::from_secs(15))
+        .expect("b closed its live stream after the gap");
+    assert!(String::from_utf8_lossy(&rest).contains("retry: "));
+    let mut c = b.resume("topic=t", &first.to_string());
+    let block = c.read_event();
+    assert!(
+        block.contains("event: reset"),
+        "{block:?}\n{}",
+        b.log_text()
+    );
+}
+
+#[test]
+fn unreachable_redis_refuses_publishes_keeps_streams_and_recovers() {
+    let redis = Redis::start(&[]);
+    let fwd = Forwarder::start(redis.port);
+    let a = node(&fwd.url(), &[("streams", "keepalive = \"300ms\"")]);
+    let mut p = a.producer();
+    let mut c = a.subscribe("topic=t");
+    let before = p.publish("t", "before");
+    assert_eq!(ids(&read_events(&mut c, 1)), [before]);
+    fwd.set_mode(Mode::Refuse);
+    assert!(wait_for(Duration::from_secs(10), || redis_up(&a) == Some(false)));
+    let started = Instant::now();
+    let answer = publish_to(&mut p, &["t"], "while down");
+    assert!(
+        answer.starts_with("{\"ok\":false,\"error\":\"not stored: redis unavailable: "),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered promptly"
+    );
+    // The stream stays open: keepalives keep coming.
+    let quiet = c.read_for(Duration::from_secs(1));
+    assert!(String::from_utf8_lossy(&quiet).contains(":\n"), "{quiet:?}");
+    assert!(metric(&a, "ssehub_redis_errors_total").unwrap_or(0) > 0);
+    fwd.set_mode(Mode::Pass);
+    assert!(wait_for(Duration::from_secs(15), || redis_up(&a) == Some(true)));
+    let after = p.publish("t", "after");
+    assert_eq!(ids(&read_events(&mut c, 1)), [after], "not the refused one");
+}
+
+/// The reply to a publish is lost: the producer hears `not confirmed`; the event may
+/// still appear, and a retry with the same `key` does not store it twice.
+#[test]
+fn a_lost_reply_is_not_confirmed_and_a_keyed_retry_is_stored_once() {
+    let redis = Redis::start(&[]);
+    let fwd = Forwarder::start(redis.port);
+    let a = node(&fwd.url(), &[("cluster", "replica_timeout = \"200ms\"")]);
+    let b = node(&redis.url(), &[]);
+    let mut p = a.producer();
+    let mut watcher = b.subscribe("topic=t");
+    fwd.set_mode(Mode::SwallowReplies);
+    let line = r#"{"topic":"t","data":"once","key":"order-17"}"#;
+    let answer = p.request(line);
+    assert!(
+        answer.starts_with("{\"ok\":false,\"error\":\"not confirmed: "),
+        "{answer}"
+    );
+    fwd.set_mode(Mode::Pass);
+    fwd.cut();
+    assert!(wait_for(Duration::from_secs(15), || redis_up(&a) == Some(true)));
+    let retried = p.publish_json(line);
+    let got = read_events(&mut watcher, 1);
+    assert_eq!(got, [(retried, "once".to_string())]);
+    let extra = watcher.read_for(Duration::from_millis(500));
+    assert!(
+        !String::from_utf8_lossy(&extra).contains("id: "),
+        "stored twice: {extra:?}"
+    );
+    assert_eq!(redis.stream_len("ssehub"), 1);
+    // A different key is a different event.
+    let other = p.publish_json(r#"{"topic":"t","data":"twice","key":"order-18"}"#);
+    assert!(other > retried);
+}
+
+#[test]
+fn two_processes_share_one_port_with_reuse_port() {
+    let redis = Redis::start(&[]);
+    let port = common::redis::free_port();
+    let http = [("http", "reuse_port = true")];
+    let a = node_on(&redis.url(), port, &http);
+    let b = node_on(&redis.url(), port, &http);
+    assert_eq!(a.addr, b.addr);
+    let mut clients: Vec<Client> = (0..24).map(|_| a.subscribe("topic=t")).collect();
+    let id = a.producer().publish("t", "to all");
+    for c in &mut clients {
+        assert_eq!(ids(&read_events(c, 1)), [id]);
+    }
+    // Both processes hold some: stopping one closes only its share.
+    drop(a);
+    let mut closed = 0;
+    for c in &mut clients {
+        if c.read_to_close(Duration::from_millis(300)).is_some() {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed > 0 && closed < clients.len(),
+        "{closed} of {} streams were on the stopped process",
+        clients.len()
+    );
+    drop(b);
+}

@@ -1,0 +1,283 @@
+//! Real Redis for the cluster tests: `redis-server` (the Debian package) started on a free
+//! loopback port with persistence off and stopped by pid; `redis-cli` for commands; a TCP
+//! forwarder between the nodes and Redis that a test can retarget (failover), cut, refuse
+//! or make swallow replies (a lost answer). Nothing is mocked: the nodes talk RESP to a
+//! real server through real sockets.
+#![allow(dead_code)]
+
+use super::{Client, Server, wait_for};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A `redis-server` child on 127.0.0.1:`port`; killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Redis {
+    /// Starts an empty Redis (no RDB, no AOF) with `extra` config arguments
+    /// (`["--replicaof", "127.0.0.1", "6379"]`).
+    pub fn start(extra: &[&str]) -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port: an empty Redis, as after a restart without
+    /// persistence.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            // Small stream nodes, so that `MAXLEN ~` and `MINID ~` trims take effect
+            // after a few entries instead of a hundred.
+            .args(["--stream-node-max-entries", "4"])
+            .args(["--loglevel", "warning"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        self.child = Some(child);
+        assert!(
+            wait_for(Duration::from_secs(10), || self.cli(&["PING"]) == "PONG"),
+            "redis-server on port {} did not answer PING",
+            self.port
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILL: gone at once, nothing saved.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Runs one command with `redis-cli`; its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Number of entries in the stream of key prefix `prefix`.
+    pub fn stream_len(&self, prefix: &str) -> u64 {
+        self.cli(&["XLEN", &format!("{prefix}:{{ev}}")])
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a `Forwarder` does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Both directions forwarded.
+    Pass,
+    /// New connections are accepted and closed at once; open ones are cut.
+    Refuse,
+    /// Requests reach Redis; its replies are dropped (a lost answer).
+    SwallowReplies,
+}
+
+/// A TCP forwarder 127.0.0.1:`port` → 127.0.0.1:`target`, on threads.
+pub struct Forwarder {
+    pub port: u16,
+    target: Arc<AtomicU16>,
+    mode: Arc<Mutex<Mode>>,
+    /// Bumped by `cut`: pumps of older connections stop.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Forwarder {
+    pub fn start(target: u16) -> Forwarder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind forwarder");
+        let port = listener.local_addr().expect("addr").port();
+        let f = Forwarder {
+            port,
+            target: Arc::new(AtomicU16::new(target)),
+            mode: Arc::new(Mutex::new(Mode::Pass)),
+            generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (target, mode, generation, stop) = (
+            f.target.clone(),
+            f.mode.clone(),
+            f.generation.clone(),
+            f.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                if *mode.lock().unwrap() == Mode::Refuse {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let port = target.load(Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let gen_now = generation.load(Ordering::SeqCst);
+                let pairs = [
+                    (client.try_clone(), server.try_clone(), false),
+                    (server.try_clone(), client.try_clone(), true),
+                ];
+                for (from, to, is_reply) in pairs {
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        continue;
+                    };
+                    let (mode, generation) = (mode.clone(), generation.clone());
+                    std::thread::spawn(move || {
+                        pump(from, to, is_reply, &mode, &generation, gen_now);
+                    });
+                }
+            }
+        });
+        f
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+        if mode == Mode::Refuse {
+            self.cut();
+        }
+    }
+
+    /// Closes every open connection (the nodes see their connections drop).
+    pub fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// New connections go to `port` from now on (a failover behind a fixed address).
+    pub fn retarget(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut();
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    is_reply: bool,
+    mode: &Mutex<Mode>,
+    generation: &std::sync::atomic::AtomicU64,
+    born: u64,
+) {
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 16384];
+    loop {
+        if generation.load(Ordering::SeqCst) != born {
+            break;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if is_reply && *mode.lock().unwrap() == Mode::SwallowReplies {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Starts a cluster node on Redis at `url` with `extra` config sections.
+pub fn node(url: &str, extra: &[(&str, &str)]) -> Server {
+    node_on(url, 0, extra)
+}
+
+/// `node`, listening on 127.0.0.1:`port` (0: a free port).
+pub fn node_on(url: &str, port: u16, extra: &[(&str, &str)]) -> Server {
+    let cluster = format!("redis = {url:?}\nconnect_timeout = \"500ms\"");
+    let mut sections: Vec<(&str, &str)> = vec![("cluster", cluster.as_str())];
+    sections.extend_from_slice(extra);
+    let s = Server::start_with_command(&sections, |config| {
+        let text = std::fs::read_to_string(config).expect("config");
+        let text = text.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        std::fs::write(config, text).expect("config");
+        super::serve_command(config)
+    });
+    assert!(
+        wait_for(Duration::from_secs(10), || redis_up(&s) == Some(true)),
+        "node did not report ssehub_redis_up 1: {}",
+        s.log_text()
+    );
+    s
+}
+
+/// `ssehub_redis_up` of a node (None: not in its /metrics).
+pub fn redis_up(s: &Server) -> Option<bool> {
+    metric(s, "ssehub_redis_up").map(|v| v == 1)
+}
+
+/// A metric without labels from a node's `/metrics`.
+pub fn metric(s: &Server, name: &str) -> Option<u64> {
+    let mut c = Client::connect(s.addr);
+    c.send("GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (_, _, body) = c.read_response();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
