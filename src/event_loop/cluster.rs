@@ -113,7 +113,8 @@ impl Server {
             "redis: possible gap ({why}): history forgotten up to id {forget_up_to}, \
              streams told to reconnect"
         );
-        self.hub.raise_last(forget_up_to);
+        // Not `raise_last`: entries up to `forget_up_to` may still arrive (and reach streams);
+        // a resume from inside the gap gets `reset` through the forgotten mark.
         self.hub.note_forgotten(forget_up_to);
         let base = self.config.streams.retry_base.as_millis() as u64;
         let spread = self.config.streams.shutdown_spread.as_millis() as u64;
