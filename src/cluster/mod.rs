@@ -39,6 +39,9 @@ mod reply;
 mod shared;
 mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use shared::Shared;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
