@@ -181,12 +181,9 @@ impl Link {
     }
 
     /// Queues a publish; returns its sequence number (1, 2, 3, … in submission order).
-    /// The loop keeps `in_flight()` below `MAX_IN_FLIGHT` (it stops reading producers).
+    /// The loop keeps `in_flight()` near `MAX_IN_FLIGHT` at most (it stops reading
+    /// producers); the link itself does not refuse (a small overshoot only costs memory).
     pub fn submit(&mut self, request: PublishRequest) -> u64 {
-        debug_assert!(
-            self.in_flight() < MAX_IN_FLIGHT,
-            "the loop must respect MAX_IN_FLIGHT"
-        );
         self.submitted += 1;
         self.pending.push((self.submitted, request));
         self.submitted
