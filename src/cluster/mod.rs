@@ -18,9 +18,44 @@
 //! `submit` queues a publish and returns its sequence number; `flush` (once per turn)
 //! hands the queued publishes to the writer as one pipeline; `poll` (after a wake-up, until
 //! `None`) yields what the threads reported, in order.
+//!
+//! # Threads and what they promise
+//! - `writer` answers every publish exactly once, `Answered` reports ascending by sequence
+//!   number across reports. While the link is not up (also before the first `Up`), `flush`
+//!   refuses at once (`not stored: redis unavailable: <reason>`) rather than queue.
+//! - `reader` sends `Started` once, then `Entries` and `Gap`s in stream order; a `Gap`
+//!   comes before the entries it concerns. It waits while the queue holds more than
+//!   `shared::MAX_QUEUED_ENTRIES` entries, so a slow loop slows reading, not memory.
+//! - `Up`/`Down` come from `shared`, once per change; `Down` also when the very first
+//!   connect fails. Answers and entries are not ordered against each other (a publish's
+//!   entry may be polled before or after its answer).
+//! - `connection` opens sockets (timeouts, backoff), `keys` and `function.lua` are the
+//!   Redis side's names and Function, `reply` reads what Redis sends, never panicking.
 
+mod connection;
+mod keys;
+mod reader;
+mod reply;
+mod shared;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use shared::Shared;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// The most publishes the loop may have submitted and not yet seen answered
+/// (`Link::in_flight`): at this many it stops reading producers, so the writer's queue
+/// never grows without bound.
+pub const MAX_IN_FLIGHT: usize = 65_536;
+
+/// How long dropping a `Link` waits for its threads before leaving them to finish alone.
+const JOIN_WAIT: Duration = Duration::from_secs(2);
 
 /// What the link needs from the configuration.
 #[derive(Debug, Clone)]
@@ -90,47 +125,149 @@ pub enum Report {
 
 /// The loop's handle on the writer and reader threads.
 pub struct Link {
-    _options: Arc<Options>,
+    shared: Arc<Shared>,
+    /// To the writer; `None` once dropping.
+    batches: Option<Sender<writer::Batch>>,
+    /// Submitted since the last `flush`.
+    pending: Vec<(u64, PublishRequest)>,
+    /// Sequence numbers handed out so far (the last one).
+    submitted: u64,
+    /// Answers `poll` has returned so far.
+    answered: u64,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Link {
     /// Starts the writer and reader threads; they connect in the background and report
     /// through `waker`. Entries are read from the stream start-up position (see `Started`).
+    /// `Err` (`InvalidInput`) when `options.url` is not a Redis URL.
     pub fn start(options: Options, waker: Arc<mio::Waker>) -> std::io::Result<Link> {
-        let _ = waker;
-        Ok(Link {
-            _options: Arc::new(options),
-        })
+        let client = connection::client(&options.url)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let shared = Arc::new(Shared::new(options, waker));
+        let mut rng = crate::rng::Rng::seeded();
+        let (batches, batch_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(2);
+        let writer = writer::Writer::new(
+            shared.clone(),
+            client.clone(),
+            connection::Backoff::new(crate::rng::Rng::new(rng.next_u64())),
+        );
+        let reader = reader::Reader::new(
+            shared.clone(),
+            client,
+            connection::Backoff::new(crate::rng::Rng::new(rng.next_u64())),
+        );
+        let spawned = thread::Builder::new()
+            .name("ssehub-redis-w".into())
+            .spawn(move || writer.run(batch_rx))
+            .and_then(|w| {
+                threads.push(w);
+                thread::Builder::new()
+                    .name("ssehub-redis-r".into())
+                    .spawn(move || reader.run())
+            });
+        let mut link = Link {
+            shared,
+            batches: Some(batches),
+            pending: Vec::new(),
+            submitted: 0,
+            answered: 0,
+            threads,
+        };
+        // On failure dropping `link` stops the writer that did start.
+        link.threads.push(spawned?);
+        Ok(link)
     }
 
     /// Queues a publish; returns its sequence number (1, 2, 3, … in submission order).
+    /// The loop keeps `in_flight()` near `MAX_IN_FLIGHT` at most (it stops reading
+    /// producers); the link itself does not refuse (a small overshoot only costs memory).
     pub fn submit(&mut self, request: PublishRequest) -> u64 {
-        let _ = request;
-        0
+        self.submitted += 1;
+        self.pending.push((self.submitted, request));
+        self.submitted
     }
 
     /// Hands what was submitted since the last call to the writer (one pipeline, one
     /// `WAIT`). Call once per loop turn, after reading the producers.
-    pub fn flush(&mut self) {}
+    ///
+    /// While the link is down and the writer holds nothing, the publishes are refused here
+    /// at once (`not stored: redis unavailable: …`, through `poll` like every answer).
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let n = batch.len();
+        let writer_idle = self.shared.writer_pending.load(Ordering::SeqCst) == 0;
+        if !self.shared.is_up() && writer_idle {
+            let why = format!(
+                "not stored: redis unavailable: {}",
+                self.shared.down_reason()
+            );
+            let answers = batch.into_iter().map(|(seq, _)| (seq, Err(why.clone())));
+            self.shared.push(Report::Answered(answers.collect()));
+            return;
+        }
+        self.shared.writer_pending.fetch_add(n, Ordering::SeqCst);
+        let sent = self.batches.as_ref().map(|tx| tx.send(batch));
+        if let Some(Err(mpsc::SendError(batch))) = sent {
+            // The writer thread is gone (it only ends at drop, or by a panic).
+            self.shared.writer_pending.fetch_sub(n, Ordering::SeqCst);
+            let why = "not stored: redis unavailable: writer thread gone".to_string();
+            let answers = batch.into_iter().map(|(seq, _)| (seq, Err(why.clone())));
+            self.shared.push(Report::Answered(answers.collect()));
+        }
+    }
 
     /// Publishes submitted and not yet answered.
     pub fn in_flight(&self) -> usize {
-        0
+        (self.submitted - self.answered) as usize
     }
 
     /// The next report of the threads, if any (call until `None` after a wake-up).
     pub fn poll(&mut self) -> Option<Report> {
-        None
+        let report = self.shared.pop()?;
+        if let Report::Answered(answers) = &report {
+            self.answered += answers.len() as u64;
+        }
+        Some(report)
     }
 
     /// Whether both connections work now (`ssehub_redis_up`).
     pub fn is_up(&self) -> bool {
-        false
+        self.shared.is_up()
     }
 
     /// Failed connects, lost connections, timeouts and protocol errors since start
     /// (`ssehub_redis_errors_total`).
     pub fn errors_total(&self) -> u64 {
-        0
+        self.shared.errors_total()
+    }
+}
+
+impl Drop for Link {
+    /// Stops both threads: the writer ends when its channel closes, the reader within one
+    /// `XREAD BLOCK` (1 s). Waits up to 2 s; a thread still inside a blocking call then
+    /// (a connect or a reply that takes its full timeout) is left to end alone: it only
+    /// holds its connection and the shared state.
+    fn drop(&mut self) {
+        self.shared.shut_down();
+        self.batches = None;
+        let deadline = Instant::now() + JOIN_WAIT;
+        while Instant::now() < deadline && !self.threads.iter().all(|t| t.is_finished()) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        for t in self.threads.drain(..) {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                log::debug!(
+                    "cluster: {:?} still busy at shutdown; detached",
+                    t.thread().name()
+                );
+            }
+        }
     }
 }

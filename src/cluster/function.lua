@@ -1,0 +1,144 @@
+#!lua name=ssehub
+-- The `ssehub` Redis Function library (SPEC 7), loaded with FUNCTION LOAD REPLACE by the
+-- writer on every connect. It owns id assignment: every id is issued here, atomically, as
+-- max(last + 1, Redis TIME in µs), so ids are the same on every node and still >= Unix µs.
+-- Key layout and the calling convention are in src/cluster/keys.rs; nothing else writes
+-- these keys.
+--
+-- Numbers: Redis Lua numbers are doubles, exact for integers up to 2^53 (about 9e15);
+-- ids are about 1.8e15, so arithmetic on them is exact. They are always written with
+-- '%.0f' (never tostring, which may choose an exponent form).
+
+local function id_string(n)
+  return string.format('%.0f', n)
+end
+
+-- The <ms> part of a stream id '<ms>-<seq>' (ours are always '<id>-0'); 0 if none.
+local function id_of_stream_id(stream_id)
+  local ms = string.match(stream_id, '^(%d+)%-%d+$')
+  return tonumber(ms) or 0
+end
+
+-- The id of the stream's last entry, 0 when it holds none.
+local function stream_tail(stream)
+  local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #top == 0 then
+    return 0
+  end
+  return id_of_stream_id(top[1][1])
+end
+
+local function stored_number(key)
+  return tonumber(redis.call('GET', key) or '0') or 0
+end
+
+-- KEYS: stream, last, idempotency key (or a dummy key under the tag), final:<topic>...
+-- ARGV: max_age_ms, max_stream_events, is_final (0/1), event ('' = none), data,
+--       has_key (0/1), topic...
+-- Returns the id as a string, or an error reply 'topic <name> is final'.
+local function publish(keys, args)
+  local stream, last_key, idem_key = keys[1], keys[2], keys[3]
+  local max_age_ms = tonumber(args[1]) or 0
+  local max_events = tonumber(args[2]) or 0
+  local is_final = args[3] == '1'
+  local event = args[4]
+  local data = args[5]
+  local has_key = args[6] == '1'
+  local topic_count = #args - 6
+
+  -- A retry of a publish that was stored: the same id, nothing appended.
+  if has_key then
+    local seen = redis.call('GET', idem_key)
+    if seen then
+      return seen
+    end
+  end
+
+  local topics = {}
+  for i = 1, topic_count do
+    local topic = args[6 + i]
+    if redis.call('EXISTS', keys[3 + i]) == 1 then
+      return redis.error_reply('topic ' .. topic .. ' is final')
+    end
+    topics[i] = topic
+  end
+
+  local time = redis.call('TIME')
+  local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  local last = stored_number(last_key)
+  local tail = stream_tail(stream)
+  if tail > last then
+    last = tail
+  end
+  local id = last + 1
+  if now_us > id then
+    id = now_us
+  end
+  local id_s = id_string(id)
+
+  local xadd = { 'XADD', stream }
+  if max_age_ms > 0 then
+    local min_id = now_us - max_age_ms * 1000
+    if min_id < 0 then
+      min_id = 0
+    end
+    table.insert(xadd, 'MINID')
+    table.insert(xadd, '~')
+    table.insert(xadd, id_string(min_id))
+  end
+  table.insert(xadd, id_s .. '-0')
+  table.insert(xadd, 'p')
+  table.insert(xadd, id_string(last))
+  table.insert(xadd, 't')
+  table.insert(xadd, table.concat(topics, ' '))
+  if event ~= '' then
+    table.insert(xadd, 'e')
+    table.insert(xadd, event)
+  end
+  table.insert(xadd, 'd')
+  table.insert(xadd, data)
+  if is_final then
+    table.insert(xadd, 'f')
+    table.insert(xadd, '1')
+  end
+  table.insert(xadd, 'm')
+  table.insert(xadd, id_string(math.floor(now_us / 1000)))
+  redis.call(unpack(xadd))
+
+  if max_events > 0 then
+    redis.call('XTRIM', stream, 'MAXLEN', '~', id_string(max_events))
+  end
+  redis.call('SET', last_key, id_s)
+
+  -- Marks and keys expire with the history they protect (history.max_age).
+  local function remember(key)
+    if max_age_ms > 0 then
+      redis.call('SET', key, id_s, 'PX', id_string(max_age_ms))
+    else
+      redis.call('SET', key, id_s)
+    end
+  end
+  if is_final then
+    for i = 1, topic_count do
+      remember(keys[3 + i])
+    end
+  end
+  if has_key then
+    remember(idem_key)
+  end
+  return id_s
+end
+
+-- KEYS: last. ARGV: id. Raises last to at least id; returns the stored value.
+local function raise(keys, args)
+  local current = stored_number(keys[1])
+  local wanted = tonumber(args[1]) or 0
+  if wanted > current then
+    redis.call('SET', keys[1], id_string(wanted))
+    current = wanted
+  end
+  return id_string(current)
+end
+
+redis.register_function('ssehub_publish', publish)
+redis.register_function('ssehub_raise', raise)

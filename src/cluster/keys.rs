@@ -1,0 +1,191 @@
+//! The Redis side's names and calling convention: key names under the `{ev}` hash tag, the
+//! `ssehub` Function library (`function.lua`) and the commands that call it. Pure: builds
+//! commands, never sends them.
+
+use super::{Options, PublishRequest};
+use redis::Cmd;
+
+/// The Function library, loaded with `FUNCTION LOAD REPLACE` on every writer connect.
+pub(super) const LIBRARY: &str = include_str!("function.lua");
+
+/// Key names for one `key_prefix`.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    /// `<prefix>:{ev}`: the stream.
+    pub stream: String,
+    /// `<prefix>:{ev}:last`: the last id issued.
+    pub last: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        let stream = format!("{prefix}:{{ev}}");
+        Keys {
+            last: format!("{stream}:last"),
+            stream,
+        }
+    }
+
+    /// `<prefix>:{ev}:final:<topic>`.
+    pub fn final_mark(&self, topic: &str) -> String {
+        format!("{}:final:{topic}", self.stream)
+    }
+
+    /// `<prefix>:{ev}:key:<key>`.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:key:{key}", self.stream)
+    }
+
+    /// The third key of a publish without an idempotency key: never read or written, but
+    /// named under the tag so every key of the call is in one slot. It cannot clash with
+    /// `idempotency` names, which always have a `:` after `key`.
+    pub fn no_idempotency(&self) -> String {
+        format!("{}:key", self.stream)
+    }
+}
+
+/// `FCALL ssehub_publish` for one request (see `function.lua` for KEYS and ARGV).
+pub(super) fn publish(keys: &Keys, options: &Options, request: &PublishRequest) -> Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("ssehub_publish")
+        .arg(3 + request.topics.len())
+        .arg(&keys.stream)
+        .arg(&keys.last);
+    match &request.key {
+        Some(key) => cmd.arg(keys.idempotency(key)),
+        None => cmd.arg(keys.no_idempotency()),
+    };
+    for topic in &request.topics {
+        cmd.arg(keys.final_mark(topic));
+    }
+    cmd.arg(options.max_age.as_millis() as u64)
+        .arg(options.max_stream_events)
+        .arg(u8::from(request.is_final))
+        .arg(request.event.as_deref().unwrap_or(""))
+        .arg(&*request.data)
+        .arg(u8::from(request.key.is_some()));
+    for topic in &request.topics {
+        cmd.arg(&**topic);
+    }
+    cmd
+}
+
+/// `FCALL ssehub_raise`: `last` = max(`last`, `id`).
+pub(super) fn raise(keys: &Keys, id: u64) -> Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("ssehub_raise").arg(1).arg(&keys.last).arg(id);
+    cmd
+}
+
+/// `FUNCTION LOAD REPLACE <library>`.
+pub(super) fn load_library() -> Cmd {
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("LOAD").arg("REPLACE").arg(LIBRARY);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn args(cmd: &Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<cursor>".into(),
+            })
+            .collect()
+    }
+
+    fn options() -> Options {
+        Options {
+            url: "redis+unix:///tmp/x.sock".into(),
+            key_prefix: "hub".into(),
+            min_replicas: 0,
+            replica_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(1),
+            max_age: Duration::from_secs(3600),
+            max_stream_events: 10,
+        }
+    }
+
+    #[test]
+    fn key_names_share_the_hash_tag() {
+        let k = Keys::new("hub");
+        assert_eq!(k.stream, "hub:{ev}");
+        assert_eq!(k.last, "hub:{ev}:last");
+        assert_eq!(k.final_mark("a/b"), "hub:{ev}:final:a/b");
+        assert_eq!(k.idempotency("k1"), "hub:{ev}:key:k1");
+        assert_eq!(k.no_idempotency(), "hub:{ev}:key");
+    }
+
+    #[test]
+    fn publish_call_lists_keys_then_arguments() {
+        let k = Keys::new("hub");
+        let req = PublishRequest {
+            topics: vec!["a".into(), "b".into()],
+            event: Some("ev".into()),
+            data: "x y".into(),
+            is_final: true,
+            key: Some("k1".into()),
+        };
+        assert_eq!(
+            args(&publish(&k, &options(), &req)),
+            [
+                "FCALL",
+                "ssehub_publish",
+                "5",
+                "hub:{ev}",
+                "hub:{ev}:last",
+                "hub:{ev}:key:k1",
+                "hub:{ev}:final:a",
+                "hub:{ev}:final:b",
+                "3600000",
+                "10",
+                "1",
+                "ev",
+                "x y",
+                "1",
+                "a",
+                "b"
+            ]
+        );
+        let plain = PublishRequest {
+            topics: vec!["a".into()],
+            event: None,
+            data: "".into(),
+            is_final: false,
+            key: None,
+        };
+        assert_eq!(
+            args(&publish(&k, &options(), &plain)),
+            [
+                "FCALL",
+                "ssehub_publish",
+                "4",
+                "hub:{ev}",
+                "hub:{ev}:last",
+                "hub:{ev}:key",
+                "hub:{ev}:final:a",
+                "3600000",
+                "10",
+                "0",
+                "",
+                "",
+                "0",
+                "a"
+            ]
+        );
+        assert_eq!(
+            args(&raise(&k, 1_800_000_000_000_000)),
+            [
+                "FCALL",
+                "ssehub_raise",
+                "1",
+                "hub:{ev}:last",
+                "1800000000000000"
+            ]
+        );
+    }
+}
