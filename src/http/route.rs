@@ -338,7 +338,7 @@ fn route_public<'r>(
         cookie_header: req.cookie.as_deref(),
         query_token: query.token.as_deref(),
     };
-    let token_exp = match ctx.auth.check(&query.topics, &creds) {
+    let token_exp = match ctx.auth.check(&query.topics, &creds, ctx.wall_ms / 1000) {
         Ok(exp) => exp,
         Err(denied) => {
             if denied.status == 401 {
