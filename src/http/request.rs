@@ -976,19 +976,15 @@ Cookie: a=\xff\r\nCookie: b=2\r\n\r\n",
 
     // ---- no-panic brute force ----
 
-    struct XorShift(u64);
+    /// The crate's generator, seeded (`below` in usize for indexing).
+    struct XorShift(crate::rng::Rng);
 
     impl XorShift {
         fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
+            self.0.next_u64()
         }
         fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
+            self.0.below(n as u64) as usize
         }
     }
 
@@ -1041,7 +1037,7 @@ Cookie: a=\xff\r\nCookie: b=2\r\n\r\n",
             b"&",
             b"http://",
         ];
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = XorShift(crate::rng::Rng::new(0x9E37_79B9_7F4A_7C15));
         for _ in 0..4000 {
             let len = rng.below(120);
             let mut buf = Vec::with_capacity(len);
