@@ -1,5 +1,5 @@
 //! Who may read a topic (protocol 4): private topic patterns, where a request's token comes
-//! from, and JWT verification (HS256 with a secret, RS256/ES256 with a public key; the
+//! from, and JWT verification (HS256 with a secret, RS256/ES256/EdDSA with a public key; the
 //! algorithm is pinned by the key, `none` never accepted; `crit` headers refused; `aud` and
 //! `iss` checked when configured). Pure decisions: request data in, the token's expiry or a
 //! rejection out; the clock is the caller's reading, passed in. Reasons never echo the token.
@@ -352,9 +352,14 @@ fn read_public_key(path: &str) -> Result<(DecodingKey, Algorithm), String> {
     if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
         return Ok((key, Algorithm::RS256));
     }
-    DecodingKey::from_ec_pem(&pem)
-        .map(|key| (key, Algorithm::ES256))
-        .map_err(|_| format!("auth.public_key {path}: not an RSA or EC public key in PEM"))
+    if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+        return Ok((key, Algorithm::ES256));
+    }
+    DecodingKey::from_ed_pem(&pem)
+        .map(|key| (key, Algorithm::EdDSA))
+        .map_err(|_| {
+            format!("auth.public_key {path}: not an RSA, EC (P-256) or Ed25519 public key in PEM")
+        })
 }
 
 /// What `ssehub token` puts in a token besides its expiry.

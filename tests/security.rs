@@ -135,6 +135,8 @@ enum Sign<'a> {
     Rs256(&'a Path),
     /// ECDSA P-256 SHA-256 with this PEM private key (raw r||s, as JWS wants).
     Es256(&'a Path),
+    /// Ed25519 (JWS `EdDSA`) with this PEM private key.
+    EdDsa(&'a Path),
     /// No signature at all.
     Unsigned,
 }
@@ -165,6 +167,16 @@ fn jwt(header: &str, claims: &str, sign: Sign<'_>) -> String {
             &["dgst", "-sha256", "-binary", "-sign", path_str(key)],
             input.as_bytes(),
         )),
+        Sign::EdDsa(key) => {
+            // Ed25519 signs the message itself (no digest first), in one shot: openssl
+            // wants it in a file.
+            let message = key.with_extension("msg");
+            std::fs::write(&message, &input).expect("write the signing input");
+            let args = ["pkeyutl", "-sign", "-rawin", "-inkey", path_str(key), "-in"];
+            let mut args = args.to_vec();
+            args.push(path_str(&message));
+            openssl(&args, b"")
+        }
         Sign::Unsigned => Vec::new(),
     };
     format!("{input}.{}", b64url(&sig))
@@ -198,6 +210,7 @@ fn ecdsa_der_to_raw(der: &[u8]) -> Vec<u8> {
 const HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 const RS256: &str = r#"{"alg":"RS256","typ":"JWT"}"#;
 const ES256: &str = r#"{"alg":"ES256","typ":"JWT"}"#;
+const EDDSA: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
 
 fn claims(subscribe: &[&str], exp: Option<u64>, nbf: Option<u64>) -> String {
     let list: Vec<String> = subscribe.iter().map(|s| format!("{s:?}")).collect();
@@ -219,10 +232,11 @@ fn key_pair(dir: &Path, kind: &str) -> (PathBuf, PathBuf) {
     let opt = match kind {
         "rsa" => ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
         "ec" => ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "ed25519" => ["-algorithm", "ED25519", "", ""],
         _ => unreachable!(),
     };
     let mut args = vec!["genpkey"];
-    args.extend(opt);
+    args.extend(opt.into_iter().filter(|a| !a.is_empty()));
     args.extend(["-out", path_str(&private)]);
     openssl(&args, b"");
     openssl(
@@ -699,6 +713,13 @@ fn rs256_with_a_public_key() {
 #[test]
 fn es256_with_a_public_key() {
     check_public_key_server("ec", ES256, |k| Sign::Es256(k));
+}
+
+/// Ed25519 (`EdDSA`), as Mercure and Centrifugo accept and identity providers issue;
+/// pinned by the key's type like RS256 and ES256.
+#[test]
+fn eddsa_with_an_ed25519_public_key() {
+    check_public_key_server("ed25519", EDDSA, |k| Sign::EdDsa(k));
 }
 
 #[test]
