@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# Cluster-mode load test (SPEC 6 and 7, issue 13): the same fan-out workload against
+#   single  one plain ssehub node (no cluster mode): the baseline,
+#   N=1     one node in cluster mode,
+#   N=2     two nodes in cluster mode sharing one Redis stream,
+# each with fresh nodes, one publisher writing to node 0's ingest socket and the
+# subscribers split evenly over the nodes. Each run prints one JSON line (ssehub-loadtest
+# fanout) with per-node streams, deliveries, latency p50/p99/max, CPU-seconds and
+# deliveries per CPU-second, the totals, and Redis's CPU per event.
+#
+# It starts its own redis-server (loopback, a free port, `--save '' --appendonly no`) and
+# its own nodes (the release binary, each its own HTTP port and ingest socket: not
+# reuse_port, so every figure belongs to one node), waits for `ssehub_redis_up 1` in each
+# node's /metrics, and stops everything by pid on exit.
+#
+# Pinning (2 cores): nodes AND Redis on core 0, the load generator on core 1. The load
+# generator (parsing 2,000 streams) costs about as much CPU as a node, so "node i on core
+# i" would put node 1 beside it and make node 1's latency and rate a measure of the
+# client. CPU-seconds are counted per process, so per-node and Redis costs stay
+# attributable when they share a core; what sharing costs is latency (queueing behind the
+# other node and Redis), and the 2-node rate cannot exceed one core.
+#
+# A second workload, "rate" (few subscribers, many events per second), measures Redis's
+# and the nodes' cost per event where it matters for scale-out: at high event rates,
+# where publishes and reads are batched.
+#
+# Usage: bash loadtest/cluster.sh [--quick]
+#   --quick          tiny workloads (200 x 20 events), one run each, well under 30 s (CI)
+# Environment:
+#   RUNS=1           repetitions of each configuration (fresh nodes each time)
+#   WORKLOADS="fanout rate"
+#   CONFIGS="single 1 2"  which configurations (node counts in cluster mode; any N works)
+#   OUT=DIR          also write runs.jsonl, machine.json and commands.txt there
+#   NICE=-20         niceness of nodes, Redis and load (0: as is)
+# Loopback only; every run is bounded by the load generator's own hard deadline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+QUICK=0
+for arg in "$@"; do
+  case $arg in
+    --quick) QUICK=1 ;;
+    *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+  esac
+done
+RUNS=${RUNS:-1}
+WORKLOADS=${WORKLOADS:-"fanout rate"}
+CONFIGS=${CONFIGS:-"single 1 2"}
+OUT=${OUT:-}
+NICE=${NICE:--20}
+[ "$(id -u)" = 0 ] || NICE=0
+if [ "$NICE" != 0 ] && [ -w /proc/self/autogroup ]; then
+  # With sched_autogroup, nice orders processes only within a session's group; raising
+  # the group too makes other work on the machine yield (see compare.sh).
+  echo "$NICE" >/proc/self/autogroup 2>/dev/null || true
+fi
+if [ "$(nproc)" -lt 2 ]; then
+  echo "cluster: needs two cores (servers on core 0, load on core 1)" >&2
+  exit 1
+fi
+for tool in redis-server redis-cli curl taskset; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "cluster: $tool is missing" >&2; exit 1; }
+done
+
+if [ "$QUICK" = 1 ]; then
+  fanout_args=(--subscribers 200 --events 20 --rate 50 --size 100 --settle 500ms --grace 5s)
+  rate_args=(--subscribers 10 --events 200 --rate 500 --size 100 --settle 500ms --grace 5s)
+  deadline=30s
+else
+  fanout_args=(--subscribers 2000 --events 200 --rate 50 --size 100 --settle 2s --grace 10s)
+  rate_args=(--subscribers 20 --events 4000 --rate 2000 --size 100 --settle 2s --grace 10s)
+  deadline=90s
+fi
+
+target=${CARGO_TARGET_DIR:-$root/target}
+cargo build --release --workspace --quiet
+work=$(mktemp -d /tmp/ssehub-cluster.XXXXXX)
+# Private copies: a rebuild during the session cannot swap the binaries.
+mkdir -p "$work/bin"
+cp "$target/release/ssehub" "$target/release/ssehub-loadtest" "$work/bin/"
+ssehub_bin=$work/bin/ssehub
+lt_bin=$work/bin/ssehub-loadtest
+
+redis_pid=
+node_pids=()
+stop_nodes() {
+  local p
+  for p in "${node_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${node_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  node_pids=()
+}
+cleanup() {
+  stop_nodes
+  if [ -n "$redis_pid" ]; then
+    kill -TERM "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A loopback port nobody listens on (and that we have not handed out this session).
+used_ports=" "
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 30000))
+    case $used_ports in *" $p "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      used_ports+="$p "
+      echo "$p"
+      return
+    fi
+  done
+}
+
+# ---- Redis ------------------------------------------------------------------------------
+redis_port=$(free_port)
+taskset -c 0 nice -n "$NICE" redis-server --port "$redis_port" --bind 127.0.0.1 \
+  --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
+redis_pid=$!
+for _ in $(seq 100); do
+  [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break
+  sleep 0.1
+done
+[ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] || {
+  echo "cluster: redis-server did not start:" >&2; cat "$work/redis.log" >&2; exit 1
+}
+redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
+
+# ---- nodes ------------------------------------------------------------------------------
+# node_config FILE PORT SOCKET PREFIX (PREFIX empty: no cluster mode)
+node_config() {
+  cat >"$1" <<EOF
+[http]
+listen = "127.0.0.1:$2"
+[ingest]
+socket = "$3"
+[streams]
+keepalive = "15s"
+[history]
+max_events = 1000
+max_age = "1h"
+[log]
+level = "warn"
+EOF
+  if [ -n "$4" ]; then
+    printf '[cluster]\nredis = "redis://127.0.0.1:%s/0"\nkey_prefix = "%s"\n' "$redis_port" "$4" >>"$1"
+  fi
+}
+
+# start_nodes COUNT PREFIX: fresh nodes on core 0; sets node_args (--node ADDR@PID ...)
+# and node0_sock. Each configuration and run gets its own key prefix, so a node starts on
+# an empty stream (nothing to fill its history with).
+node_args=()
+node0_sock=
+start_nodes() {
+  local count=$1 prefix=$2 i port sock cfg pid
+  node_args=()
+  for i in $(seq 0 $((count - 1))); do
+    port=$(free_port)
+    sock=$work/node$i.sock
+    cfg=$work/node$i.toml
+    node_config "$cfg" "$port" "$sock" "$prefix"
+    taskset -c 0 nice -n "$NICE" "$ssehub_bin" --config "$cfg" 2>>"$work/node$i.log" &
+    pid=$!
+    node_pids+=("$pid")
+    node_args+=(--node "127.0.0.1:$port@$pid")
+    [ "$i" = 0 ] && node0_sock=$sock
+    local ok=0
+    for _ in $(seq 100); do
+      if [ -S "$sock" ]; then
+        if [ -z "$prefix" ] ||
+          curl -sf -m 2 "http://127.0.0.1:$port/metrics" | grep -q '^ssehub_redis_up 1$'; then
+          ok=1
+          break
+        fi
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if [ "$ok" != 1 ]; then
+      echo "cluster: node $i did not come up${prefix:+ with ssehub_redis_up 1} within 10 s:" >&2
+      tail -n 20 "$work/node$i.log" >&2
+      exit 1
+    fi
+  done
+}
+
+runs=$work/runs.jsonl
+commands=$work/commands.txt
+: >"$runs"
+"$lt_bin" machine >"$work/machine.json"
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if ! git diff --quiet HEAD -- src loadtest Cargo.toml Cargo.lock 2>/dev/null; then
+  rev="$rev (with uncommitted changes)"
+fi
+echo "cluster: git $rev, redis $redis_version on port $redis_port, machine $(cat "$work/machine.json")" >&2
+{
+  echo "# git $rev; redis-server $redis_version; NICE=$NICE"
+  echo "taskset -c 0 nice -n $NICE redis-server --port PORT --bind 127.0.0.1 --save '' --appendonly no"
+  echo "taskset -c 0 nice -n $NICE target/release/ssehub --config nodeI.toml   # per node:"
+  node_config /dev/stdout PORT_I "WORKDIR/nodeI.sock" "PREFIX" | sed 's/^/#   /'
+} >"$commands"
+
+# run_one WORKLOAD CONFIG REP: CONFIG is single, 1 or 2.
+failed=0
+run_one() {
+  local workload=$1 config=$2 rep=$3 count prefix label
+  local -a args redis_args=()
+  if [ "$workload" = fanout ]; then args=("${fanout_args[@]}"); else args=("${rate_args[@]}"); fi
+  if [ "$config" = single ]; then
+    count=1 prefix=
+    label="$workload single"
+  else
+    count=$config prefix="lt-$workload-$config-$rep-$$"
+    label="$workload cluster N=$config"
+    redis_args=(--redis-pid "$redis_pid")
+  fi
+  start_nodes "$count" "$prefix"
+  echo "taskset -c 1 nice -n $NICE ssehub-loadtest fanout ${args[*]} --socket node0.sock --node ADDR@PID ... ${redis_args[*]:+--redis-pid PID} --label '$label' --deadline $deadline" >>"$commands"
+  echo "cluster: $label (run $rep)" >&2
+  if ! taskset -c 1 nice -n "$NICE" "$lt_bin" fanout "${args[@]}" "${node_args[@]}" \
+    --socket "$node0_sock" "${redis_args[@]}" --label "$label" --deadline "$deadline" \
+    >"$work/run.json" 2>"$work/run.err"; then
+    failed=1
+    echo "cluster: $label failed:" >&2
+    cat "$work/run.err" >&2
+  else
+    grep -E '^(fanout|node|redis)' "$work/run.err" | sed 's/^/  /' >&2
+  fi
+  cat "$work/run.json"
+  cat "$work/run.json" >>"$runs"
+  stop_nodes
+}
+
+for workload in $WORKLOADS; do
+  for rep in $(seq "$RUNS"); do
+    for config in $CONFIGS; do
+      run_one "$workload" "$config" "$rep"
+    done
+  done
+done
+
+if [ -n "$OUT" ]; then
+  mkdir -p "$OUT"
+  cp "$runs" "$OUT/runs.jsonl"
+  cp "$work/machine.json" "$OUT/machine.json"
+  cp "$commands" "$OUT/commands.txt"
+fi
+
+# A summary (stderr) when jq is there: per run the table's columns, then per workload the
+# Redis cost per event split into the write (once per event) and the reads (once per
+# reading node), from N=1 = w + r and N=2 = w + 2r (medians over the runs).
+if command -v jq >/dev/null 2>&1 && [ -s "$runs" ]; then
+  jq -rs '
+    def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+      else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    (["label", "ok", "deliveries/s", "deliv/node-CPU-s", "p99 per node (us)",
+      "node CPU us/event", "redis CPU us/event (net)"] | @tsv),
+    (.[] | [.label, .ok, .cluster.total.deliveries_per_s, .cluster.total.deliveries_per_cpu_s,
+      ([.cluster.nodes[].latency_us.p99] | map(tostring) | join("/")),
+      .cluster.total.cpu_us_per_event,
+      (if .cluster.redis then "\(.cluster.redis.cpu_us_per_event) (\(.cluster.redis.cpu_us_per_event_net))"
+       else "-" end)] | @tsv),
+    (group_by(.label | split(" ")[0])[] |
+      (.[0].label | split(" ")[0]) as $w |
+      ([.[] | select(.label | endswith("N=1")) | .cluster.redis.cpu_us_per_event_net] | med) as $r1 |
+      ([.[] | select(.label | endswith("N=2")) | .cluster.redis.cpu_us_per_event_net] | med) as $r2 |
+      if $r1 != null and $r2 != null then
+        "\($w): redis us/event (net, median) N=1 \($r1), N=2 \($r2): read per node ~ \(($r2 - $r1) * 10 | round / 10), write ~ \((2 * $r1 - $r2) * 10 | round / 10)"
+      else empty end)
+  ' "$runs" | column -t -s $'\t' >&2 || true
+fi
+exit "$failed"
