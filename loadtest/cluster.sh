@@ -25,10 +25,10 @@
 # where publishes and reads are batched.
 #
 # Usage: bash loadtest/cluster.sh [--quick]
-#   --quick          tiny workloads (200 x 20 events), one run each, well under 30 s (CI)
+#   --quick          the fanout workload only, tiny (200 x 20 events): about 15 s (CI)
 # Environment:
 #   RUNS=1           repetitions of each configuration (fresh nodes each time)
-#   WORKLOADS="fanout rate"
+#   WORKLOADS="fanout rate"   (--quick: "fanout")
 #   CONFIGS="single 1 2"  which configurations (node counts in cluster mode; any N works)
 #   OUT=DIR          also write runs.jsonl, machine.json and commands.txt there
 #   NICE=-20         niceness of nodes, Redis and load (0: as is)
@@ -45,7 +45,7 @@ for arg in "$@"; do
   esac
 done
 RUNS=${RUNS:-1}
-WORKLOADS=${WORKLOADS:-"fanout rate"}
+if [ "$QUICK" = 1 ]; then WORKLOADS=${WORKLOADS:-fanout}; else WORKLOADS=${WORKLOADS:-"fanout rate"}; fi
 CONFIGS=${CONFIGS:-"single 1 2"}
 OUT=${OUT:-}
 NICE=${NICE:--20}
@@ -217,10 +217,10 @@ run_one() {
   else
     count=$config prefix="lt-$workload-$config-$rep-$$"
     label="$workload cluster N=$config"
-    redis_args=(--redis-pid "$redis_pid")
+    redis_args=(--redis-pid "$redis_pid" --redis-addr "127.0.0.1:$redis_port")
   fi
   start_nodes "$count" "$prefix"
-  echo "taskset -c 1 nice -n $NICE ssehub-loadtest fanout ${args[*]} --socket node0.sock --node ADDR@PID ... ${redis_args[*]:+--redis-pid PID} --label '$label' --deadline $deadline" >>"$commands"
+  echo "taskset -c 1 nice -n $NICE ssehub-loadtest fanout ${args[*]} --socket node0.sock --node ADDR@PID ... ${redis_args[*]:+--redis-pid PID --redis-addr 127.0.0.1:PORT} --label '$label' --deadline $deadline" >>"$commands"
   echo "cluster: $label (run $rep)" >&2
   if ! taskset -c 1 nice -n "$NICE" "$lt_bin" fanout "${args[@]}" "${node_args[@]}" \
     --socket "$node0_sock" "${redis_args[@]}" --label "$label" --deadline "$deadline" \
@@ -258,13 +258,16 @@ if command -v jq >/dev/null 2>&1 && [ -s "$runs" ]; then
   jq -rs '
     def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
       else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def cmd($r; $c): ([$r.commands[]? | select(.command == $c) | .usec_per_event] | add // 0);
     (["label", "ok", "deliveries/s", "deliv/node-CPU-s", "p99 per node (us)",
-      "node CPU us/event", "redis CPU us/event (net)"] | @tsv),
-    (.[] | [.label, .ok, .cluster.total.deliveries_per_s, .cluster.total.deliveries_per_cpu_s,
+      "node CPU us/event", "redis CPU us/event (net)", "fcall", "xread", "outside"] | @tsv),
+    (.[] | .cluster.redis as $r | [.label, .ok, .cluster.total.deliveries_per_s,
+      .cluster.total.deliveries_per_cpu_s,
       ([.cluster.nodes[].latency_us.p99] | map(tostring) | join("/")),
       .cluster.total.cpu_us_per_event,
-      (if .cluster.redis then "\(.cluster.redis.cpu_us_per_event) (\(.cluster.redis.cpu_us_per_event_net))"
-       else "-" end)] | @tsv),
+      (if $r then "\($r.cpu_us_per_event) (\($r.cpu_us_per_event_net))" else "-" end),
+      (if $r then cmd($r; "fcall") else "-" end), (if $r then cmd($r; "xread") else "-" end),
+      (if $r then $r.outside_commands_us_per_event else "-" end)] | @tsv),
     (group_by(.label | split(" ")[0])[] |
       (.[0].label | split(" ")[0]) as $w |
       ([.[] | select(.label | endswith("N=1")) | .cluster.redis.cpu_us_per_event_net] | med) as $r1 |

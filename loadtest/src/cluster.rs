@@ -7,14 +7,20 @@
 //!
 //! CPU time here is the scheduler's own account, `/proc/PID/task/*/schedstat` (ns, every
 //! thread), not the 10 ms ticks of `/proc/PID/stat`: Redis spends tens of microseconds
-//! per event, so a run of a few hundred events costs it a handful of ticks.
+//! per event, so a run of a few hundred events costs it a handful of ticks. With
+//! `--redis-addr`, Redis's own counters (`INFO commandstats`, before and after the events)
+//! split that time into the commands (the publishing Function, the readers' `XREAD`) and
+//! the rest (its event loop and socket I/O).
 
 use crate::hist::{Hist, Summary};
 use crate::proto::{Mode, WorkerConfig, WorkerResult};
 use crate::run::{Common, round1};
 use crate::{coord, sys};
 use serde::Serialize;
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 /// One server node: its HTTP address and, when known, its pid (for CPU time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +260,90 @@ pub fn totals(nodes: &[NodeReport], cpu: &[f64], f: &RunFacts) -> Totals {
     }
 }
 
+/// Calls and microseconds spent inside each command, from `INFO commandstats`.
+pub type CommandStats = BTreeMap<String, (u64, u64)>;
+
+/// Redis's `INFO commandstats` over one connection (RESP, loopback).
+pub fn commandstats(addr: SocketAddr) -> Result<CommandStats, String> {
+    let err = |e: std::io::Error| format!("redis {addr}: {e}");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(err)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(err)?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .map_err(err)?;
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    r.read_line(&mut head).map_err(err)?;
+    let len: usize = head
+        .strip_prefix('$')
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("redis {addr}: unexpected reply {:?}", head.trim()))?;
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).map_err(err)?;
+    Ok(parse_commandstats(&String::from_utf8_lossy(&body)))
+}
+
+/// `cmdstat_xread:calls=12,usec=340,usec_per_call=28.33,...` lines → name → (calls, usec).
+pub fn parse_commandstats(text: &str) -> CommandStats {
+    let mut out = CommandStats::new();
+    for line in text.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.trim_end().split_once(':'))
+        else {
+            continue;
+        };
+        let field = |k: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.insert(name.to_string(), (field("calls"), field("usec")));
+    }
+    out
+}
+
+/// One command's share of the events: calls and time inside it per published event.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CommandCost {
+    pub command: String,
+    pub calls: u64,
+    pub usec: u64,
+    pub calls_per_event: f64,
+    pub usec_per_event: f64,
+}
+
+/// The commands' costs between two snapshots, the most expensive first (`info`, the
+/// snapshots' own command, left out).
+pub fn command_costs(before: &CommandStats, after: &CommandStats, events: u64) -> Vec<CommandCost> {
+    let per = |x: u64| {
+        if events > 0 {
+            (x as f64 / events as f64 * 100.0).round() / 100.0
+        } else {
+            0.0
+        }
+    };
+    let mut v: Vec<CommandCost> = after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .filter_map(|(name, &(calls, usec))| {
+            let (c0, u0) = before.get(name).copied().unwrap_or((0, 0));
+            let (calls, usec) = (calls.saturating_sub(c0), usec.saturating_sub(u0));
+            (calls > 0).then(|| CommandCost {
+                command: name.clone(),
+                calls,
+                usec,
+                calls_per_event: per(calls),
+                usec_per_event: per(usec),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| b.usec.cmp(&a.usec).then(a.command.cmp(&b.command)));
+    v
+}
+
 /// Redis's CPU time: idle (before the first event) and over the events.
 #[derive(Debug, Serialize)]
 pub struct RedisReport {
@@ -269,6 +359,15 @@ pub struct RedisReport {
     pub cpu_us_per_event: f64,
     /// The same less the idle rate over the window: what the events themselves cost.
     pub cpu_us_per_event_net: f64,
+    /// With `--redis-addr`: time inside commands over the same window (`INFO
+    /// commandstats`), per event, and per command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_commands_us_per_event: Option<f64>,
+    /// `cpu_us_per_event_net` less that: Redis's event loop and socket reads and writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside_commands_us_per_event: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<CommandCost>,
 }
 
 /// Redis CPU samples: `idle0`..`idle1` with nothing published, `cpu0`..`cpu1` over the
@@ -279,6 +378,8 @@ pub struct RedisSamples {
     pub idle1: (u64, f64),
     pub run0: (u64, f64),
     pub run1: (u64, f64),
+    /// `INFO commandstats` at `run0` and `run1` (with `--redis-addr`).
+    pub stats: Option<(CommandStats, CommandStats)>,
 }
 
 impl RedisSamples {
@@ -299,6 +400,16 @@ impl RedisSamples {
                 0.0
             }
         };
+        let net = per_event((cpu - idle_rate * window).max(0.0));
+        let commands = self
+            .stats
+            .as_ref()
+            .map(|(b, a)| command_costs(b, a, published))
+            .unwrap_or_default();
+        let inside = self.stats.as_ref().map(|_| {
+            let usec: u64 = commands.iter().map(|c| c.usec).sum();
+            per_event(usec as f64 / 1e6)
+        });
         RedisReport {
             pid: self.pid,
             cpu_s: round4(cpu),
@@ -306,7 +417,10 @@ impl RedisSamples {
             idle_cpu_per_s: round4(idle_rate),
             idle_window_s: round3(idle_window),
             cpu_us_per_event: per_event(cpu),
-            cpu_us_per_event_net: per_event((cpu - idle_rate * window).max(0.0)),
+            cpu_us_per_event_net: net,
+            in_commands_us_per_event: inside,
+            outside_commands_us_per_event: inside.map(|i| round1(net - i)),
+            commands,
         }
     }
 }
@@ -411,6 +525,7 @@ mod tests {
             idle1: (2_000_000_000, 1.002),
             run0: (3_000_000_000, 1.003),
             run1: (7_000_000_000, 1.023),
+            stats: None,
         };
         let r = s.report(200);
         assert_eq!(r.cpu_s, 0.02);
@@ -418,6 +533,55 @@ mod tests {
         assert_eq!(r.cpu_us_per_event, 100.0);
         // 0.02 s less 4 s × 0.001 s/s = 0.016 s over 200 events.
         assert_eq!(r.cpu_us_per_event_net, 80.0);
+        assert_eq!(r.in_commands_us_per_event, None);
+        assert!(r.commands.is_empty());
+    }
+
+    #[test]
+    fn command_costs_between_snapshots() {
+        let before = parse_commandstats(
+            "# Commandstats\r\ncmdstat_fcall:calls=10,usec=300,usec_per_call=30.00,rejected_calls=0,failed_calls=0\r\n\
+             cmdstat_info:calls=1,usec=20,usec_per_call=20.00,rejected_calls=0,failed_calls=0\r\n",
+        );
+        assert_eq!(before["fcall"], (10, 300));
+        let after = parse_commandstats(
+            "cmdstat_fcall:calls=210,usec=6300,usec_per_call=30.00\r\n\
+             cmdstat_xread:calls=400,usec=4000,usec_per_call=10.00\r\n\
+             cmdstat_info:calls=2,usec=40,usec_per_call=20.00\r\n\
+             cmdstat_ping:calls=0,usec=0,usec_per_call=0.00\r\n",
+        );
+        let c = command_costs(&before, &after, 200);
+        assert_eq!(
+            c,
+            vec![
+                CommandCost {
+                    command: "fcall".into(),
+                    calls: 200,
+                    usec: 6000,
+                    calls_per_event: 1.0,
+                    usec_per_event: 30.0
+                },
+                CommandCost {
+                    command: "xread".into(),
+                    calls: 400,
+                    usec: 4000,
+                    calls_per_event: 2.0,
+                    usec_per_event: 20.0
+                },
+            ]
+        );
+        let s = RedisSamples {
+            pid: 1,
+            idle0: (0, 0.0),
+            idle1: (1_000_000_000, 0.0),
+            run0: (1_000_000_000, 0.0),
+            run1: (2_000_000_000, 0.02),
+            stats: Some((before, after)),
+        };
+        let r = s.report(200);
+        assert_eq!(r.cpu_us_per_event_net, 100.0);
+        assert_eq!(r.in_commands_us_per_event, Some(50.0));
+        assert_eq!(r.outside_commands_us_per_event, Some(50.0));
     }
 
     #[test]

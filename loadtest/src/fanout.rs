@@ -79,6 +79,10 @@ pub struct Args {
     /// Redis's pid (cluster mode): its CPU time over the events and per event.
     #[arg(long)]
     pub redis_pid: Option<u32>,
+    /// Redis's address (loopback, with `--redis-pid`): its `INFO commandstats` before and
+    /// after the events split its CPU time into commands and the rest.
+    #[arg(long)]
+    pub redis_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Serialize)]
@@ -162,6 +166,14 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
     }
     if a.nodes.iter().any(|n| !n.addr.ip().is_loopback()) {
         eprintln!("ssehub-loadtest: loopback targets and sources only");
+        return 2;
+    }
+    if a.redis_addr.is_some_and(|r| !r.ip().is_loopback()) {
+        eprintln!("ssehub-loadtest: loopback targets and sources only");
+        return 2;
+    }
+    if a.redis_addr.is_some() && a.redis_pid.is_none() {
+        eprintln!("ssehub-loadtest: --redis-addr needs --redis-pid");
         return 2;
     }
     if a.subscribers < a.nodes.len() {
@@ -252,6 +264,16 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
     let cpu0 = sample_all(&nodes);
     let node_cpu0 = cluster::cpu_of(&nodes);
     let redis_run0 = a.redis_pid.map(redis_cpu);
+    let stats = |when: &str| {
+        a.redis_addr.and_then(|r| match cluster::commandstats(r) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("ssehub-loadtest: INFO commandstats {when}: {e}");
+                None
+            }
+        })
+    };
+    let stats0 = stats("before");
     let self_cpu0 = sys::self_cpu_s();
     let outcome = match publisher::run(&plan) {
         Ok(o) => o,
@@ -281,6 +303,7 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
     };
     let cpu1 = sample_all(&nodes);
     let node_cpu1 = cluster::cpu_of(&nodes);
+    let stats1 = stats("after");
     let redis_run1 = a.redis_pid.map(redis_cpu);
     let self_cpu = sys::self_cpu_s() - self_cpu0;
     let end_ns = sys::mono_ns();
@@ -378,6 +401,7 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
                     idle1,
                     run0,
                     run1,
+                    stats: stats0.zip(stats1),
                 }
                 .report(outcome.ok),
             ),
@@ -525,6 +549,23 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
             "redis: cpu={:.4}s over {:.2}s, {:.1}us/event ({:.1}us less its idle {:.4}s/s)",
             r.cpu_s, r.window_s, r.cpu_us_per_event, r.cpu_us_per_event_net, r.idle_cpu_per_s
         );
+        if let Some(inside) = r.in_commands_us_per_event {
+            let list: Vec<String> = r
+                .commands
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}/event {}us/event",
+                        c.command, c.calls_per_event, c.usec_per_event
+                    )
+                })
+                .collect();
+            eprintln!(
+                "redis: {inside:.1}us/event inside commands ({}), {:.1}us/event outside",
+                list.join(", "),
+                r.outside_commands_us_per_event.unwrap_or(0.0)
+            );
+        }
     }
     for p in &report.problems {
         eprintln!("problem: {p}");
