@@ -27,7 +27,8 @@
 # Usage: bash loadtest/cluster.sh [--quick]
 #   --quick          the fanout workload only, tiny (200 x 20 events): about 15 s (CI)
 # Environment:
-#   RUNS=1           repetitions of each configuration (fresh nodes each time)
+#   RUNS=3           repetitions of each configuration, fresh nodes each time (--quick: 1);
+#                    the summary quotes medians. About 45 s per repetition.
 #   WORKLOADS="fanout rate"   (--quick: "fanout")
 #   CONFIGS="single 1 2"  which configurations (node counts in cluster mode; any N works)
 #   OUT=DIR          also write runs.jsonl, machine.json and commands.txt there
@@ -44,7 +45,7 @@ for arg in "$@"; do
     *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
   esac
 done
-RUNS=${RUNS:-1}
+if [ "$QUICK" = 1 ]; then RUNS=${RUNS:-1}; else RUNS=${RUNS:-3}; fi
 if [ "$QUICK" = 1 ]; then WORKLOADS=${WORKLOADS:-fanout}; else WORKLOADS=${WORKLOADS:-"fanout rate"}; fi
 CONFIGS=${CONFIGS:-"single 1 2"}
 OUT=${OUT:-}
@@ -101,13 +102,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A loopback port nobody listens on (and that we have not handed out this session).
+# A loopback port no socket uses, below the ephemeral range (outgoing connections on this
+# busy machine take those), and not handed out before this session. Another process may
+# still take it before our server binds it: start_nodes retries on "Address already in use".
 used_ports=" "
+low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % (low - 10000)))
     case $used_ports in *" $p "*) continue ;; esac
+    if command -v ss >/dev/null 2>&1; then
+      [ -z "$(ss -Htan "sport = :$p" 2>/dev/null)" ] || continue
+    fi
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       used_ports+="$p "
       echo "$p"
@@ -117,15 +124,23 @@ free_port() {
 }
 
 # ---- Redis ------------------------------------------------------------------------------
-redis_port=$(free_port)
-taskset -c 0 nice -n "$NICE" redis-server --port "$redis_port" --bind 127.0.0.1 \
-  --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
-redis_pid=$!
-for _ in $(seq 100); do
+for attempt in 1 2 3; do
+  redis_port=$(free_port)
+  taskset -c 0 nice -n "$NICE" redis-server --port "$redis_port" --bind 127.0.0.1 \
+    --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
+  redis_pid=$!
+  for _ in $(seq 100); do
+    [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break
+    kill -0 "$redis_pid" 2>/dev/null || break
+    sleep 0.1
+  done
   [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break
-  sleep 0.1
+  kill -TERM "$redis_pid" 2>/dev/null || true
+  wait "$redis_pid" 2>/dev/null || true
+  redis_pid=
+  grep -q 'Address already in use' "$work/redis.log" 2>/dev/null || break
 done
-[ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] || {
+[ -n "$redis_pid" ] || {
   echo "cluster: redis-server did not start:" >&2; cat "$work/redis.log" >&2; exit 1
 }
 redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
@@ -160,28 +175,37 @@ start_nodes() {
   local count=$1 prefix=$2 i port sock cfg pid
   node_args=()
   for i in $(seq 0 $((count - 1))); do
-    port=$(free_port)
     sock=$work/node$i.sock
     cfg=$work/node$i.toml
-    node_config "$cfg" "$port" "$sock" "$prefix"
-    taskset -c 0 nice -n "$NICE" "$ssehub_bin" --config "$cfg" 2>>"$work/node$i.log" &
-    pid=$!
-    node_pids+=("$pid")
-    node_args+=(--node "127.0.0.1:$port@$pid")
-    [ "$i" = 0 ] && node0_sock=$sock
-    local ok=0
-    for _ in $(seq 100); do
-      if [ -S "$sock" ]; then
-        if [ -z "$prefix" ] ||
-          curl -sf -m 2 "http://127.0.0.1:$port/metrics" | grep -q '^ssehub_redis_up 1$'; then
-          ok=1
-          break
+    local ok=0 attempt
+    for attempt in 1 2 3; do
+      port=$(free_port)
+      node_config "$cfg" "$port" "$sock" "$prefix"
+      : >"$work/node$i.log"
+      taskset -c 0 nice -n "$NICE" "$ssehub_bin" --config "$cfg" 2>>"$work/node$i.log" &
+      pid=$!
+      for _ in $(seq 100); do
+        if [ -S "$sock" ]; then
+          if [ -z "$prefix" ] ||
+            curl -sf -m 2 "http://127.0.0.1:$port/metrics" | grep -q '^ssehub_redis_up 1$'; then
+            ok=1
+            break
+          fi
         fi
-      fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      [ "$ok" = 1 ] && break
+      kill -TERM "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      grep -q 'Address already in use' "$work/node$i.log" || break
+      echo "cluster: port $port was taken meanwhile, trying another" >&2
     done
-    if [ "$ok" != 1 ]; then
+    if [ "$ok" = 1 ]; then
+      node_pids+=("$pid")
+      node_args+=(--node "127.0.0.1:$port@$pid")
+      if [ "$i" = 0 ]; then node0_sock=$sock; fi
+    else
       echo "cluster: node $i did not come up${prefix:+ with ssehub_redis_up 1} within 10 s:" >&2
       tail -n 20 "$work/node$i.log" >&2
       exit 1
@@ -251,30 +275,40 @@ if [ -n "$OUT" ]; then
   cp "$commands" "$OUT/commands.txt"
 fi
 
-# A summary (stderr) when jq is there: per run the table's columns, then per workload the
-# Redis cost per event split into the write (once per event) and the reads (once per
-# reading node), from N=1 = w + r and N=2 = w + 2r (medians over the runs).
+# A summary (stderr) when jq is there: per configuration the medians over the runs of the
+# table's columns, then per workload the Redis cost per event split into the write (once
+# per event) and the reads (once per reading node): N=1 costs w + r, N=2 costs w + 2r.
 if command -v jq >/dev/null 2>&1 && [ -s "$runs" ]; then
-  jq -rs '
-    def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
-      else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-    def cmd($r; $c): ([$r.commands[]? | select(.command == $c) | .usec_per_event] | add // 0);
-    (["label", "ok", "deliveries/s", "deliv/node-CPU-s", "p99 per node (us)",
-      "node CPU us/event", "redis CPU us/event (net)", "fcall", "xread", "outside"] | @tsv),
-    (.[] | .cluster.redis as $r | [.label, .ok, .cluster.total.deliveries_per_s,
-      .cluster.total.deliveries_per_cpu_s,
-      ([.cluster.nodes[].latency_us.p99] | map(tostring) | join("/")),
-      .cluster.total.cpu_us_per_event,
-      (if $r then "\($r.cpu_us_per_event) (\($r.cpu_us_per_event_net))" else "-" end),
-      (if $r then cmd($r; "fcall") else "-" end), (if $r then cmd($r; "xread") else "-" end),
-      (if $r then $r.outside_commands_us_per_event else "-" end)] | @tsv),
+  jq_defs='
+    def med: map(select(. != null)) | sort
+      | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def cmd($c): [.cluster.redis.commands[]? | select(.command == $c) | .usec_per_event] | add;
+    def r1: if . == null then "-" else (. * 10 | round / 10 | tostring) end;'
+  jq -rs "$jq_defs"'
+    (["configuration", "runs ok", "deliveries/s", "deliv/node-CPU-s", "p99 per node (us)",
+      "node CPU us/event", "redis us/event", "fcall", "xread", "outside cmds"] | @tsv),
+    (group_by(.label)[] | . as $g | [
+      $g[0].label,
+      "\([$g[] | select(.ok)] | length)/\($g | length)",
+      ([$g[].cluster.total.deliveries_per_s] | med | r1),
+      ([$g[].cluster.total.deliveries_per_cpu_s] | med | r1),
+      ([range(0; $g[0].cluster.nodes | length) as $i | [$g[].cluster.nodes[$i].latency_us.p99] | med | r1]
+        | join("/")),
+      ([$g[].cluster.total.cpu_us_per_event] | med | r1),
+      ([$g[].cluster.redis.cpu_us_per_event_net] | med | r1),
+      ([$g[] | cmd("fcall")] | med | r1),
+      ([$g[] | cmd("xread")] | med | r1),
+      ([$g[].cluster.redis.outside_commands_us_per_event] | med | r1)] | @tsv)
+  ' "$runs" | column -t -s $'\t' >&2 || true
+  jq -rs "$jq_defs"'
     (group_by(.label | split(" ")[0])[] |
       (.[0].label | split(" ")[0]) as $w |
       ([.[] | select(.label | endswith("N=1")) | .cluster.redis.cpu_us_per_event_net] | med) as $r1 |
       ([.[] | select(.label | endswith("N=2")) | .cluster.redis.cpu_us_per_event_net] | med) as $r2 |
       if $r1 != null and $r2 != null then
-        "\($w): redis us/event (net, median) N=1 \($r1), N=2 \($r2): read per node ~ \(($r2 - $r1) * 10 | round / 10), write ~ \((2 * $r1 - $r2) * 10 | round / 10)"
+        "\($w): Redis us/event N=1 \($r1 | r1), N=2 \($r2 | r1): read per node ~ \($r2 - $r1 | r1), write ~ \(2 * $r1 - $r2 | r1)"
       else empty end)
-  ' "$runs" | column -t -s $'\t' >&2 || true
+  ' "$runs" >&2 || true
 fi
 exit "$failed"
