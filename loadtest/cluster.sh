@@ -20,16 +20,19 @@
 # attributable when they share a core; what sharing costs is latency (queueing behind the
 # other node and Redis), and the 2-node rate cannot exceed one core.
 #
-# A second workload, "rate" (few subscribers, many events per second), measures Redis's
-# and the nodes' cost per event where it matters for scale-out: at high event rates,
-# where publishes and reads are batched.
+# A second workload, "rate" (few subscribers, 2,000 events/s), measures Redis's and the
+# nodes' cost per event nearer to where it matters for scale-out. A third, "redis", runs
+# no nodes: redis-benchmark (core 1) calls the same Redis Function and XREAD directly,
+# unbatched and batched (pipelined publishes, several entries per read), for Redis's cost
+# per call and per entry at rates this machine cannot drive through nodes. Its JSON lines
+# have "scenario":"redis-alone".
 #
 # Usage: bash loadtest/cluster.sh [--quick]
 #   --quick          the fanout workload only, tiny (200 x 20 events): about 15 s (CI)
 # Environment:
 #   RUNS=3           repetitions of each configuration, fresh nodes each time (--quick: 1);
 #                    the summary quotes medians. About 45 s per repetition.
-#   WORKLOADS="fanout rate"   (--quick: "fanout")
+#   WORKLOADS="fanout rate redis"   (--quick: "fanout")
 #   CONFIGS="single 1 2"  which configurations (node counts in cluster mode; any N works)
 #   OUT=DIR          also write runs.jsonl, machine.json and commands.txt there
 #   NICE=-20         niceness of nodes, Redis and load (0: as is)
@@ -46,7 +49,7 @@ for arg in "$@"; do
   esac
 done
 if [ "$QUICK" = 1 ]; then RUNS=${RUNS:-1}; else RUNS=${RUNS:-3}; fi
-if [ "$QUICK" = 1 ]; then WORKLOADS=${WORKLOADS:-fanout}; else WORKLOADS=${WORKLOADS:-"fanout rate"}; fi
+if [ "$QUICK" = 1 ]; then WORKLOADS=${WORKLOADS:-fanout}; else WORKLOADS=${WORKLOADS:-"fanout rate redis"}; fi
 CONFIGS=${CONFIGS:-"single 1 2"}
 OUT=${OUT:-}
 NICE=${NICE:--20}
@@ -60,7 +63,7 @@ if [ "$(nproc)" -lt 2 ]; then
   echo "cluster: needs two cores (servers on core 0, load on core 1)" >&2
   exit 1
 fi
-for tool in redis-server redis-cli curl taskset; do
+for tool in redis-server redis-cli redis-benchmark curl taskset; do
   command -v "$tool" >/dev/null 2>&1 || { echo "cluster: $tool is missing" >&2; exit 1; }
 done
 
@@ -260,8 +263,62 @@ run_one() {
   stop_nodes
 }
 
+# ---- Redis alone ------------------------------------------------------------------------
+redis_cpu_ns() { awk '{s += $1} END {printf "%.0f\n", s}' /proc/"$redis_pid"/task/*/schedstat; }
+redis_usec() { # COMMAND: microseconds inside it since the last CONFIG RESETSTAT
+  redis-cli -p "$redis_port" INFO commandstats |
+    sed -n "s/^cmdstat_$1:calls=[0-9]*,usec=\([0-9]*\),.*/\1/p" | tr -d '\r'
+}
+# bench_redis LABEL CALLS ENTRIES_PER_CALL STAT_NAME redis-benchmark-args...: one JSON line.
+bench_redis() {
+  local label=$1 calls=$2 per_call=$3 stat=$4 c0 c1 rps usec load0
+  shift 4
+  load0=$(cut -d' ' -f1-3 /proc/loadavg)
+  redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
+  c0=$(redis_cpu_ns)
+  rps=$(taskset -c 1 nice -n "$NICE" redis-benchmark -p "$redis_port" -n "$calls" -c 1 --csv "$@" |
+    awk -F'"' 'NR == 2 {print $4}')
+  c1=$(redis_cpu_ns)
+  usec=$(redis_usec "$stat")
+  awk -v label="$label" -v calls="$calls" -v per="$per_call" -v rps="${rps:-0}" \
+    -v cpu="$((c1 - c0))" -v usec="${usec:-0}" -v load0="$load0" \
+    -v load1="$(cut -d' ' -f1-3 /proc/loadavg)" -v t="$(date +%s)" -v cmd="redis-benchmark -n $calls -c 1 --csv $*" \
+    'BEGIN {
+      gsub(/"/, "\\\"", cmd)
+      printf "{\"scenario\":\"redis-alone\",\"label\":\"%s\",\"ok\":true,\"calls\":%d,", label, calls
+      printf "\"entries_per_call\":%d,\"calls_per_s\":%.1f,\"cpu_s\":%.4f,", per, rps, cpu / 1e9
+      printf "\"cpu_us_per_call\":%.2f,\"cpu_us_per_entry\":%.2f,", cpu / 1e3 / calls, cpu / 1e3 / calls / per
+      printf "\"in_command_us_per_call\":%.2f,\"command\":\"%s\",", usec / calls, cmd
+      printf "\"unix_time\":%d,\"load_avg_start\":\"%s\",\"load_avg_end\":\"%s\"}\n", t, load0, load1
+    }'
+}
+redis_alone() { # REP
+  local k="{lt-alone-$1-$$}" data n p count
+  data=$(head -c 100 /dev/zero | tr '\0' x)
+  n=20000
+  [ "$QUICK" = 1 ] && n=2000
+  redis-cli -p "$redis_port" FUNCTION LOAD REPLACE "$(cat "$root/src/cluster/function.lua")" >/dev/null
+  echo "cluster: redis alone (run $1)" >&2
+  {
+    for p in 1 16 64; do
+      bench_redis "redis FCALL ssehub_publish pipeline=$p" "$n" 1 fcall -P "$p" \
+        FCALL ssehub_publish 4 "$k:s" "$k:l" "$k:i" "$k:f:t" 3600000 0 0 '' "$data" 0 t
+    done
+    # The stream now holds the entries just published (what readers get: p t d m).
+    for count in 1 10 100; do
+      bench_redis "redis XREAD COUNT $count" "$((n / 4))" "$count" xread \
+        XREAD COUNT "$count" STREAMS "$k:s" 0
+    done
+  } | tee -a "$runs"
+  echo "taskset -c 1 nice -n $NICE redis-benchmark -p PORT -n $n -c 1 --csv -P {1,16,64} FCALL ssehub_publish 4 K:s K:l K:i K:f:t 3600000 0 0 '' DATA100 0 t; then -n $((n / 4)) XREAD COUNT {1,10,100} STREAMS K:s 0" >>"$commands"
+}
+
 for workload in $WORKLOADS; do
   for rep in $(seq "$RUNS"); do
+    if [ "$workload" = redis ]; then
+      redis_alone "$rep"
+      continue
+    fi
     for config in $CONFIGS; do
       run_one "$workload" "$config" "$rep"
     done
@@ -286,9 +343,10 @@ if command -v jq >/dev/null 2>&1 && [ -s "$runs" ]; then
     def cmd($c): [.cluster.redis.commands[]? | select(.command == $c) | .usec_per_event] | add;
     def r1: if . == null then "-" else (. * 10 | round / 10 | tostring) end;'
   jq -rs "$jq_defs"'
-    (["configuration", "runs ok", "deliveries/s", "deliv/node-CPU-s", "p99 per node (us)",
-      "node CPU us/event", "redis us/event", "fcall", "xread", "outside cmds"] | @tsv),
-    (group_by(.label)[] | . as $g | [
+    (if any(.[]; .scenario == "fanout") then ["configuration", "runs ok", "deliveries/s",
+      "deliv/node-CPU-s", "p99 per node (us)", "node CPU us/event", "redis us/event", "fcall",
+      "xread", "outside cmds"] | @tsv else empty end),
+    (map(select(.scenario == "fanout")) | group_by(.label)[] | . as $g | [
       $g[0].label,
       "\([$g[] | select(.ok)] | length)/\($g | length)",
       ([$g[].cluster.total.deliveries_per_s] | med | r1),
@@ -302,7 +360,14 @@ if command -v jq >/dev/null 2>&1 && [ -s "$runs" ]; then
       ([$g[].cluster.redis.outside_commands_us_per_event] | med | r1)] | @tsv)
   ' "$runs" | column -t -s $'\t' >&2 || true
   jq -rs "$jq_defs"'
-    (group_by(.label | split(" ")[0])[] |
+    (if any(.[]; .scenario == "redis-alone") then ["Redis alone", "calls/s", "CPU us/call",
+      "CPU us/entry", "in command us/call"] | @tsv else empty end),
+    (map(select(.scenario == "redis-alone")) | group_by(.label)[] | . as $g | [$g[0].label,
+      ([$g[].calls_per_s] | med | r1), ([$g[].cpu_us_per_call] | med | r1),
+      ([$g[].cpu_us_per_entry] | med | r1), ([$g[].in_command_us_per_call] | med | r1)] | @tsv)
+  ' "$runs" | column -t -s $'\t' >&2 || true
+  jq -rs "$jq_defs"'
+    (map(select(.scenario == "fanout")) | group_by(.label | split(" ")[0])[] |
       (.[0].label | split(" ")[0]) as $w |
       ([.[] | select(.label | endswith("N=1")) | .cluster.redis.cpu_us_per_event_net] | med) as $r1 |
       ([.[] | select(.label | endswith("N=2")) | .cluster.redis.cpu_us_per_event_net] | med) as $r2 |
