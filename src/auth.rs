@@ -2,7 +2,7 @@
 //! from, and JWT verification (HS256 with a secret, RS256/ES256 with a public key; the
 //! algorithm is pinned by the key, `none` never accepted; `crit` headers refused; `aud` and
 //! `iss` checked when configured). Pure decisions: request data in, the token's expiry or a
-//! rejection out. Reasons never echo the token.
+//! rejection out; the clock is the caller's reading, passed in. Reasons never echo the token.
 
 use crate::config;
 use base64::Engine;
@@ -64,6 +64,12 @@ struct Claims {
         skip_serializing_if = "Option::is_none"
     )]
     exp: Option<u64>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
+    nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aud: Option<Audience>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,13 +98,30 @@ impl Audience {
 fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     match Option::<serde_json::Number>::deserialize(d)? {
         None => Ok(None),
-        Some(n) => match (n.as_u64(), n.as_f64()) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
-                Ok(Some(f.round() as u64))
-            }
-            _ => Err(serde::de::Error::custom("exp is not a NumericDate")),
+        Some(n) => match numeric_value(&n) {
+            Some(v) => Ok(Some(v)),
+            None => Err(serde::de::Error::custom("exp is not a NumericDate")),
         },
+    }
+}
+
+/// `nbf` by the same rules as `exp`, except that a value that is not a NumericDate is
+/// absent rather than an error: jsonwebtoken checks only an `nbf` it can read (a token with
+/// an unreadable one was accepted while the library compared the times), and so does `check`.
+fn lenient_numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => Ok(numeric_value(&n)),
+        _ => Ok(None),
+    }
+}
+
+fn numeric_value(n: &serde_json::Number) -> Option<u64> {
+    match (n.as_u64(), n.as_f64()) {
+        (Some(v), _) => Some(v),
+        (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
+            Some(f.round() as u64)
+        }
+        _ => None,
     }
 }
 
@@ -127,8 +150,8 @@ impl Auth {
         if !c.private.is_empty() && key.is_none() {
             return Err("auth.private is set but neither auth.secret nor auth.public_key".into());
         }
-        // The JWT library computes `now - leeway` unchecked: a leeway beyond the Unix time
-        // would wrap (every token "expired") or panic. A day is far beyond any clock skew.
+        // A day is far beyond any clock skew (`check` saturates `now_s - leeway` and
+        // `now_s + leeway`, so a larger one would not wrap either).
         if c.leeway > MAX_LEEWAY {
             return Err("auth.leeway must be at most 1d".into());
         }
@@ -152,11 +175,14 @@ impl Auth {
 
     /// Checks a stream request for `topics`. Public topics need nothing; when any topic is
     /// private the token must be valid and its `subscribe` claim must cover every private
-    /// topic. Returns the token's `exp` (Unix seconds) when a token was checked.
+    /// topic. `exp` and `nbf` are compared with `now_s` (Unix seconds, the caller's clock
+    /// reading) as jsonwebtoken 9 would compare them with its own. Returns the token's `exp`
+    /// (Unix seconds) when a token was checked.
     pub fn check(
         &self,
         topics: &[Box<str>],
         creds: &Credentials<'_>,
+        now_s: u64,
     ) -> Result<Option<u64>, Denied> {
         let private: Vec<&str> = topics
             .iter()
@@ -176,9 +202,10 @@ impl Auth {
             ));
         }
         let mut validation = Validation::new(*alg);
-        validation.leeway = self.leeway_s;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // The library would read the system clock: `exp` and `nbf` are compared below with
+        // the caller's `now_s` instead. It still requires `exp`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         // `aud` and `iss` are checked below, against `auth.audience` / `auth.issuer`.
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
@@ -189,6 +216,17 @@ impl Auth {
         let exp = claims
             .exp
             .ok_or(unauthorized("the token has no exp claim"))?;
+        // jsonwebtoken 9's comparisons (`exp < now - leeway`, `nbf > now + leeway`, in this
+        // order), saturating where it would wrap.
+        if exp < now_s.saturating_sub(self.leeway_s) {
+            return Err(unauthorized(describe(&ErrorKind::ExpiredSignature)));
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now_s.saturating_add(self.leeway_s))
+        {
+            return Err(unauthorized(describe(&ErrorKind::ImmatureSignature)));
+        }
         if let Some(wanted) = &self.audience {
             match &claims.aud {
                 None => return Err(unauthorized("the token has no aud claim")),
@@ -335,6 +373,7 @@ pub fn mint(secret: &str, what: MintClaims<'_>, now_s: u64, ttl_s: u64) -> Resul
     let claims = Claims {
         subscribe: what.subscribe.to_vec(),
         exp: Some(now_s.saturating_add(ttl_s)),
+        nbf: None,
         aud: non_empty(what.audience).map(Audience::One),
         iss: non_empty(what.issuer),
     };
@@ -409,9 +448,12 @@ mod tests {
             cookie_header: None,
             query_token: None,
         };
-        assert_eq!(auth().check(&topics(&["prices:AAPL"]), &none), Ok(None));
         assert_eq!(
-            auth().check(&topics(&["notifications:1"]), &none),
+            auth().check(&topics(&["prices:AAPL"]), &none, now()),
+            Ok(None)
+        );
+        assert_eq!(
+            auth().check(&topics(&["notifications:1"]), &none, now()),
             Err(MISSING)
         );
     }
@@ -420,13 +462,17 @@ mod tests {
     fn valid_token_covering_the_topics() {
         let token = mint_for("s3cret", &["notifications:42".into()], now(), 60);
         let h = bearer(&token);
-        let exp = auth().check(&topics(&["notifications:42", "public"]), &with_header(&h));
+        let exp = auth().check(
+            &topics(&["notifications:42", "public"]),
+            &with_header(&h),
+            now(),
+        );
         assert!(
             matches!(exp, Ok(Some(e)) if e.abs_diff(now() + 60) <= 1),
             "{exp:?}"
         );
         let denied = auth()
-            .check(&topics(&["notifications:43"]), &with_header(&h))
+            .check(&topics(&["notifications:43"]), &with_header(&h), now())
             .unwrap_err();
         assert_eq!(denied.status, 403);
     }
@@ -439,16 +485,21 @@ mod tests {
         let expired = mint_for("s3cret", &["admin".into()], now() - 100, 10);
         let in_leeway = mint_for("s3cret", &["admin".into()], now() - 20, 10);
         for token in [wrong_key.as_str(), expired.as_str(), "garbage", "a.b.c"] {
-            let d = a.check(&t, &with_header(&bearer(token))).unwrap_err();
+            let d = a
+                .check(&t, &with_header(&bearer(token)), now())
+                .unwrap_err();
             assert_eq!(d.status, 401, "{token}");
             assert!(!d.reason.contains(token));
         }
         assert!(
-            a.check(&t, &with_header(&bearer(&in_leeway))).is_ok(),
+            a.check(&t, &with_header(&bearer(&in_leeway)), now())
+                .is_ok(),
             "leeway honoured"
         );
         assert_eq!(
-            a.check(&t, &with_header("Basic abc")).unwrap_err().status,
+            a.check(&t, &with_header("Basic abc"), now())
+                .unwrap_err()
+                .status,
             401
         );
     }
@@ -479,7 +530,7 @@ mod tests {
             ))
         );
         let d = auth()
-            .check(&topics(&["admin"]), &with_header(&bearer(&token)))
+            .check(&topics(&["admin"]), &with_header(&bearer(&token)), now())
             .unwrap_err();
         assert_eq!(d.status, 401);
     }
@@ -495,20 +546,23 @@ mod tests {
             cookie_header: Some(&cookie),
             query_token: Some("bad"),
         };
-        assert!(a.check(&t, &from_cookie).is_ok(), "cookie before query");
+        assert!(
+            a.check(&t, &from_cookie, now()).is_ok(),
+            "cookie before query"
+        );
         let from_query = Credentials {
             authorization: None,
             cookie_header: Some("x=1"),
             query_token: Some(&good),
         };
-        assert!(a.check(&t, &from_query).is_ok());
+        assert!(a.check(&t, &from_query, now()).is_ok());
         let bad_header = Credentials {
             authorization: Some("Bearer nope"),
             cookie_header: Some(&cookie),
             query_token: None,
         };
         assert_eq!(
-            a.check(&t, &bad_header).unwrap_err().status,
+            a.check(&t, &bad_header, now()).unwrap_err().status,
             401,
             "no fall-through to the cookie"
         );
@@ -528,7 +582,7 @@ mod tests {
 
     fn check_claims(a: &Auth, claims: &str) -> Result<Option<u64>, Denied> {
         let token = signed("s3cret", HS256, claims);
-        a.check(&topics(&["admin"]), &with_header(&bearer(&token)))
+        a.check(&topics(&["admin"]), &with_header(&bearer(&token)), now())
     }
 
     fn reason(r: Result<Option<u64>, Denied>) -> &'static str {
@@ -563,6 +617,63 @@ mod tests {
         assert_eq!(check_claims(&a, &float), Ok(Some(now() + 600)));
     }
 
+    /// The clock is the caller's: `exp` and `nbf` are compared with `now_s` alone, by
+    /// jsonwebtoken 9's rules (`exp < now - leeway` expired, `nbf > now + leeway` immature;
+    /// the leeway here is 30 s).
+    #[test]
+    fn the_clock_is_the_parameter() {
+        let a = auth();
+        let at = |claims: &str, now_s: u64| {
+            let token = signed("s3cret", HS256, claims);
+            a.check(&topics(&["admin"]), &with_header(&bearer(&token)), now_s)
+        };
+        let expired = Err(unauthorized(describe(&ErrorKind::ExpiredSignature)));
+        let immature = Err(unauthorized(describe(&ErrorKind::ImmatureSignature)));
+        let exp_1000 = r#"{"subscribe":["admin"],"exp":1000}"#;
+        assert_eq!(at(exp_1000, 900), Ok(Some(1000)));
+        assert_eq!(
+            at(exp_1000, 1030),
+            Ok(Some(1000)),
+            "exp + leeway is still in"
+        );
+        assert_eq!(at(exp_1000, 1031), expired);
+        assert_eq!(at(exp_1000, 2000), expired);
+        // A clock before the leeway: `now - leeway` saturates instead of wrapping.
+        assert_eq!(at(exp_1000, 0), Ok(Some(1000)));
+        assert_eq!(at(r#"{"subscribe":["admin"],"exp":0}"#, 30), Ok(Some(0)));
+        // `nbf` in the future is refused; within the leeway it is accepted.
+        let nbf_500 = r#"{"subscribe":["admin"],"exp":1000,"nbf":500}"#;
+        assert_eq!(at(nbf_500, 100), immature);
+        assert_eq!(at(nbf_500, 469), immature);
+        assert_eq!(at(nbf_500, 470), Ok(Some(1000)), "nbf - leeway is in");
+        assert_eq!(at(nbf_500, 500), Ok(Some(1000)));
+        assert_eq!(at(nbf_500, 900), Ok(Some(1000)));
+        // `exp` is checked first, as the library did.
+        let both = r#"{"subscribe":["admin"],"exp":1000,"nbf":5000}"#;
+        assert_eq!(at(both, 2000), expired);
+        assert_eq!(at(both, 900), immature);
+        // `nbf` is read as `exp` is (a float is rounded; null is absent), and one that is not
+        // a NumericDate is not checked, as the library left it.
+        let float = r#"{"subscribe":["admin"],"exp":1000,"nbf":500.4}"#;
+        assert_eq!(at(float, 469), immature);
+        assert_eq!(at(float, 470), Ok(Some(1000)));
+        for nbf in ["null", r#""later""#, "-1", "1e30"] {
+            let claims = format!(r#"{{"subscribe":["admin"],"exp":1000,"nbf":{nbf}}}"#);
+            assert_eq!(at(&claims, 0), Ok(Some(1000)), "{claims}");
+        }
+        // (An array is beyond the library's own claim reader: malformed, as it always was.)
+        let array = r#"{"subscribe":["admin"],"exp":1000,"nbf":[5000]}"#;
+        assert_eq!(reason(at(array, 0)), "the token is malformed");
+        // The system clock plays no part: a token minted for the far past verifies then.
+        let token = mint_for("s3cret", &["admin".into()], 1000, 60);
+        let t = topics(&["admin"]);
+        assert_eq!(
+            a.check(&t, &with_header(&bearer(&token)), 1050),
+            Ok(Some(1060))
+        );
+        assert_eq!(a.check(&t, &with_header(&bearer(&token)), 1091), expired);
+    }
+
     #[test]
     fn far_future_exp_saturates_instead_of_wrapping() {
         let a = auth();
@@ -589,7 +700,7 @@ mod tests {
         };
         let token = mint("s3cret", what, now(), u64::MAX).unwrap();
         assert_eq!(
-            a.check(&topics(&["admin"]), &with_header(&bearer(&token))),
+            a.check(&topics(&["admin"]), &with_header(&bearer(&token)), now()),
             Ok(Some(u64::MAX))
         );
     }
@@ -669,12 +780,12 @@ mod tests {
         };
         let token = mint("s3cret", what, now(), 60).unwrap();
         assert!(
-            a.check(&topics(&["admin"]), &with_header(&bearer(&token)))
+            a.check(&topics(&["admin"]), &with_header(&bearer(&token)), now())
                 .is_ok()
         );
         let plain = mint_for("s3cret", &["admin".into()], now(), 60);
         assert_eq!(
-            a.check(&topics(&["admin"]), &with_header(&bearer(&plain))),
+            a.check(&topics(&["admin"]), &with_header(&bearer(&plain)), now()),
             Err(unauthorized("the token has no aud claim"))
         );
     }
@@ -691,13 +802,13 @@ mod tests {
             r#"{"crit":null,"alg":"HS256"}"#,
         ] {
             let token = signed("s3cret", header, &claims);
-            let d = a.check(&topics(&["admin"]), &with_header(&bearer(&token)));
+            let d = a.check(&topics(&["admin"]), &with_header(&bearer(&token)), now());
             assert_eq!(d, Err(unauthorized(crit)), "{header}");
         }
         // Without `crit` the same token is fine; a header that does not decode is malformed.
         let token = signed("s3cret", r#"{"alg":"HS256","kid":"crit"}"#, &claims);
         assert!(
-            a.check(&topics(&["admin"]), &with_header(&bearer(&token)))
+            a.check(&topics(&["admin"]), &with_header(&bearer(&token)), now())
                 .is_ok()
         );
         assert!(!has_crit_header("%%%.x.y"));

@@ -235,7 +235,7 @@ impl Default for Cluster {
             redis: String::new(),
             key_prefix: "ssehub".into(),
             min_replicas: 0,
-            replica_timeout: Duration::from_secs(1),
+            replica_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(2),
             catch_up: Duration::from_secs(1),
         }

@@ -316,21 +316,8 @@ mod tests {
         out
     }
 
-    /// Tiny deterministic PRNG (xorshift64) so the property tests need no dependencies.
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    /// The crate's generator, seeded: the property tests are deterministic.
+    use crate::rng::Rng;
 
     #[test]
     fn entry_is_24_bytes_for_u32() {
@@ -424,7 +411,7 @@ mod tests {
         let mut w = Wheel::new(10, 64, 0);
         w.insert(hour, 1u32);
         let mut now = 0;
-        let mut rng = XorShift(7);
+        let mut rng = Rng::new(7);
         while now < hour + 100 {
             let got = fire(&mut w, now);
             if now < hour {
@@ -452,7 +439,7 @@ mod tests {
     #[test]
     fn big_jump_fires_due_and_keeps_the_rest() {
         let mut w = Wheel::new(10, 64, 0);
-        let mut rng = XorShift(99);
+        let mut rng = Rng::new(99);
         let deadlines: Vec<u64> = (0..2000).map(|_| rng.below(100_000)).collect();
         for (i, &d) in deadlines.iter().enumerate() {
             w.insert(d, i);
@@ -551,7 +538,7 @@ mod tests {
     #[test]
     fn event_loop_reaches_every_deadline_on_time() {
         for &(tick, slots) in &[(10u64, 64usize), (1, 64), (7, 256)] {
-            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ tick);
+            let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ tick);
             let n = 3000;
             let horizon = 200_000;
             let start = 1234;
@@ -596,7 +583,7 @@ mod tests {
     /// Random inserts, cancels, reschedules and advances against a simple model.
     #[test]
     fn random_operations_match_model() {
-        let mut rng = XorShift(42);
+        let mut rng = Rng::new(42);
         let (tick, slots) = (10, 64);
         let mut w = Wheel::new(tick, slots, 0);
         let mut model: BTreeMap<u32, (TimerId, u64)> = BTreeMap::new();

@@ -177,35 +177,37 @@ fn redis_restarted_empty_resets_resuming_clients_and_ids_keep_increasing() {
     assert!(next > before[2], "{next} <= {}", before[2]);
 }
 
-/// The replica lags (it is asleep) when the primary, having acknowledged an event, dies;
-/// the replica is promoted without it. The nodes must not go on as if nothing happened.
+/// The replica lags (the replication stream from the primary stops reaching it) when the
+/// primary, having acknowledged an event, dies; the replica is promoted without it. The
+/// nodes must not go on as if nothing happened.
 #[test]
 fn failover_to_a_lagging_replica_gives_reset_never_a_silent_gap() {
-    let mut primary = Redis::start(&[]);
-    let replica = Redis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let mut primary = Redis::start(&["--repl-diskless-sync-delay", "0"]);
+    // The replica reaches the primary through a forwarder, so the test can hold back
+    // what the primary sends it.
+    let link = Forwarder::start(primary.port);
+    let replica = Redis::start(&["--replicaof", "127.0.0.1", &link.port.to_string()]);
     let fwd = Forwarder::start(primary.port);
     let (a, b) = (node(&fwd.url(), &[]), node(&fwd.url(), &[]));
     let mut pa = a.producer();
-    let replicated = pa.publish("t", "on both");
-    assert!(wait_for(Duration::from_secs(5), || {
-        replica.stream_len("ssehub") == 1
-    }));
-    // The replica sleeps; the primary acknowledges an event it never gets.
-    let sleeper = {
-        let port = replica.port.to_string();
-        std::thread::spawn(move || {
-            std::process::Command::new("redis-cli")
-                .args(["-p", &port, "DEBUG", "SLEEP", "3"])
-                .output()
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    let lost = pa.publish("t", "primary only");
+    let answer = publish_to(&mut pa, &["t"], "on both");
+    let replicated = parse_ok(&answer).unwrap_or_else(|| panic!("{answer}\n{}", a.log_text()));
+    assert!(
+        wait_for(Duration::from_secs(15), || replica.stream_len("ssehub")
+            == 1),
+        "the replica did not sync: {}\n{}\nprimary XLEN {}",
+        replica.cli(&["INFO", "replication"]),
+        replica.cli(&["KEYS", "*"]),
+        primary.stream_len("ssehub")
+    );
+    // The replica lags; the primary acknowledges an event the replica never gets.
+    link.set_mode(Mode::SwallowReplies);
+    let answer = publish_to(&mut pa, &["t"], "primary only");
+    let lost = parse_ok(&answer).unwrap_or_else(|| panic!("{answer}\n{}", a.log_text()));
     assert!(wait_for(Duration::from_secs(5), || {
         metric(&b, "ssehub_events_published_total") == Some(2)
     }));
     primary.kill();
-    let _ = sleeper.join();
     assert_eq!(replica.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
     assert_eq!(
         replica.stream_len("ssehub"),
@@ -214,13 +216,19 @@ fn failover_to_a_lagging_replica_gives_reset_never_a_silent_gap() {
     );
     fwd.retarget(replica.port);
     fwd.cut();
-    assert!(wait_for(Duration::from_secs(15), || {
-        a.log_contains("possible gap") && b.log_contains("possible gap")
-    }));
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            a.log_contains("possible gap") && b.log_contains("possible gap")
+        }),
+        "{}\n---\n{}",
+        a.log_text(),
+        b.log_text()
+    );
     // A client that saw only the replicated event must learn it may have missed one.
     let mut c = b.resume("topic=t", &replicated.to_string());
     let first = c.read_event();
     assert!(first.contains("event: reset"), "{first:?}");
+    assert!(wait_for(Duration::from_secs(15), || redis_up(&a) == Some(true)));
     let next = pa.publish("t", "after failover");
     assert!(next > lost);
 }

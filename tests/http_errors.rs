@@ -501,10 +501,38 @@ fn request_with_body_is_answered_then_closed() {
     expect_closed(&mut c);
     let mut c = send(
         &server,
-        "POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "POST /nope HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
     );
     expect_plain(&mut c, 404);
     expect_closed(&mut c);
+}
+
+/// Request smuggling (issue 14): ssehub takes no bodies, so a request with a
+/// Transfer-Encoding (with or without a Content-Length), or a body on /events, is refused
+/// and the connection closed; what follows is never read as a second request.
+#[test]
+fn bodies_that_could_smuggle_a_request_are_refused_and_close() {
+    let server = Server::start();
+    let smuggled = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    for (head, reason) in [
+        (
+            "GET /events?topic=a HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Transfer-Encoding is not accepted: requests carry no body\n",
+        ),
+        (
+            "POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "Transfer-Encoding is not accepted: requests carry no body\n",
+        ),
+        (
+            "GET /events?topic=a HTTP/1.1\r\nHost: t\r\nContent-Length: 39\r\n\r\n",
+            "a request to /events may not carry a body\n",
+        ),
+    ] {
+        let mut c = send(&server, &format!("{head}{smuggled}"));
+        let (_, body) = expect_plain(&mut c, 400);
+        assert_eq!(body, reason, "{head:?}");
+        expect_closed(&mut c);
+    }
 }
 
 #[test]

@@ -30,6 +30,11 @@ mod idle;
 mod proto;
 mod publisher;
 mod report;
+// The server's xorshift64* generator, the same file rather than a copy. `Rng::seeded` is
+// the server's: the workers are seeded by the coordinator.
+#[path = "../../src/rng.rs"]
+#[allow(dead_code)]
+mod rng;
 mod run;
 mod sse;
 mod sys;

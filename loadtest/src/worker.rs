@@ -8,6 +8,7 @@
 
 use crate::hist::Hist;
 use crate::proto::{FromWorker, Mode, Ready, ToWorker, WorkerConfig, WorkerResult};
+use crate::rng::Rng;
 use crate::sse::{Flow, Item, Parser};
 use crate::sys;
 use mio::net::TcpStream;
@@ -142,7 +143,7 @@ struct Engine {
     churning: bool,
     finishing: bool,
     errors: Vec<String>,
-    rng: u64,
+    rng: Rng,
     started_ns: u64,
 }
 
@@ -170,7 +171,7 @@ impl Engine {
             ..Tally::default()
         };
         let mut engine = Engine {
-            rng: cfg.seed | 1,
+            rng: Rng::new(cfg.seed),
             churning: cfg.mode == Mode::Churn,
             cfg,
             poll,
@@ -194,13 +195,6 @@ impl Engine {
         engine
     }
 
-    fn rand(&mut self) -> u64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
     /// Events the next connection reads before it disconnects (churn).
     fn new_cycle(&mut self) -> u32 {
         let Some(c) = self.cfg.churn.clone() else {
@@ -208,7 +202,7 @@ impl Engine {
         };
         let min = c.min_events.max(1);
         let span = u64::from(c.max_events.max(min) - min) + 1;
-        min + (self.rand() % span) as u32
+        min + self.rng.below(span) as u32
     }
 
     fn error(&mut self, msg: String) {
@@ -328,7 +322,7 @@ impl Engine {
             .churn
             .as_ref()
             .map_or(100, |c| c.max_delay_ms.max(1));
-        let delay = self.rand() % (max * 1_000_000 + 1);
+        let delay = self.rng.below(max * 1_000_000 + 1);
         self.streams[i].state = State::Idle;
         self.reconnects.push(Reverse((now + delay, i)));
     }
@@ -553,7 +547,7 @@ impl Engine {
     /// Churn: the client goes away after reading its share of events, then comes back.
     fn disconnect(&mut self, i: usize, now: u64) {
         let share = self.cfg.churn.as_ref().map_or(0.0, |c| c.rst_share);
-        let rst = (self.rand() % 1_000_000) as f64 / 1e6 < share;
+        let rst = self.rng.below(1_000_000) as f64 / 1e6 < share;
         let s = &mut self.streams[i];
         if let Some(sock) = s.sock.take() {
             if rst {

@@ -20,6 +20,8 @@ const W: Millis = 5_000;
 /// `streams.max_pending_bytes` where a test does not choose its own.
 const MAX_PENDING: usize = 1 << 20;
 const RETRY_MS: u64 = 1_500;
+/// The timer wheel's tick (its granularity).
+const TICK: Millis = 4;
 
 /// Everything the event loop hands the table, built for real.
 struct Rig {
@@ -46,7 +48,7 @@ impl Rig {
         Rig {
             table: StreamTable::default(),
             hub: Hub::new(history, 0, 0),
-            wheel: Wheel::new(4, 4096, 0),
+            wheel: Wheel::new(TICK, 4096, 0),
             stats: Stats::default(),
             poll: Poll::new().expect("poll"),
             per_client: PerClient::default(),
@@ -546,6 +548,80 @@ fn output_that_cannot_be_written_closes_at_exactly_the_write_timeout() {
     rig.reap();
     assert!(rig.table.is_empty());
     assert_eq!(rig.subscribers("a"), 0);
+}
+
+/// Output backs up (the client stops reading, the socket refuses writes) while keepalive
+/// timers come and go; then the client reads, the writable event comes and the queue
+/// drains. The next keepalive is due one interval after that last write, not a timer
+/// interval counted from the blocked period: drains between two blocked-stream wakeups,
+/// right after one and right before the next, each get it on time.
+#[test]
+fn a_keepalive_is_on_time_after_a_write_blocked_queue_drains() {
+    let start = 1_000;
+    let since = start + 300;
+    // While blocked the timer fires at start + K, then every K; drain between those.
+    for drain_at in [start + 2 * K + K / 2, start + 2 * K + 1, start + 3 * K - 1] {
+        let mut rig = Rig::new();
+        let (key, mut client) = rig.stream_with(start, &["a"], live(), true);
+        rig.flush(start);
+        client.expect_exactly(&head());
+
+        // Far more than both (tiny) socket buffers hold.
+        let event = rig.publish(&["a"], &"x".repeat(64 << 10), false, since);
+        for _ in 0..100 {
+            if rig.conn(key).has(flags::WRITE_BLOCKED) {
+                break;
+            }
+            rig.flush(since);
+        }
+        assert!(
+            rig.conn(key).has(flags::WRITE_BLOCKED),
+            "socket never filled"
+        );
+        for now in since..=drain_at {
+            rig.fire(now);
+            rig.flush(now);
+            assert!(rig.conn(key).out.is_some(), "still blocked at {now}");
+            assert!(!rig.closing(key));
+        }
+
+        // The client reads; each writable event (what the loop gets on `WRITABLE`)
+        // clears WRITE_BLOCKED and lists the stream again; all at `drain_at`.
+        let mut got = Vec::new();
+        for _ in 0..1_000 {
+            rig.table.writable(key);
+            rig.flush(drain_at);
+            client.drain_into(&mut got);
+            if rig.conn(key).out.is_none() && !rig.table.has_work() {
+                break;
+            }
+        }
+        assert!(rig.conn(key).out.is_none(), "the queue never drained");
+        assert!(got == event.frame[..], "drained bytes differ");
+        assert!(!rig.conn(key).has(flags::WRITE_BLOCKED));
+
+        // The keepalive: one interval after the drain's last write, within a wheel tick.
+        let due = drain_at + K;
+        let mut queued_at = None;
+        for now in drain_at + 1..=due + TICK {
+            rig.fire(now);
+            if rig.conn(key).pending_bytes() > 0 {
+                queued_at = Some(now);
+                break;
+            }
+        }
+        let Some(at) = queued_at else {
+            panic!("no keepalive by {} (drained at {drain_at})", due + TICK);
+        };
+        assert!(
+            (due..=due + TICK).contains(&at),
+            "keepalive at {at}, due {due} (drained at {drain_at})"
+        );
+        assert_eq!(rig.conn(key).pending_bytes(), sse::KEEPALIVE.len());
+        rig.flush(at);
+        client.expect_exactly(b":\n");
+        assert!(!rig.closing(key));
+    }
 }
 
 #[test]

@@ -21,6 +21,9 @@ pub const RETRY_AFTER_S: &str = "5";
 /// The same in milliseconds: the base of the `retry:` of a retry-only stream.
 pub const RETRY_AFTER_MS: u64 = 5_000;
 
+/// A non-zero `Content-Length` on `/events`.
+const BODY_ON_EVENTS: &str = "a request to /events may not carry a body";
+
 /// `Allow` of `/healthz` and `/metrics`.
 const ALLOW_GET_HEAD: &str = "GET, HEAD";
 const METRICS_NOT_LOOPBACK: &str =
@@ -289,6 +292,12 @@ fn route_public<'r>(
         ctx.cors.headers(origin, &mut headers);
     }
     match req.path.as_str() {
+        // ssehub takes no request bodies: a body on the stream endpoint is refused and the
+        // connection closed, so no framing disagreement with a proxy in front can smuggle
+        // a second request (Transfer-Encoding is refused by the parser already).
+        "/events" if req.has_body => {
+            return answer(400, BODY_ON_EVENTS, After::Close, headers, head_only);
+        }
         "/events" => match req.method {
             Method::Get | Method::Head => {}
             Method::Options => {
@@ -338,7 +347,7 @@ fn route_public<'r>(
         cookie_header: req.cookie.as_deref(),
         query_token: query.token.as_deref(),
     };
-    let token_exp = match ctx.auth.check(&query.topics, &creds) {
+    let token_exp = match ctx.auth.check(&query.topics, &creds, ctx.wall_ms / 1000) {
         Ok(exp) => exp,
         Err(denied) => {
             if denied.status == 401 {
@@ -956,13 +965,11 @@ mod tests {
             "/events?topic=a",
             &format!("Origin: {ORIGIN}\r\nContent-Length: 5\r\n"),
         );
-        let mut headers = CORS.to_vec();
-        headers.extend(allow);
         let d = decide(&r, &ctx);
-        assert_eq!(
-            d,
-            plain(405, "method not allowed", After::Close, &headers, false)
-        );
+        assert_eq!(d, plain(400, BODY_ON_EVENTS, After::Close, &CORS, false));
+        let r = http("GET", "/events?topic=a", "Content-Length: 1\r\n");
+        let d = decide(&r, &ctx);
+        assert_eq!(d, plain(400, BODY_ON_EVENTS, After::Close, &[], false));
     }
 
     #[test]

@@ -2,6 +2,7 @@ use super::recover::segment_name;
 use super::*;
 use crate::rng::Rng;
 use mio::{Events, Poll, Token};
+use std::fs;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;

@@ -18,6 +18,9 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Its working directory: a replica writes the RDB of its full sync there, and any
+    /// Redis loads `dump.rdb` from it at start; never the test's own directory.
+    dir: tempfile::TempDir,
 }
 
 /// A free loopback port (bound and released).
@@ -34,6 +37,7 @@ impl Redis {
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().expect("temp dir"),
         };
         r.restart();
         r
@@ -43,7 +47,10 @@ impl Redis {
     /// persistence.
     pub fn restart(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
         let child = Command::new("redis-server")
+            .arg("--dir")
+            .arg(self.dir.path())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             // Small stream nodes, so that `MAXLEN ~` and `MINID ~` trims take effect
