@@ -11,17 +11,24 @@
 //! deliveries per server CPU-second (`/proc/PID/stat` utime+stime) and per server write
 //! call (`syscw` of `/proc/PID/io`), missing and duplicate counts (must be 0).
 //!
+//! Several nodes (cluster mode): `--node ADDR[@PID]`, repeated, replaces `--addr` and
+//! `--server-pid`; the subscribers are split evenly over the nodes, the publisher still
+//! writes to `--socket` (one node's ingest socket), and the result gains a `cluster` part
+//! with each node's figures, the totals and, with `--redis-pid`, Redis's CPU per event
+//! (see `cluster`). The top-level server figures are then summed over the nodes.
+//!
 //! `slow`: a share of the subscribers (small `SO_RCVBUF`) stop reading after the response
 //! head. The others' latency is reported as above, the server's memory and descriptors are
 //! sampled every second, and at the end the slow ones read again: each must find its
 //! stream ended by the server (its limits cut it).
 
+use crate::cluster::{self, ClusterPart, Node, RedisSamples, RunFacts};
 use crate::coord::{Fleet, Watch};
 use crate::hist::{Hist, Summary};
 use crate::proto::{Mode, ToWorker, WorkerResult};
 use crate::publisher::{self, Plan};
 use crate::run::{Common, Provenance, Sampler, parse_duration, round1, topic};
-use crate::sys;
+use crate::sys::{self, ServerSample};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -64,6 +71,18 @@ pub struct Args {
     /// Server memory sampling interval.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub sample_every: Duration,
+    /// A server node, `ADDR[@PID]` (repeat for several). Given, the nodes replace `--addr`
+    /// and `--server-pid`: subscribers are split evenly over them, events are published
+    /// to `--socket`, and the result reports each node.
+    #[arg(long = "node", value_name = "ADDR[@PID]", value_parser = cluster::parse_node)]
+    pub nodes: Vec<Node>,
+    /// Redis's pid (cluster mode): its CPU time over the events and per event.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
+    /// Redis's address (loopback, with `--redis-pid`): its `INFO commandstats` before and
+    /// after the events split its CPU time into commands and the rest.
+    #[arg(long)]
+    pub redis_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Serialize)]
@@ -116,6 +135,9 @@ struct Report {
     server_fds_peak: u64,
     server_fds_after_close: u64,
     memory_series: Vec<(f64, u64, u64)>,
+    /// Per node, totals and Redis (only with `--node` or `--redis-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterPart>,
     publish: publisher::Outcome,
     workers: usize,
     connect_ms: u64,
@@ -138,6 +160,35 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         eprintln!("ssehub-loadtest: at most 10,000,000 events per run");
         return 2;
     }
+    if !a.nodes.is_empty() && a.common.server_pid.is_some() {
+        eprintln!("ssehub-loadtest: --node ADDR@PID replaces --server-pid");
+        return 2;
+    }
+    if a.nodes.iter().any(|n| !n.addr.ip().is_loopback()) {
+        eprintln!("ssehub-loadtest: loopback targets and sources only");
+        return 2;
+    }
+    if a.redis_addr.is_some_and(|r| !r.ip().is_loopback()) {
+        eprintln!("ssehub-loadtest: loopback targets and sources only");
+        return 2;
+    }
+    if a.redis_addr.is_some() && a.redis_pid.is_none() {
+        eprintln!("ssehub-loadtest: --redis-addr needs --redis-pid");
+        return 2;
+    }
+    if a.subscribers < a.nodes.len() {
+        eprintln!("ssehub-loadtest: fewer subscribers than nodes");
+        return 2;
+    }
+    let per_node = !a.nodes.is_empty() || a.redis_pid.is_some();
+    let nodes = if a.nodes.is_empty() {
+        vec![Node {
+            addr: a.common.addr,
+            pid: a.common.server_pid,
+        }]
+    } else {
+        a.nodes.clone()
+    };
     let share = a
         .slow_share
         .unwrap_or(if slow_scenario { 0.1 } else { 0.0 })
@@ -155,14 +206,18 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
     let deadline = sys::mono_ns() + total.as_nanos() as u64;
     let watch = Watch::start(deadline, total.as_secs_f64());
     let topic = topic(&a.topic, if slow_scenario { "slow" } else { "fanout" });
-    let mut configs = a.common.layout(Mode::Fanout, a.subscribers, slow, &topic);
+    let (mut configs, node_of) =
+        cluster::layout(&a.common, &nodes, Mode::Fanout, a.subscribers, slow, &topic);
     for c in &mut configs {
         c.events = a.events;
         c.slow_rcvbuf = a.slow_rcvbuf;
         c.deadline_ns = deadline;
     }
-    let before = a.common.sample();
-    let sampler = Sampler::start(a.common.server_pid, a.sample_every);
+    let before = sample_all(&nodes);
+    let samplers: Vec<Sampler> = nodes
+        .iter()
+        .map(|n| Sampler::start(n.pid, a.sample_every))
+        .collect();
     watch.stage("opening streams");
     let mut fleet = match Fleet::spawn(&configs, &watch) {
         Ok(f) => f,
@@ -190,7 +245,10 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
             first.unwrap_or_else(|| "none".into())
         ));
     }
+    let redis_cpu = |pid: u32| (sys::mono_ns(), cluster::cpu_s(pid));
+    let redis_idle0 = a.redis_pid.map(redis_cpu);
     std::thread::sleep(a.settle);
+    let redis_idle1 = a.redis_pid.map(redis_cpu);
     watch.stage("publishing");
     let plan = Plan {
         target: a.common.target,
@@ -203,7 +261,19 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         size: a.size,
         start_ns: sys::mono_ns() + 50_000_000,
     };
-    let cpu0 = a.common.sample();
+    let cpu0 = sample_all(&nodes);
+    let node_cpu0 = cluster::cpu_of(&nodes);
+    let redis_run0 = a.redis_pid.map(redis_cpu);
+    let stats = |when: &str| {
+        a.redis_addr.and_then(|r| match cluster::commandstats(r) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("ssehub-loadtest: INFO commandstats {when}: {e}");
+                None
+            }
+        })
+    };
+    let stats0 = stats("before");
     let self_cpu0 = sys::self_cpu_s();
     let outcome = match publisher::run(&plan) {
         Ok(o) => o,
@@ -231,14 +301,17 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
             return 1;
         }
     };
-    let cpu1 = a.common.sample();
+    let cpu1 = sample_all(&nodes);
+    let node_cpu1 = cluster::cpu_of(&nodes);
+    let stats1 = stats("after");
+    let redis_run1 = a.redis_pid.map(redis_cpu);
     let self_cpu = sys::self_cpu_s() - self_cpu0;
     let end_ns = sys::mono_ns();
     watch.stage("closing");
     fleet.finish();
     std::thread::sleep(Duration::from_millis(1500));
-    let after = a.common.sample();
-    let series = sampler.finish();
+    let after = sample_all(&nodes);
+    let series = sum_series(samplers.into_iter().map(Sampler::finish).collect());
     prov.end();
 
     let sum = |f: fn(&WorkerResult) -> u64| results.iter().map(f).sum::<u64>();
@@ -256,12 +329,7 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
     }
     // The last subscriber's receipt of each event, over all workers.
     let m = a.events as usize;
-    let mut last = vec![0u64; m];
-    for r in &results {
-        for (l, &t) in last.iter_mut().zip(&r.last_recv_ns) {
-            *l = (*l).max(t);
-        }
-    }
+    let last = cluster::last_receipts(results.iter(), m);
     let mut last_lag = Hist::default();
     let mut last_lag_sched = Hist::default();
     for (seq, &t) in last.iter().enumerate() {
@@ -292,7 +360,64 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
     let cpu = cpu1.cpu_s - cpu0.cpu_s;
     // Share of one core the server used while events were flowing.
     let busy = if span_s > 0.0 { cpu / span_s } else { 0.0 };
-    let saturated = sustained < 0.95 * offered || busy > 0.9;
+    let cluster = per_node.then(|| {
+        let facts = RunFacts {
+            events: a.events,
+            sent_ns: &outcome.sent_ns,
+            span_s,
+            published: outcome.ok,
+        };
+        let node_cpu: Vec<f64> = node_cpu1
+            .iter()
+            .zip(&node_cpu0)
+            .map(|(b, a)| b - a)
+            .collect();
+        let reports: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, &node)| {
+                let mine: Vec<_> = configs
+                    .iter()
+                    .zip(&results)
+                    .zip(&ready)
+                    .zip(&node_of)
+                    .filter(|(_, n)| **n == i)
+                    .map(|(((c, r), rd), _)| (c, r, rd.open))
+                    .collect();
+                cluster::node_report(i, node, &mine, node_cpu[i], &facts)
+            })
+            .collect();
+        let redis = match (
+            a.redis_pid,
+            redis_idle0,
+            redis_idle1,
+            redis_run0,
+            redis_run1,
+        ) {
+            (Some(pid), Some(idle0), Some(idle1), Some(run0), Some(run1)) => Some(
+                RedisSamples {
+                    pid,
+                    idle0,
+                    idle1,
+                    run0,
+                    run1,
+                    stats: stats0.zip(stats1),
+                }
+                .report(outcome.ok),
+            ),
+            _ => None,
+        };
+        ClusterPart {
+            total: cluster::totals(&reports, &node_cpu, &facts),
+            nodes: reports,
+            redis,
+        }
+    });
+    let node_busy_max = cluster
+        .as_ref()
+        .and_then(|c| c.nodes.iter().map(|n| n.busy).reduce(f64::max))
+        .unwrap_or(busy);
+    let saturated = sustained < 0.95 * offered || node_busy_max > 0.9;
     let writes = cpu1.syscw.saturating_sub(cpu0.syscw);
     let slow_cut: usize = results.iter().map(|r| r.slow_cut).sum();
     let slow_kept: usize = results.iter().map(|r| r.slow_kept).sum();
@@ -304,6 +429,14 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
     });
     if missing > 0 || duplicates > 0 {
         problems.push(format!("missing {missing}, duplicated {duplicates}"));
+    }
+    for n in cluster.iter().flat_map(|c| &c.nodes) {
+        if n.missing > 0 || n.duplicates > 0 || n.deliveries < n.expected_deliveries {
+            problems.push(format!(
+                "node {} ({}): {} of {} deliveries, missing {}, duplicated {}",
+                n.node, n.addr, n.deliveries, n.expected_deliveries, n.missing, n.duplicates
+            ));
+        }
     }
     if closed_early > 0 {
         problems.push(format!("{closed_early} reading streams ended early"));
@@ -367,6 +500,7 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         server_fds_peak: series.iter().map(|s| s.2).max().unwrap_or(0),
         server_fds_after_close: after.fds,
         memory_series: series,
+        cluster,
         publish: outcome,
         workers: configs.len(),
         connect_ms,
@@ -393,8 +527,92 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         report.deliveries_per_cpu_s,
         report.deliveries_per_write,
     );
+    for n in report.cluster.iter().flat_map(|c| &c.nodes) {
+        eprintln!(
+            "node {} {}: streams={} deliveries={} missing={} dup={} p50={}us p99={}us max={}us \
+             cpu={:.3}s per-cpu-s={:.0}",
+            n.node,
+            n.addr,
+            n.streams,
+            n.deliveries,
+            n.missing,
+            n.duplicates,
+            n.latency_us.p50,
+            n.latency_us.p99,
+            n.latency_us.max,
+            n.cpu_s,
+            n.deliveries_per_cpu_s,
+        );
+    }
+    if let Some(r) = report.cluster.as_ref().and_then(|c| c.redis.as_ref()) {
+        eprintln!(
+            "redis: cpu={:.4}s over {:.2}s, {:.1}us/event ({:.1}us less its idle {:.4}s/s)",
+            r.cpu_s, r.window_s, r.cpu_us_per_event, r.cpu_us_per_event_net, r.idle_cpu_per_s
+        );
+        if let Some(inside) = r.in_commands_us_per_event {
+            let list: Vec<String> = r
+                .commands
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}/event {}us/event",
+                        c.command, c.calls_per_event, c.usec_per_event
+                    )
+                })
+                .collect();
+            eprintln!(
+                "redis: {inside:.1}us/event inside commands ({}), {:.1}us/event outside",
+                list.join(", "),
+                r.outside_commands_us_per_event.unwrap_or(0.0)
+            );
+        }
+    }
     for p in &report.problems {
         eprintln!("problem: {p}");
     }
     if report.ok { 0 } else { 1 }
+}
+
+/// Every node's sample, summed (one node: its own).
+fn sample_all(nodes: &[Node]) -> ServerSample {
+    let mut sum = ServerSample::default();
+    for s in nodes.iter().filter_map(|n| n.pid).map(sys::server_sample) {
+        sum.private_kib += s.private_kib;
+        sum.cpu_s += s.cpu_s;
+        sum.syscw += s.syscw;
+        sum.fds += s.fds;
+        sum.processes += s.processes;
+    }
+    sum
+}
+
+/// The nodes' memory series added sample by sample (they sample in step; the shortest
+/// bounds the sum). One node: its own series.
+fn sum_series(mut all: Vec<Vec<(f64, u64, u64)>>) -> Vec<(f64, u64, u64)> {
+    if all.len() <= 1 {
+        return all.pop().unwrap_or_default();
+    }
+    let len = all.iter().map(Vec::len).min().unwrap_or(0);
+    (0..len)
+        .map(|k| {
+            let t = all[0][k].0;
+            let kib = all.iter().map(|s| s[k].1).sum();
+            let fds = all.iter().map(|s| s[k].2).sum();
+            (t, kib, fds)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_add_up_in_step() {
+        assert!(sum_series(vec![]).is_empty());
+        let one = vec![(0.0, 10, 1), (1.0, 12, 2)];
+        assert_eq!(sum_series(vec![one.clone()]), one);
+        let two = vec![(0.0, 5, 3), (1.0, 6, 4), (2.0, 7, 5)];
+        assert_eq!(sum_series(vec![one, two]), vec![(0.0, 15, 4), (1.0, 18, 6)]);
+    }
 }

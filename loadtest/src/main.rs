@@ -21,6 +21,7 @@
 //! publishes, samples the server and merges the workers' histograms.
 
 mod churn;
+mod cluster;
 mod coord;
 mod fanout;
 mod floor;
