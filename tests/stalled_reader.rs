@@ -316,3 +316,91 @@ fn send_buffer_zero_leaves_the_kernel_default() {
         }
     }
 }
+
+/// Runs `cmd` through `sh -c`; its stderr on failure.
+fn sh(cmd: &str) -> Result<(), String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[test]
+fn a_vanished_peer_is_given_up_after_write_timeout() {
+    // In a network namespace of this thread's own (the hub started from it is in it too),
+    // so that blackholing its loopback touches nothing else on the machine.
+    std::thread::spawn(vanished_peer_in_own_namespace)
+        .join()
+        .expect("vanished-peer thread");
+}
+
+fn vanished_peer_in_own_namespace() {
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        let e = std::io::Error::last_os_error();
+        eprintln!("skipped: no network namespace of our own ({e}); needs root, as in CI");
+        return;
+    }
+    if let Err(e) = sh("ip link set lo up") {
+        eprintln!("skipped: cannot bring up loopback in the namespace (iproute2 `ip`): {e}");
+        return;
+    }
+    if !ss_available() {
+        eprintln!("skipped: ss (iproute2) not found");
+        return;
+    }
+    const KEEPALIVE_MS: u64 = 300;
+    const WRITE_TIMEOUT_MS: u64 = 1000;
+    let streams =
+        format!("keepalive = \"{KEEPALIVE_MS}ms\"\nwrite_timeout = \"{WRITE_TIMEOUT_MS}ms\"");
+    let server = Server::start_with(&[("streams", &streams)]);
+    let mut c = server.subscribe("topic=quiet");
+    assert_eq!(c.read_line(), ":\n", "a keepalive while the peer is there");
+    let port = c.sock.local_addr().unwrap().port();
+
+    // The peer vanishes: from now on every packet on loopback is dropped (a token bucket
+    // of 10 bytes passes none; the kernel has no netem here). No FIN, no RST, no ACK.
+    if let Err(e) = sh("tc qdisc add dev lo root tbf rate 8bit burst 10 limit 10") {
+        eprintln!("skipped: the kernel cannot blackhole loopback with tbf: {e}");
+        return;
+    }
+    let vanished = Instant::now();
+    // The next keepalive is sent and never acknowledged; TCP_USER_TIMEOUT (write_timeout)
+    // later the kernel gives up and the socket leaves the table.
+    let gone = wait_for(Duration::from_secs(20), || {
+        ss_socket(server.addr.port(), port).is_none_or(|s| s.state != "ESTAB")
+    });
+    let lingered = vanished.elapsed();
+    sh("tc qdisc del dev lo root").expect("remove the blackhole");
+    assert!(gone, "the vanished peer's stream is still open after 20 s");
+    eprintln!(
+        "vanished peer given up after {lingered:?} (keepalive {KEEPALIVE_MS} ms, \
+         write_timeout {WRITE_TIMEOUT_MS} ms)"
+    );
+    // At most a keepalive interval until data is in flight, then the user timeout; the
+    // retransmission timer fires at the timeout (the kernel clamps it), plus scheduling.
+    let bound = Duration::from_millis(KEEPALIVE_MS + WRITE_TIMEOUT_MS + 1000);
+    assert!(lingered <= bound, "lingered {lingered:?}, bound {bound:?}");
+    assert!(
+        lingered >= Duration::from_millis(WRITE_TIMEOUT_MS * 9 / 10),
+        "given up after {lingered:?}, before write_timeout"
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || cuts(&server, "peer_timeout")
+            == 1),
+        "peer_timeout not counted; log:\n{}",
+        server.log_text()
+    );
+    assert_eq!(cuts(&server, "pending"), 0);
+    assert_eq!(cuts(&server, "write_timeout"), 0);
+    let why = server
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("stopped acknowledging"));
+    eprintln!("{}", why.unwrap_or_default());
+}
