@@ -209,7 +209,7 @@ fn a_stalled_reader_is_cut_within_the_bound_and_the_kernel_holds_at_most_send_bu
             )
             .len(),
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
     if let Err(e) = reader.join().expect("fast reader") {
         panic!(
