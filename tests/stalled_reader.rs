@@ -299,20 +299,29 @@ fn a_stalled_reader_is_cut_within_the_bound_and_the_kernel_holds_at_most_send_bu
 }
 
 #[test]
-fn send_buffer_zero_leaves_the_kernel_default() {
+fn send_buffer_is_set_on_public_and_admin_sockets_and_zero_leaves_the_kernel_default() {
     if !ss_available() {
         eprintln!("skipped: ss (iproute2) not found");
         return;
     }
     for (send_buffer, want) in [(0, None), (65536, Some(131072))] {
-        let server = Server::start_with(&[("streams", &format!("send_buffer = {send_buffer}"))]);
-        let c = server.subscribe("topic=a");
-        let port = c.sock.local_addr().unwrap().port();
-        let s = ss_socket(server.addr.port(), port).expect("server socket");
-        match want {
-            Some(tb) => assert_eq!(s.tb, tb, "{s:?}"),
-            // Autotuning from net.ipv4.tcp_wmem's default, not the configured default.
-            None => assert_ne!(s.tb, 2 * 131072, "{s:?}"),
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        drop(admin);
+        let server = Server::start_with(&[
+            ("http", &format!("admin_listen = \"{admin_addr}\"")),
+            ("streams", &format!("send_buffer = {send_buffer}")),
+        ]);
+        let stream = server.subscribe("topic=a");
+        let scrape = Client::connect(admin_addr);
+        for (listener, client) in [(server.addr, &stream), (admin_addr, &scrape)] {
+            let port = client.sock.local_addr().unwrap().port();
+            let s = ss_socket(listener.port(), port).expect("server socket");
+            match want {
+                Some(tb) => assert_eq!(s.tb, tb, "{listener}: {s:?}"),
+                // Autotuning from net.ipv4.tcp_wmem's default, not the configured default.
+                None => assert_ne!(s.tb, 2 * 131072, "{listener}: {s:?}"),
+            }
         }
     }
 }
