@@ -107,7 +107,17 @@ pub struct Streams {
     pub max_pending_bytes: usize,
     #[serde(deserialize_with = "duration")]
     pub write_timeout: Duration,
+    /// `SO_SNDBUF` of each accepted HTTP socket, in bytes (Linux doubles it); 0: the
+    /// kernel's default and autotuning. Bounds what the kernel holds for a stalled stream.
+    pub send_buffer: usize,
 }
+
+/// `streams.send_buffer` by default: chosen by measurement
+/// (bench-results/2026-11-29-stalled-reader.md).
+pub const DEFAULT_SEND_BUFFER: usize = 128 * 1024;
+
+/// Above this `streams.send_buffer` is refused (the kernel takes an `int` and doubles it).
+pub const MAX_SEND_BUFFER: usize = 1 << 30;
 
 impl Default for Streams {
     fn default() -> Self {
@@ -120,6 +130,7 @@ impl Default for Streams {
             max_topics: 32,
             max_pending_bytes: 256 * 1024,
             write_timeout: Duration::from_secs(30),
+            send_buffer: DEFAULT_SEND_BUFFER,
         }
     }
 }
@@ -274,6 +285,11 @@ impl Config {
         if s.max_pending_bytes == 0 {
             return Err("streams.max_pending_bytes must be above 0".into());
         }
+        if s.send_buffer > MAX_SEND_BUFFER {
+            return Err(format!(
+                "streams.send_buffer must be 0 (the kernel's default) or at most {MAX_SEND_BUFFER}"
+            ));
+        }
         if self.http.max_header_bytes < 256 {
             return Err("http.max_header_bytes must be at least 256".into());
         }
@@ -372,6 +388,7 @@ mod tests {
         assert_eq!(c.ingest.mode, 0o660);
         assert_eq!(c.streams.keepalive, Duration::from_secs(15));
         assert_eq!(c.streams.max_pending_bytes, 262144);
+        assert_eq!(c.streams.send_buffer, DEFAULT_SEND_BUFFER);
         assert_eq!(c.history.max_events, 1000);
         assert_eq!(c.history.durability, Durability::Os);
         assert!(c.tls.is_none());
@@ -414,6 +431,16 @@ mod tests {
         assert!(Config::parse("[streams]\nkeepalive = \"0s\"").is_err());
         assert!(Config::parse("[ingest]\nmode = \"0999\"").is_err());
         assert!(Config::parse("[history]\ndurability = \"maybe\"").is_err());
+        assert!(Config::parse("[streams]\nsend_buffer = -1").is_err());
+        let huge = Config::parse("[streams]\nsend_buffer = 2147483648").unwrap_err();
+        assert!(huge.contains("streams.send_buffer must be 0"), "{huge}");
+        assert_eq!(
+            Config::parse("[streams]\nsend_buffer = 0")
+                .unwrap()
+                .streams
+                .send_buffer,
+            0
+        );
     }
 
     #[test]

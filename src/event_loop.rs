@@ -109,9 +109,10 @@ pub struct Stats {
     pub streams_opened: u64,
     pub events_published: u64,
     pub deliveries: u64,
-    pub slow_disconnects: u64,
-    /// Slow disconnects not yet reported in a log line.
-    pub slow_unreported: u64,
+    /// Streams cut off (slow or vanished subscribers), by reason.
+    pub slow_disconnects: crate::metrics::Cuts,
+    /// Cuts not yet reported in a log line.
+    pub slow_unreported: crate::metrics::Cuts,
     pub ingest_errors: u64,
     /// Bytes written to HTTP clients.
     pub bytes_written: u64,
@@ -437,7 +438,8 @@ impl Server {
             return;
         }
         let ConnState::Reading { buf } = &mut conn.state else {
-            return self.streams.discard_input(key, &mut self.scratch);
+            let stats = &mut self.stats;
+            return self.streams.discard_input(key, &mut self.scratch, stats);
         };
         let limit = self.config.http.max_header_bytes + 1;
         let tls = conn.tls.as_deref_mut();
@@ -662,11 +664,16 @@ impl Server {
                     self.accept_producers();
                 }
                 Due::SlowSummary => {
+                    let new = std::mem::take(&mut self.stats.slow_unreported);
                     info!(
-                        "disconnected slow subscribers count={} total={}",
-                        self.stats.slow_unreported, self.stats.slow_disconnects
+                        "disconnected slow subscribers count={} pending={} write_timeout={} \
+                         peer_timeout={} total={}",
+                        new.total(),
+                        new.pending,
+                        new.write_timeout,
+                        new.peer_timeout,
+                        self.stats.slow_disconnects.total()
                     );
-                    self.stats.slow_unreported = 0;
                     self.slow_summary_armed = false;
                 }
                 Due::Ops(timer) => self.ops_timer(timer),
@@ -691,7 +698,7 @@ impl Server {
             registry,
             &mut self.per_client,
         );
-        if self.stats.slow_unreported > 0 && !self.slow_summary_armed {
+        if self.stats.slow_unreported.total() > 0 && !self.slow_summary_armed {
             self.slow_summary_armed = true;
             self.wheel.insert(self.now + 1000, Due::SlowSummary);
         }

@@ -153,6 +153,42 @@ impl Rejected {
     }
 }
 
+/// Why a stream was cut off (SPEC 2.3), the `reason` label of
+/// `ssehub_slow_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// Queuing the next live event would pass `streams.max_pending_bytes`.
+    Pending,
+    /// Queued output was not fully written within `streams.write_timeout`.
+    WriteTimeout,
+    /// The kernel gave up on the connection (`ETIMEDOUT` on a read or write of a stream):
+    /// `TCP_USER_TIMEOUT` (from `streams.write_timeout`) passed with sent data
+    /// unacknowledged or the peer's window shut, i.e. the peer made no progress at all.
+    PeerTimeout,
+}
+
+/// Streams cut off, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cuts {
+    pub pending: u64,
+    pub write_timeout: u64,
+    pub peer_timeout: u64,
+}
+
+impl Cuts {
+    pub fn count(&mut self, reason: CutReason) {
+        match reason {
+            CutReason::Pending => self.pending += 1,
+            CutReason::WriteTimeout => self.write_timeout += 1,
+            CutReason::PeerTimeout => self.peer_timeout += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.pending + self.write_timeout + self.peer_timeout
+    }
+}
+
 /// Everything `/metrics` shows, read from the loop at scrape time.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -168,7 +204,7 @@ pub struct Snapshot {
     pub events_delivered: u64,
     pub events_replayed: u64,
     pub bytes_written: u64,
-    pub slow_disconnects: u64,
+    pub slow_disconnects: Cuts,
     pub ingest_errors: u64,
     pub history_events: u64,
     pub history_bytes: u64,
@@ -278,8 +314,21 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
     family(
         "ssehub_slow_disconnects_total",
         "counter",
-        "Streams cut off for not reading (max_pending_bytes or write_timeout).",
-        &one(s.slow_disconnects),
+        "Streams cut off, by reason: pending (max_pending_bytes), write_timeout, peer_timeout (the kernel gave up: TCP_USER_TIMEOUT).",
+        &[
+            (
+                "{reason=\"pending\"}",
+                s.slow_disconnects.pending.to_string(),
+            ),
+            (
+                "{reason=\"write_timeout\"}",
+                s.slow_disconnects.write_timeout.to_string(),
+            ),
+            (
+                "{reason=\"peer_timeout\"}",
+                s.slow_disconnects.peer_timeout.to_string(),
+            ),
+        ],
     );
     let mut statuses: Vec<u16> = COMMON_REJECTS.to_vec();
     statuses.extend(rejected.0.keys().filter(|k| !COMMON_REJECTS.contains(k)));

@@ -105,6 +105,8 @@ const KEYS: &[Key] = &[
         streams.max_pending_bytes
     ),
     key!("streams.write_timeout", RELOAD, streams.write_timeout),
+    // Set on sockets accepted after the reload; open streams keep theirs.
+    key!("streams.send_buffer", RELOAD, streams.send_buffer),
     key!("history.max_events", RESTART, history.max_events),
     key!("history.max_age", RESTART, history.max_age),
     key!("history.max_bytes", RESTART, history.max_bytes),
@@ -294,6 +296,7 @@ mod tests {
             ("http.max_per_ip", "[http]\nmax_per_ip = 5"),
             ("streams.keepalive", "[streams]\nkeepalive = \"1s\""),
             ("streams.write_timeout", "[streams]\nwrite_timeout = \"1s\""),
+            ("streams.send_buffer", "[streams]\nsend_buffer = 0"),
             ("ingest.max_event_bytes", "[ingest]\nmax_event_bytes = 100"),
             ("ingest.max_producers", "[ingest]\nmax_producers = 3"),
             ("auth.private", "[auth]\nprivate = [\"a:*\"]"),

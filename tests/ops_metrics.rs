@@ -102,7 +102,12 @@ fn metrics_match_known_traffic() {
         v("ssehub_rejected_requests_total", &[("status", "503")]),
         0.0
     );
-    assert_eq!(v("ssehub_slow_disconnects_total", &[]), 0.0);
+    for reason in ["pending", "write_timeout", "peer_timeout"] {
+        assert_eq!(
+            v("ssehub_slow_disconnects_total", &[("reason", reason)]),
+            0.0
+        );
+    }
     assert_eq!(v("ssehub_history_events", &[]), 5.0);
     // Retained bytes are what `history.max_bytes` caps: the events' encoded frames plus
     // their bookkeeping, and the topics' metadata ("news" and "other").

@@ -16,6 +16,7 @@ use crate::history::{Event, TopicId};
 use crate::http::response::{self, After};
 use crate::hub::Hub;
 use crate::limits::{Counted, PerClient};
+use crate::metrics::CutReason;
 use crate::sse::{self, Frame};
 use crate::timer::{Millis, Wheel};
 use log::debug;
@@ -374,8 +375,7 @@ impl StreamTable {
                     }
                     Delivery::Skipped => {}
                     Delivery::Overflow => {
-                        stats.slow_disconnects += 1;
-                        stats.slow_unreported += 1;
+                        count_cut(stats, CutReason::Pending);
                         conn.set(flags::CLOSING);
                         self.closing.push(sub);
                     }
@@ -447,7 +447,7 @@ impl StreamTable {
                     // An ending stream (drain, revoked by a reload, final) lingers even
                     // while it was replaying: its `retry:` was the last thing to send.
                     if conn.has(flags::CLOSE_AFTER_FLUSH) {
-                        self.linger(key, hub, wheel, now);
+                        self.linger(key, hub, wheel, now, stats);
                     } else if conn.has(flags::REPLAYING) {
                         self.refill_replay(key, hub, now, stats);
                     } else if matches!(conn.state, ConnState::Reading { .. }) {
@@ -466,7 +466,7 @@ impl StreamTable {
                 }
                 Err(e) => {
                     debug!("write failed: {e}");
-                    self.close(key);
+                    self.close_failed(key, &e, stats);
                 }
             }
         }
@@ -535,7 +535,7 @@ impl StreamTable {
                             "closing slow stream: write timeout pending={}",
                             out.pending_bytes()
                         );
-                        return self.close_slow(key, stats);
+                        return self.close_slow(key, CutReason::WriteTimeout, stats);
                     }
                     // Pending output: wake one keepalive interval from now (a blocked
                     // stream costs a wakeup per interval), or at the write timeout if that
@@ -585,7 +585,7 @@ impl StreamTable {
 
     /// Reads and discards what a streaming or lingering client sends (a stream takes no
     /// input; a client that keeps sending is closed). `scratch` is the loop's read buffer.
-    pub fn discard_input(&mut self, key: u32, scratch: &mut [u8]) {
+    pub fn discard_input(&mut self, key: u32, scratch: &mut [u8], stats: &mut Stats) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -617,7 +617,7 @@ impl StreamTable {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.close(key),
+                Err(e) => return self.close_failed(key, &e, stats),
             }
         }
     }
@@ -634,11 +634,29 @@ impl StreamTable {
         }
     }
 
-    /// Closes a subscriber that does not keep up; it resumes from history on reconnect.
-    pub fn close_slow(&mut self, key: u32, stats: &mut Stats) {
-        stats.slow_disconnects += 1;
-        stats.slow_unreported += 1;
+    /// Closes a subscriber that does not keep up (or whose peer vanished); it resumes
+    /// from history on reconnect.
+    pub fn close_slow(&mut self, key: u32, reason: CutReason, stats: &mut Stats) {
+        count_cut(stats, reason);
         self.close(key);
+    }
+
+    /// A read or write of the connection failed with `e`: closes it, counted as a
+    /// `peer_timeout` cut when it is a stream the kernel gave up on: `ETIMEDOUT`
+    /// (`TCP_USER_TIMEOUT` passed without the peer acknowledging or opening its window),
+    /// or the ICMP unreachable the kernel reports instead when one arrived meanwhile.
+    fn close_failed(&mut self, key: u32, e: &io::Error, stats: &mut Stats) {
+        let streaming = self.conns.get(key as usize).is_some_and(Conn::is_streaming);
+        let gave_up = matches!(
+            e.raw_os_error(),
+            Some(libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH)
+        );
+        if streaming && gave_up {
+            debug!("closing stream: the peer stopped acknowledging ({e})");
+            self.close_slow(key, CutReason::PeerTimeout, stats);
+        } else {
+            self.close(key);
+        }
     }
 
     /// Ends a stream the way a graceful stop does: `retry` (a `retry:` frame) is queued
@@ -670,7 +688,14 @@ impl StreamTable {
 
     /// The last answer is written: shut our side down and wait briefly for the client to
     /// close, so unread request bytes do not turn our close into a reset.
-    fn linger(&mut self, key: u32, hub: &mut Hub, wheel: &mut Wheel<Due>, now: Millis) {
+    fn linger(
+        &mut self,
+        key: u32,
+        hub: &mut Hub,
+        wheel: &mut Wheel<Due>,
+        now: Millis,
+        stats: &mut Stats,
+    ) {
         if !self.conns.contains(key as usize) {
             return;
         }
@@ -697,7 +722,7 @@ impl StreamTable {
         // Whatever the client sent meanwhile is read (and discarded) by the next readable
         // event; edge-triggered readiness may not come again for bytes already there.
         let mut scratch = [0u8; MAX_DISCARDED as usize + 1];
-        self.discard_input(key, &mut scratch);
+        self.discard_input(key, &mut scratch, stats);
     }
 
     fn unsubscribe(&mut self, key: u32, hub: &mut Hub) {
@@ -759,6 +784,12 @@ fn flush_tls(
         }
     }
     Ok(Flush::Budget)
+}
+
+/// Counts a cut for `/metrics` and for the next log summary.
+fn count_cut(stats: &mut Stats, reason: CutReason) {
+    stats.slow_disconnects.count(reason);
+    stats.slow_unreported.count(reason);
 }
 
 #[cfg(test)]

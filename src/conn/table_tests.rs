@@ -456,7 +456,8 @@ fn a_slow_reader_is_cut_one_byte_past_max_pending() {
     let b2 = rig.publish_capped(&["b"], "xxxxxxxxx", false, now, max);
     assert_eq!(b1.frame.len() + b2.frame.len(), max + 1);
     assert!(rig.closing(cut), "one byte more is cut");
-    assert_eq!(rig.stats.slow_disconnects, 1);
+    assert_eq!(rig.stats.slow_disconnects.pending, 1);
+    assert_eq!(rig.stats.slow_disconnects.total(), 1);
     assert_eq!(rig.stats.deliveries, 3);
     assert!(!rig.closing(kept));
 
@@ -544,7 +545,8 @@ fn output_that_cannot_be_written_closes_at_exactly_the_write_timeout() {
     );
     assert_eq!(rig.fire(since + W), [key]);
     assert!(rig.closing(key));
-    assert_eq!(rig.stats.slow_disconnects, 1);
+    assert_eq!(rig.stats.slow_disconnects.write_timeout, 1);
+    assert_eq!(rig.stats.slow_disconnects.total(), 1);
     rig.reap();
     assert!(rig.table.is_empty());
     assert_eq!(rig.subscribers("a"), 0);

@@ -68,6 +68,7 @@ impl Server {
                     }
                 },
             };
+            tune_stream_socket(&sock, &self.config.streams);
             if !self.register_next(&mut sock) {
                 self.release_client_slot(counted);
                 continue;
@@ -223,6 +224,30 @@ pub(super) fn bind_http(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpLis
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Socket options of an accepted HTTP connection (public or admin listener, plain or TLS),
+/// from `[streams]` (SPEC 2.3): `SO_SNDBUF` from `send_buffer` (0: the kernel's default and
+/// autotuning), so the kernel holds at most about twice that for a stalled stream before
+/// `max_pending_bytes` and `write_timeout` apply; `TCP_USER_TIMEOUT` from `write_timeout`,
+/// so a peer that stops acknowledging (gone without a FIN or RST) or keeps its window shut
+/// is given up by the kernel after that long instead of ~15 minutes of retransmissions.
+/// Failures are logged and the connection is served with the kernel's defaults.
+pub(super) fn tune_stream_socket(sock: &TcpStream, streams: &crate::config::Streams) {
+    let sock = socket2::SockRef::from(sock);
+    if streams.send_buffer > 0
+        && let Err(e) = sock.set_send_buffer_size(streams.send_buffer)
+    {
+        debug!("SO_SNDBUF {}: {e}", streams.send_buffer);
+    }
+    // The kernel takes milliseconds in an int; 0 would mean its default.
+    let timeout = streams.write_timeout.clamp(
+        Duration::from_millis(1),
+        Duration::from_millis(i32::MAX as u64),
+    );
+    if let Err(e) = sock.set_tcp_user_timeout(Some(timeout)) {
+        debug!("TCP_USER_TIMEOUT {timeout:?}: {e}");
+    }
 }
 
 pub(super) fn is_out_of_descriptors(e: &io::Error) -> bool {

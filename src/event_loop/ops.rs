@@ -490,6 +490,7 @@ impl Server {
             if self.streams.len() >= self.max_connections + ADMIN_EXTRA {
                 continue;
             }
+            super::accept::tune_stream_socket(&sock, &self.config.streams);
             if !self.register_next(&mut sock) {
                 continue;
             }
