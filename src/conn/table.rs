@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// `writev` calls per connection per turn, so one fast reader cannot starve the rest.
 pub const WRITES_PER_TURN: usize = 4;
@@ -376,6 +377,7 @@ impl StreamTable {
                     Delivery::Skipped => {}
                     Delivery::Overflow => {
                         count_cut(stats, CutReason::Pending);
+                        reset_on_close(conn);
                         conn.set(flags::CLOSING);
                         self.closing.push(sub);
                     }
@@ -636,8 +638,13 @@ impl StreamTable {
 
     /// Closes a subscriber that does not keep up (or whose peer vanished); it resumes
     /// from history on reconnect.
+    ///
+    /// The close is a reset (`reset_on_close`); the client resumes either way.
     pub fn close_slow(&mut self, key: u32, reason: CutReason, stats: &mut Stats) {
         count_cut(stats, reason);
+        if let Some(conn) = self.conns.get(key as usize) {
+            reset_on_close(conn);
+        }
         self.close(key);
     }
 
@@ -763,6 +770,13 @@ impl StreamTable {
             }
         }
     }
+}
+
+/// A stream cut off as slow or gone: its close becomes a reset (`SO_LINGER` 0), so the
+/// kernel frees what it still holds for it at once (up to `2 × streams.send_buffer`)
+/// instead of retransmitting it until `TCP_USER_TIMEOUT`.
+fn reset_on_close(conn: &Conn) {
+    let _ = socket2::SockRef::from(&conn.sock).set_linger(Some(Duration::ZERO));
 }
 
 /// Writes a TLS connection's queue: plaintext into the session (up to its buffer limit),
