@@ -282,17 +282,20 @@ pub fn run(a: &Args, duration: Duration) -> i32 {
     }
     let anon_end = anon();
     let cpu1 = cpu();
-    let (published, publish_ok, per_topic, publish_err) = publisher
-        .join()
-        .unwrap_or((0, 0, vec![0; topics], Some("publisher panicked".into())));
+    let (published, publish_ok, per_topic, publish_err) =
+        publisher
+            .join()
+            .unwrap_or((0, 0, vec![0; topics], Some("publisher panicked".into())));
     let _ = tx.send(Cmd::Finish {
         events: per_topic.clone(),
         grace_ns: a.grace.as_nanos() as u64,
     });
     let _ = waker.wake();
-    let (complete, counts, errors) = client_thread
-        .join()
-        .unwrap_or((0, Counts::default(), vec!["client thread panicked".into()]));
+    let (complete, counts, errors) = client_thread.join().unwrap_or((
+        0,
+        Counts::default(),
+        vec!["client thread panicked".into()],
+    ));
     for e in errors.iter().take(5) {
         eprintln!("client error: {e}");
     }
@@ -431,11 +434,10 @@ fn window(pts: &[(f64, u64)]) -> Option<Window> {
         change_pct: pct((last as f64 - first as f64) / first.max(1) as f64 * 100.0),
         min_kib: pts.iter().map(|p| p.1).min().unwrap_or(0),
         max_kib: pts.iter().map(|p| p.1).max().unwrap_or(0),
-        max_dev_pct: pct(
-            f.iter()
-                .map(|p| (p.1 - mean).abs() / mean * 100.0)
-                .fold(0.0, f64::max),
-        ),
+        max_dev_pct: pct(f
+            .iter()
+            .map(|p| (p.1 - mean).abs() / mean * 100.0)
+            .fold(0.0, f64::max)),
     })
 }
 
