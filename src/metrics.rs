@@ -15,7 +15,13 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Latencies above this are recorded as this (µs): a stream whose output waits longer is
 /// cut off by `streams.write_timeout` long before.
 const MAX_LATENCY_US: u64 = 60_000_000;
-/// Recently committed events remembered for the latency lookup (id, commit time).
+/// Recently committed events remembered for the latency lookup (id, commit time): those
+/// a queued write can still be waiting for, that is of the last `streams.write_timeout`
+/// (`set_horizon`; a queue older than that has been cut off) but no more than
+/// `MAX_LATENCY_US`, and at most this many. Bounded by age first, so that the ring's size
+/// follows the event rate: bounded by count alone it kept growing for 16,384 events (5.5
+/// minutes at 50 events/s, hours at a few per second), which under steady load looked
+/// like a leak (issue 14).
 const COMMIT_RING: usize = 16_384;
 /// Quantiles reported in the summary.
 const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
@@ -37,6 +43,8 @@ pub struct Latency {
     count: u64,
     /// (event id, commit time in µs since `origin`), ids increasing.
     commits: VecDeque<(u64, u64)>,
+    /// Commits older than this (µs) are forgotten.
+    horizon_us: u64,
 }
 
 impl Default for Latency {
@@ -52,6 +60,7 @@ impl Default for Latency {
             sum_us: 0,
             count: 0,
             commits: VecDeque::new(),
+            horizon_us: MAX_LATENCY_US,
         }
     }
 }
@@ -79,12 +88,21 @@ impl Latency {
         self.commits.clear();
     }
 
+    /// How long a commit is remembered: `streams.write_timeout` (no queue waits longer
+    /// without being cut off), at most `MAX_LATENCY_US`.
+    pub fn set_horizon(&mut self, write_timeout: std::time::Duration) {
+        self.horizon_us = (write_timeout.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+    }
+
     /// Event `id` was committed just now.
     pub fn committed(&mut self, id: u64) {
-        if self.commits.len() == COMMIT_RING {
+        let now = self.now_us();
+        let oldest = now.saturating_sub(self.horizon_us);
+        while self.commits.len() >= COMMIT_RING
+            || self.commits.front().is_some_and(|&(_, t)| t < oldest)
+        {
             self.commits.pop_front();
         }
-        let now = self.now_us();
         self.commits.push_back((id, now));
     }
 
@@ -525,6 +543,26 @@ mod tests {
         assert_eq!(l.commits.len(), COMMIT_RING);
         l.written(5, 0);
         assert_eq!(l.count(), 0, "forgotten commit: no sample");
+    }
+
+    #[test]
+    fn commit_ring_forgets_commits_older_than_the_horizon() {
+        let mut l = Latency::default();
+        l.set_horizon(std::time::Duration::from_millis(20));
+        for id in 1..=100 {
+            l.committed(id);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        l.committed(101);
+        assert_eq!(
+            l.commits.len(),
+            1,
+            "only the commit within the horizon is kept"
+        );
+        l.written(50, 0);
+        assert_eq!(l.count(), 0, "forgotten commit: no sample");
+        l.written(101, 0);
+        assert_eq!(l.count(), 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! is counted, and the gap right after it is counted apart.
 //!
 //! The server's descriptors and memory are read before and after (all clients gone), so a
-//! leak per connection shows.
+//! leak per connection shows. `--duration D` runs the memory soak of `soak.rs` instead.
 
 use crate::coord::{Fleet, Watch};
 use crate::proto::{ChurnConfig, ChurnCounts, Mode, ToWorker, WorkerResult};
@@ -46,6 +46,31 @@ pub struct Args {
     /// Time allowed after the last event for every client to catch up.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// A memory soak instead (see `soak.rs`): churn for this long, clients on `--topics`
+    /// topics each reading for a random time in [min-read, max-read], `--rate` events/s
+    /// round-robin over the topics; `--events` and `--min/max-events` do not apply.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Topics of a soak (clients spread evenly).
+    #[arg(long, default_value_t = 10)]
+    pub topics: usize,
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub min_read: Duration,
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub max_read: Duration,
+    /// Soak samples before this (from the first publish) are not in the slope: let
+    /// history fill (its max_age) and then some.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Time between samples of the server's anonymous memory (soak).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub sample_every: Duration,
+    /// Sampling goes on this long after every client left (soak): does memory come back?
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub tail: Duration,
+    /// A soak fails when the fitted change over the window exceeds this (percent).
+    #[arg(long, default_value_t = 2.0)]
+    pub max_drift_pct: f64,
 }
 
 #[derive(Serialize)]
@@ -82,6 +107,9 @@ struct Report {
 }
 
 pub fn run(a: Args) -> i32 {
+    if let Some(d) = a.duration {
+        return crate::soak::run(&a, d);
+    }
     if let Err(e) = a.common.check() {
         eprintln!("ssehub-loadtest: {e}");
         return 2;

@@ -36,6 +36,7 @@ mod report;
 #[allow(dead_code)]
 mod rng;
 mod run;
+mod soak;
 mod sse;
 mod sys;
 mod worker;

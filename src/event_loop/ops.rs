@@ -242,6 +242,9 @@ impl Server {
     /// The loop is about to serve: tell systemd, start the periodic timers.
     pub(super) fn ops_ready(&mut self) {
         self.stats.latency.set_origin(self.started);
+        self.stats
+            .latency
+            .set_horizon(self.config.streams.write_timeout);
         let status = self.status_line();
         if let Some(n) = &mut self.ops.notifier {
             n.ready(&status);
@@ -352,6 +355,9 @@ impl Server {
         }
         let old_keepalive = self.config.streams.keepalive;
         self.config = config;
+        self.stats
+            .latency
+            .set_horizon(self.config.streams.write_timeout);
         if diff
             .changed
             .iter()
