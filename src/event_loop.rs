@@ -72,6 +72,8 @@ const INGEST_READ_PER_TURN: usize = 256 * 1024;
 const OVERLOAD_SLOTS: usize = 32;
 /// How often retained history is checked against `history.max_age`.
 const PRUNE_EVERY_MS: Millis = 1_000;
+/// How often free memory the allocator holds is given back to the kernel (`heap`).
+const HEAP_TRIM_EVERY_MS: Millis = 10_000;
 /// Pause before accepting again after running out of file descriptors.
 const ACCEPT_RETRY_MS: Millis = 100;
 
@@ -81,6 +83,8 @@ pub enum Due {
     /// The connection's single timer: its state decides what is due.
     Conn(u32),
     PruneHistory,
+    /// Give the allocator's free pages back to the kernel (`heap::release_free_memory`).
+    TrimHeap,
     ResumeAccept,
     /// Log the slow-subscriber disconnects of the last second in one line.
     SlowSummary,
@@ -122,6 +126,9 @@ pub struct Stats {
     pub rejected: crate::metrics::Rejected,
     /// Publish-to-write latency.
     pub latency: crate::metrics::Latency,
+    /// Calls of `heap::release_free_memory` and the nanoseconds they took.
+    pub heap_trims: u64,
+    pub heap_trim_ns: u64,
 }
 
 pub struct Server {
@@ -250,6 +257,7 @@ impl Server {
         let started = Instant::now();
         let mut wheel = Wheel::new(TICK_MS, WHEEL_SLOTS, 0);
         wheel.insert(PRUNE_EVERY_MS, Due::PruneHistory);
+        wheel.insert(HEAP_TRIM_EVERY_MS, Due::TrimHeap);
         Ok(Server {
             poll,
             ingest_path: config.ingest.socket.clone(),
@@ -657,6 +665,14 @@ impl Server {
                     }
                     self.wheel
                         .insert(self.now + PRUNE_EVERY_MS, Due::PruneHistory);
+                }
+                Due::TrimHeap => {
+                    let started = Instant::now();
+                    crate::heap::release_free_memory();
+                    self.stats.heap_trims += 1;
+                    self.stats.heap_trim_ns += started.elapsed().as_nanos() as u64;
+                    self.wheel
+                        .insert(self.now + HEAP_TRIM_EVERY_MS, Due::TrimHeap);
                 }
                 Due::ResumeAccept => {
                     self.accept_paused = false;

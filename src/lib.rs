@@ -42,6 +42,7 @@ pub mod config;
 pub mod conn;
 pub mod event_loop;
 pub mod fanout;
+pub mod heap;
 pub mod history;
 pub mod http;
 pub mod hub;

@@ -231,6 +231,9 @@ pub struct Snapshot {
     pub start_time_unix_s: f64,
     /// Cluster mode: whether Redis is reachable now, and its errors since start.
     pub redis: Option<(bool, u64)>,
+    /// Times free heap memory was given back to the kernel, and the time it took.
+    pub heap_trims: u64,
+    pub heap_trim_ns: u64,
 }
 
 /// Renders the exposition text.
@@ -322,6 +325,18 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
         "counter",
         "Retained events queued to resuming streams from history.",
         &one(s.events_replayed),
+    );
+    family(
+        "ssehub_heap_trims_total",
+        "counter",
+        "Times the loop gave the allocator's free pages back to the kernel (every 10 s).",
+        &one(s.heap_trims),
+    );
+    family(
+        "ssehub_heap_trim_seconds_total",
+        "counter",
+        "Time the loop spent giving free pages back to the kernel.",
+        &[("", format!("{:.9}", s.heap_trim_ns as f64 / 1e9))],
     );
     family(
         "ssehub_bytes_written_total",

@@ -172,6 +172,21 @@ fn an_idle_hub_exposes_every_series_with_nan_quantiles() {
     let head = c.read_head();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
     assert!(c.read_for(Duration::from_millis(200)).is_empty());
+    assert_eq!(value(&m, "ssehub_heap_trims_total", &[]), 0.0);
+}
+
+/// Every 10 s the loop gives the allocator's free pages back to the kernel (`src/heap.rs`)
+/// and counts the time it took.
+#[test]
+fn free_heap_memory_is_given_back_every_ten_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Server::start_config(&write_config(dir.path(), "", ""), |_| {});
+    std::thread::sleep(Duration::from_millis(10_600));
+    let (_, body) = scrape(hub.addr);
+    let m = parse_prometheus(&body);
+    assert_eq!(value(&m, "ssehub_heap_trims_total", &[]), 1.0);
+    let spent = value(&m, "ssehub_heap_trim_seconds_total", &[]);
+    assert!(spent > 0.0 && spent < 0.05, "one trim of an idle hub took {spent} s");
 }
 
 #[test]

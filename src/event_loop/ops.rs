@@ -526,6 +526,8 @@ impl Server {
             reloads_failed: self.ops.reloads_failed,
             start_time_unix_s: self.ops.start_unix_s,
             redis: self.commit.link().map(|l| (l.is_up(), l.errors_total())),
+            heap_trims: self.stats.heap_trims,
+            heap_trim_ns: self.stats.heap_trim_ns,
             ..Snapshot::default()
         };
         for (_, conn) in self.streams.iter() {
