@@ -1,6 +1,7 @@
 //! Fan-out: a published event's shared frame goes into the queue of every stream on its
 //! topics, once per stream, within the slow-client limit. Never writes to a socket: the
-//! event loop flushes pending queues once per turn, so bursts leave in one `writev`.
+//! event loop flushes pending queues in slices, so events that arrive before a stream's
+//! turn in the sweep leave with it in one write.
 
 use crate::conn::{Conn, OutQueue, flags};
 use crate::sse::Frame;
@@ -25,7 +26,7 @@ pub fn deliver(
     id: u64,
     now: Millis,
     max_pending: usize,
-    pending: &mut Vec<u32>,
+    pending: &mut std::collections::VecDeque<u32>,
 ) -> Delivery {
     if conn.cursor >= id || conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH | flags::REPLAYING) {
         return Delivery::Skipped;
@@ -42,9 +43,9 @@ pub fn deliver(
 
 /// Puts the connection on the pending-write list unless it is there or waiting to be
 /// writable (the writable event lists it again).
-pub fn mark_pending(conn: &mut Conn, key: u32, pending: &mut Vec<u32>) {
+pub fn mark_pending(conn: &mut Conn, key: u32, pending: &mut std::collections::VecDeque<u32>) {
     if !conn.has(flags::IN_PENDING) && !conn.has(flags::WRITE_BLOCKED) {
         conn.set(flags::IN_PENDING);
-        pending.push(key);
+        pending.push_back(key);
     }
 }

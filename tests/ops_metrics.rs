@@ -186,7 +186,10 @@ fn free_heap_memory_is_given_back_every_ten_seconds() {
     let m = parse_prometheus(&body);
     assert_eq!(value(&m, "ssehub_heap_trims_total", &[]), 1.0);
     let spent = value(&m, "ssehub_heap_trim_seconds_total", &[]);
-    assert!(spent > 0.0 && spent < 0.05, "one trim of an idle hub took {spent} s");
+    assert!(
+        spent > 0.0 && spent < 0.05,
+        "one trim of an idle hub took {spent} s"
+    );
 }
 
 #[test]

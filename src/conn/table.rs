@@ -23,7 +23,7 @@ use log::debug;
 use mio::Registry;
 use mio::net::TcpStream;
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::rc::Rc;
@@ -31,6 +31,11 @@ use std::time::Duration;
 
 /// `writev` calls per connection per turn, so one fast reader cannot starve the rest.
 pub const WRITES_PER_TURN: usize = 4;
+/// Connections written per turn: a sweep over many streams is cut into slices, and the
+/// loop polls between them, so producers are read and answered, and new events queued,
+/// while a long sweep is under way (on loopback a slice takes ~0.5 ms). An event that
+/// arrives mid-sweep joins the queues of the streams not yet written.
+pub const CONNS_PER_SLICE: usize = 64;
 /// Bytes a client may send after a stream's request head before it is closed.
 pub const MAX_DISCARDED: u16 = 4096;
 /// How long a closing connection waits for the client to close after our last answer.
@@ -63,8 +68,9 @@ pub struct Start {
 
 pub struct StreamTable {
     conns: Slab<Conn>,
-    /// Connections with queued output to write this turn.
-    pending: Vec<u32>,
+    /// Connections with queued output to write, in the order they were listed; each turn
+    /// writes the first `CONNS_PER_SLICE`.
+    pending: VecDeque<u32>,
     /// Connections to close at the end of this turn.
     closing: Vec<u32>,
     /// Replaying streams that were sent `reset` because events were already evicted: the
@@ -84,7 +90,7 @@ impl Default for StreamTable {
     fn default() -> Self {
         StreamTable {
             conns: Slab::new(),
-            pending: Vec::new(),
+            pending: VecDeque::new(),
             closing: Vec::new(),
             replay_floors: HashMap::new(),
             token_deadline: HashMap::new(),
@@ -406,7 +412,8 @@ impl StreamTable {
         }
     }
 
-    /// Writes every listed connection's queue (a bounded number of `writev` each). Keys of
+    /// Writes the queues of the next `CONNS_PER_SLICE` listed connections (a bounded
+    /// number of writes each); the rest stay listed for the next turns. Keys of
     /// connections whose answer is fully written while reading requests are pushed to
     /// `answered`: the caller looks at their next pipelined request.
     pub fn flush_pending(
@@ -418,9 +425,10 @@ impl StreamTable {
         stats: &mut Stats,
         answered: &mut Vec<u32>,
     ) {
-        let mut list = std::mem::take(&mut self.pending);
-        let mut again = Vec::new();
-        for &key in &list {
+        for _ in 0..CONNS_PER_SLICE {
+            let Some(key) = self.pending.pop_front() else {
+                return;
+            };
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;
             };
@@ -463,8 +471,9 @@ impl StreamTable {
                     }
                 }
                 Ok(Flush::Budget) => {
+                    // Still writable: to the back of the list, after the others.
                     conn.set(flags::IN_PENDING);
-                    again.push(key);
+                    self.pending.push_back(key);
                 }
                 Err(e) => {
                     debug!("write failed: {e}");
@@ -472,10 +481,6 @@ impl StreamTable {
                 }
             }
         }
-        list.clear();
-        list.append(&mut again);
-        list.append(&mut self.pending); // listed while flushing (e.g. a refilled replay)
-        self.pending = list;
     }
 
     // ---- timers: keepalive, timeouts ---------------------------------------------------------

@@ -763,3 +763,49 @@ fn drain_stops_a_replay_at_its_retry() {
     assert!(matches!(rig.conn(key).state, ConnState::Lingering));
     client.expect_eof();
 }
+
+#[test]
+fn a_sweep_is_written_in_slices_and_a_later_event_joins_the_unwritten_queues() {
+    let mut rig = Rig::new();
+    let n = 2 * CONNS_PER_SLICE + 10;
+    let mut streams: Vec<(u32, Client)> = (0..n).map(|_| rig.stream(0, &["a"], live())).collect();
+    while rig.table.has_work() {
+        rig.flush(0);
+    }
+    for (_, client) in &mut streams {
+        client.expect(&head());
+    }
+    let first = rig.publish(&["a"], "one", false, 10);
+    rig.flush(10);
+    // One slice: the first CONNS_PER_SLICE listed streams are written, the rest wait.
+    let written = |rig: &Rig| {
+        streams
+            .iter()
+            .filter(|(k, _)| rig.conn(*k).pending_bytes() == 0)
+            .count()
+    };
+    assert_eq!(written(&rig), CONNS_PER_SLICE);
+    assert!(rig.table.has_work());
+    // An event committed mid-sweep: queued behind `one` where `one` is still waiting,
+    // listed again where it was written.
+    let second = rig.publish(&["a"], "two", false, 11);
+    let both = first.frame.len() + second.frame.len();
+    let waiting = streams
+        .iter()
+        .filter(|(k, _)| rig.conn(*k).pending_bytes() == both)
+        .count();
+    assert_eq!(waiting, n - CONNS_PER_SLICE);
+    let mut slices = 1;
+    while rig.table.has_work() {
+        rig.flush(11);
+        slices += 1;
+    }
+    // The waiting streams took both events in one write: no extra slices for them.
+    assert_eq!(slices, n.div_ceil(CONNS_PER_SLICE) + 1);
+    let want = frames(&[first, second]);
+    for (_, client) in &mut streams {
+        client.expect(&want);
+        client.expect_nothing();
+    }
+    assert_eq!(rig.stats.deliveries, 2 * n as u64);
+}
