@@ -120,6 +120,8 @@ pub struct Stats {
     pub ingest_errors: u64,
     /// Bytes written to HTTP clients.
     pub bytes_written: u64,
+    /// Write calls to HTTP clients (`write`/`writev`; a TLS round counts one).
+    pub writes: u64,
     /// Retained events queued to resuming streams.
     pub events_replayed: u64,
     /// Answers with an error status, by status.

@@ -45,6 +45,9 @@ pub struct Latency {
     commits: VecDeque<(u64, u64)>,
     /// Commits older than this (µs) are forgotten.
     horizon_us: u64,
+    /// The last commit `written` looked up (consecutive writes of a sweep carry the same
+    /// event): (id, commit time), id 0 when none.
+    last_found: (u64, u64),
 }
 
 impl Default for Latency {
@@ -61,6 +64,7 @@ impl Default for Latency {
             count: 0,
             commits: VecDeque::new(),
             horizon_us: MAX_LATENCY_US,
+            last_found: (0, 0),
         }
     }
 }
@@ -86,6 +90,7 @@ impl Latency {
     pub fn set_origin(&mut self, origin: Instant) {
         self.origin = origin;
         self.commits.clear();
+        self.last_found = (0, 0);
     }
 
     /// How long a commit is remembered: `streams.write_timeout` (no queue waits longer
@@ -101,7 +106,13 @@ impl Latency {
         while self.commits.len() >= COMMIT_RING
             || self.commits.front().is_some_and(|&(_, t)| t < oldest)
         {
-            self.commits.pop_front();
+            if self
+                .commits
+                .pop_front()
+                .is_some_and(|(gone, _)| gone == self.last_found.0)
+            {
+                self.last_found = (0, 0);
+            }
         }
         self.commits.push_back((id, now));
     }
@@ -115,10 +126,15 @@ impl Latency {
         if cursor == 0 {
             return;
         }
-        let Ok(i) = self.commits.binary_search_by_key(&cursor, |&(id, _)| id) else {
-            return;
+        let committed = if self.last_found.0 == cursor {
+            self.last_found.1
+        } else {
+            let Ok(i) = self.commits.binary_search_by_key(&cursor, |&(id, _)| id) else {
+                return;
+            };
+            self.last_found = self.commits[i];
+            self.last_found.1
         };
-        let committed = self.commits[i].1;
         if committed < queued_since_ms.saturating_mul(1000) {
             return;
         }
@@ -222,6 +238,7 @@ pub struct Snapshot {
     pub events_delivered: u64,
     pub events_replayed: u64,
     pub bytes_written: u64,
+    pub writes: u64,
     pub slow_disconnects: Cuts,
     pub ingest_errors: u64,
     pub history_events: u64,
@@ -325,6 +342,12 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
         "counter",
         "Retained events queued to resuming streams from history.",
         &one(s.events_replayed),
+    );
+    family(
+        "ssehub_writes_total",
+        "counter",
+        "Write calls to HTTP clients; events delivered per write show how much coalesced.",
+        &one(s.writes),
     );
     family(
         "ssehub_heap_trims_total",

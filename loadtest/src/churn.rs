@@ -174,6 +174,7 @@ pub fn run(a: Args) -> i32 {
         rate: a.rate,
         size: a.size,
         start_ns: sys::mono_ns() + 50_000_000,
+        closed_loop: false,
     };
     let cpu0 = a.common.sample();
     let self_cpu0 = sys::self_cpu_s();

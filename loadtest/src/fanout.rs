@@ -48,6 +48,10 @@ pub struct Args {
     /// Events per second (open-loop schedule).
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
+    /// The publisher waits for each event's answer before writing the next (its
+    /// `events_per_s` then shows the rate it could keep).
+    #[arg(long)]
+    pub closed_loop: bool,
     /// Topic (default: one of this run's own).
     #[arg(long)]
     pub topic: Option<String>,
@@ -260,6 +264,7 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         rate: a.rate,
         size: a.size,
         start_ns: sys::mono_ns() + 50_000_000,
+        closed_loop: a.closed_loop,
     };
     let cpu0 = sample_all(&nodes);
     let node_cpu0 = cluster::cpu_of(&nodes);
@@ -511,7 +516,8 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
     println!("{}", serde_json::to_string(&report).expect("report"));
     eprintln!(
         "{} {}: deliveries={} missing={} dup={} p50={}us p99={}us max={}us last-subscriber p99={}us \
-         sustained={:.0}/s offered={:.0}/s saturated={} per-cpu-s={:.0} per-write={:.2}",
+         sustained={:.0}/s offered={:.0}/s saturated={} per-cpu-s={:.0} per-write={:.2} \
+         answer p50={}us p99={}us events/s={:.1}",
         report.scenario,
         report.target,
         report.deliveries,
@@ -526,6 +532,9 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         report.saturated,
         report.deliveries_per_cpu_s,
         report.deliveries_per_write,
+        report.publish.answer.p50,
+        report.publish.answer.p99,
+        report.publish.events_per_s,
     );
     for n in report.cluster.iter().flat_map(|c| &c.nodes) {
         eprintln!(

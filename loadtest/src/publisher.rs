@@ -8,6 +8,10 @@
 //!   answers `201 Created`/`202 Accepted` with a small body.
 //!
 //! Events already due when the writer wakes leave together in one write.
+//!
+//! With `closed_loop` the writer waits for each event's answer before it writes the next
+//! (a producer that needs each acknowledgement): a late answer then delays the schedule,
+//! and `events_per_s` shows the rate the server let the producer keep.
 
 use crate::hist::{Hist, Summary};
 use crate::proto::Target;
@@ -32,6 +36,8 @@ pub struct Plan {
     pub size: usize,
     /// When event 0 is due (`CLOCK_MONOTONIC` ns).
     pub start_ns: u64,
+    /// Wait for each answer before writing the next event.
+    pub closed_loop: bool,
 }
 
 impl Plan {
@@ -50,6 +56,8 @@ pub struct Outcome {
     pub late_max_us: u64,
     /// Write-to-answer time of each event (µs).
     pub answer: Summary,
+    /// Events answered per second, from the first event's due time to the last answer.
+    pub events_per_s: f64,
     #[serde(skip)]
     pub sent_ns: Vec<u64>,
     #[serde(skip)]
@@ -77,8 +85,9 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
         }
     };
     let (tx, rx) = mpsc::channel::<u64>();
+    let (answered_tx, answered) = mpsc::channel::<()>();
     let target = plan.target;
-    let answers = std::thread::spawn(move || read_answers(target, reader, rx));
+    let answers = std::thread::spawn(move || read_answers(target, reader, rx, answered_tx));
     let mut out = Outcome::default();
     let mut writer = writer;
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -88,7 +97,11 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
         let sent = sys::mono_ns();
         buf.clear();
         let first = seq;
-        while seq < plan.events && plan.sched_ns(seq) <= sent && buf.len() < 60 * 1024 {
+        while seq < plan.events
+            && plan.sched_ns(seq) <= sent
+            && buf.len() < 60 * 1024
+            && !(plan.closed_loop && seq > first)
+        {
             let sched = plan.sched_ns(seq);
             out.late_max_us = out.late_max_us.max((sent - sched) / 1000);
             let data = payload(
@@ -111,6 +124,9 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
             out.sent = s + 1;
             let _ = tx.send(sent);
         }
+        if plan.closed_loop && answered.recv().is_err() {
+            break;
+        }
     }
     drop(tx);
     let a = answers
@@ -123,6 +139,10 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
     }
     out.answer = a.latency.summary();
     out.last_answer_ns = a.last_ns;
+    let span_s = a.last_ns.saturating_sub(plan.start_ns) as f64 / 1e9;
+    if span_s > 0.0 {
+        out.events_per_s = (a.ok as f64 / span_s * 10.0).round() / 10.0;
+    }
     Ok(out)
 }
 
@@ -171,6 +191,7 @@ fn read_answers(
     target: Target,
     reader: Box<dyn Read + Send>,
     sent: mpsc::Receiver<u64>,
+    answered: mpsc::Sender<()>,
 ) -> Answers {
     let mut r = BufReader::with_capacity(64 * 1024, reader);
     let mut a = Answers::failed("");
@@ -196,6 +217,7 @@ fn read_answers(
         }
         a.latency.record(now.saturating_sub(t) / 1000);
         a.last_ns = now;
+        let _ = answered.send(());
     }
     a
 }

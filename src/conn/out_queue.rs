@@ -53,25 +53,25 @@ impl OutQueue {
         self.pending == 0
     }
 
-    /// Writes queued frames, up to `max_writes` `writev` calls; an I/O error other than
-    /// `WouldBlock` is returned.
-    pub fn flush(&mut self, sock: &mut impl Write, max_writes: usize) -> io::Result<Flush> {
+    /// Writes queued frames, up to `max_writes` calls; an I/O error other than
+    /// `WouldBlock` is returned. One frame (the common case: one event per stream per
+    /// sweep) goes out with a plain `write`, several with one `writev`. `writes` counts
+    /// the calls.
+    pub fn flush(
+        &mut self,
+        sock: &mut impl Write,
+        max_writes: usize,
+        writes: &mut u64,
+    ) -> io::Result<Flush> {
         for _ in 0..max_writes {
-            if self.frames.is_empty() {
-                return Ok(Flush::Done);
-            }
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n = 0;
-            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-                let bytes = if i == 0 {
-                    &frame[self.head_written..]
-                } else {
-                    &frame[..]
-                };
-                slices[i] = IoSlice::new(bytes);
-                n += 1;
-            }
-            let written = match sock.write_vectored(&slices[..n]) {
+            let result = match self.frames.len() {
+                0 => return Ok(Flush::Done),
+                1 => sock.write(&self.frames[0][self.head_written..]),
+                n if n <= 4 => self.write_vectored::<4>(sock),
+                _ => self.write_vectored::<MAX_IOVECS>(sock),
+            };
+            *writes += 1;
+            let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(w) => w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
@@ -85,6 +85,21 @@ impl OutQueue {
         } else {
             Ok(Flush::Budget)
         }
+    }
+
+    /// One `writev` of up to `N` queued frames (`N` sizes the iovec array on the stack).
+    fn write_vectored<const N: usize>(&self, sock: &mut impl Write) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); N];
+        let mut n = 0;
+        for (i, frame) in self.frames.iter().take(N).enumerate() {
+            slices[i] = IoSlice::new(if i == 0 {
+                &frame[self.head_written..]
+            } else {
+                &frame[..]
+            });
+            n += 1;
+        }
+        sock.write_vectored(&slices[..n])
     }
 
     /// Passes queued bytes, front first, to `take` (e.g. a TLS session's plaintext
@@ -164,7 +179,7 @@ mod tests {
             room: 100,
             calls: 0,
         };
-        let outcome = q.flush(&mut p, 8).unwrap();
+        let outcome = q.flush(&mut p, 8, &mut 0).unwrap();
         assert!(matches!(outcome, Flush::Done));
         assert_eq!(p.calls, 1, "three frames in one writev");
         assert_eq!(p.got, b"abcdef");
@@ -181,14 +196,14 @@ mod tests {
             room: 3,
             calls: 0,
         };
-        let outcome = q.flush(&mut p, 8).unwrap();
+        let outcome = q.flush(&mut p, 8, &mut 0).unwrap();
         assert!(matches!(outcome, Flush::Blocked));
         assert_eq!(q.pending_bytes(), 7);
         p.room = 4;
-        q.flush(&mut p, 8).unwrap();
+        q.flush(&mut p, 8, &mut 0).unwrap();
         assert_eq!(q.pending_bytes(), 3);
         p.room = 100;
-        let outcome = q.flush(&mut p, 8).unwrap();
+        let outcome = q.flush(&mut p, 8, &mut 0).unwrap();
         assert!(matches!(outcome, Flush::Done));
         assert_eq!(p.got, b"helloworld");
     }

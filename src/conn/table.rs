@@ -439,8 +439,8 @@ impl StreamTable {
             let before = conn.pending_bytes();
             let since = conn.out.as_ref().map(|o| o.since);
             let result = match (conn.tls.as_deref_mut(), conn.out.as_deref_mut()) {
-                (Some(tls), out) => flush_tls(&mut conn.sock, tls, out),
-                (None, Some(out)) => out.flush(&mut conn.sock, WRITES_PER_TURN),
+                (Some(tls), out) => flush_tls(&mut conn.sock, tls, out, &mut stats.writes),
+                (None, Some(out)) => out.flush(&mut conn.sock, WRITES_PER_TURN, &mut stats.writes),
                 (None, None) => continue,
             };
             let after = conn.pending_bytes();
@@ -790,8 +790,10 @@ fn flush_tls(
     sock: &mut TcpStream,
     tls: &mut rustls::ServerConnection,
     mut out: Option<&mut OutQueue>,
+    writes: &mut u64,
 ) -> io::Result<Flush> {
     for _ in 0..WRITES_PER_TURN {
+        *writes += 1;
         if let Some(out) = out.as_deref_mut() {
             out.feed(|bytes| tls::write_plaintext(tls, bytes))?;
         }

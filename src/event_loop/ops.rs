@@ -518,6 +518,7 @@ impl Server {
             events_delivered: self.stats.deliveries,
             events_replayed: self.stats.events_replayed,
             bytes_written: self.stats.bytes_written,
+            writes: self.stats.writes,
             slow_disconnects: self.stats.slow_disconnects,
             ingest_errors: self.stats.ingest_errors,
             history_events: self.hub.retained_events() as u64,
