@@ -148,6 +148,8 @@ pub struct Server {
     producers_to_read: Vec<usize>,
     /// Cluster mode: producers not read while `commit::MAX_IN_FLIGHT` publishes wait.
     producers_waiting: Vec<usize>,
+    /// Events committed whose fan-out waits until their producers' answers are written.
+    to_fan_out: Vec<std::rc::Rc<crate::history::Event>>,
     /// Cluster mode: requests resuming from an id this node has not read yet.
     catching_up: Vec<Parked>,
     scratch: Box<[u8]>,
@@ -275,6 +277,7 @@ impl Server {
             },
             catching_up: Vec::new(),
             producers_waiting: Vec::new(),
+            to_fan_out: Vec::new(),
             auth,
             cors,
             tls_config,

@@ -100,8 +100,13 @@ impl Hub {
     }
 
     /// The connections subscribed to `t`.
+    /// The streams subscribed to `t`; none when `t` was forgotten (an event's fan-out can
+    /// come after later publishes evicted it and forgot its quiet topics).
     pub fn subscribers(&self, t: TopicId) -> impl Iterator<Item = u32> + '_ {
-        self.topics.get(t).subscribers.iter().copied()
+        self.topics
+            .try_get(t)
+            .into_iter()
+            .flat_map(|topic| topic.subscribers.iter().copied())
     }
 
     pub fn subscribe(&mut self, t: TopicId, conn: u32) {

@@ -72,6 +72,11 @@ impl Topics {
         &self.topics[id as usize]
     }
 
+    /// The topic, unless it was forgotten.
+    pub fn try_get(&self, id: TopicId) -> Option<&Topic> {
+        self.topics.get(id as usize)
+    }
+
     pub fn get_mut(&mut self, id: TopicId) -> &mut Topic {
         &mut self.topics[id as usize]
     }

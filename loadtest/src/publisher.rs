@@ -311,11 +311,66 @@ HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
             rate: 20.0,
             size: 100,
             start_ns: 1_000,
+            closed_loop: false,
         };
         assert_eq!(plan.sched_ns(0), 1_000);
         assert_eq!(plan.sched_ns(20), 1_000 + 1_000_000_000);
         let mut buf = Vec::new();
         encode(&plan, "1 2 3 ", &mut buf);
         assert_eq!(buf, b"{\"topic\":\"t\",\"data\":\"1 2 3 \"}\n");
+    }
+
+    /// A closed-loop publisher writes the next event only after the previous answer: a
+    /// server that answers slowly never finds a second line waiting.
+    #[test]
+    fn closed_loop_waits_for_each_answer() {
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("ssehub-closed-loop-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let mut w = sock.try_clone().unwrap();
+            let mut r = BufReader::new(sock);
+            let (mut lines, mut early) = (0, 0);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                line.clear();
+                lines += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                if !r.buffer().is_empty() {
+                    early += 1;
+                }
+                r.get_ref().set_nonblocking(true).unwrap();
+                let mut probe = [0u8; 1];
+                if (&*r.get_ref()).read(&mut probe).is_ok_and(|n| n > 0) {
+                    early += 1;
+                }
+                r.get_ref().set_nonblocking(false).unwrap();
+                w.write_all(b"{\"ok\":true,\"id\":\"1\"}\n").unwrap();
+            }
+            (lines, early)
+        });
+        let plan = Plan {
+            target: Target::Ssehub,
+            socket: path.clone(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            pub_path: String::new(),
+            topic: "t".into(),
+            events: 5,
+            rate: 1000.0,
+            size: 100,
+            start_ns: sys::mono_ns(),
+            closed_loop: true,
+        };
+        let out = run(&plan).unwrap();
+        let (lines, early) = server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!((out.ok, lines), (5, 5));
+        assert_eq!(early, 0, "a line was written before the previous answer");
+        // 5 answers 20 ms apart: well below the offered 1,000/s.
+        assert!(out.events_per_s < 60.0, "{} events/s", out.events_per_s);
     }
 }

@@ -15,15 +15,14 @@ impl Server {
         let mut budget = INGEST_READ_PER_TURN;
         let max_topics = self.config.streams.max_topics;
         let max_line = self.config.ingest.max_event_bytes;
-        let max_pending = self.config.streams.max_pending_bytes;
-        let (now, wall_us) = (self.now, self.wall_us);
+        let wall_us = self.wall_us;
         // Cluster mode: the outgoing queue to Redis is full (`commit::MAX_IN_FLIGHT`).
         let queue_full = std::cell::Cell::new(!self.commit.may_send());
         // Each line is handled here with the parts it may touch (disjoint fields).
-        let (hub, commit, streams, stats) = (
+        let (hub, commit, to_fan_out, stats) = (
             &mut self.hub,
             &mut self.commit,
-            &mut self.streams,
+            &mut self.to_fan_out,
             &mut self.stats,
         );
         let (ops, config) = (&mut self.ops, &self.config);
@@ -38,12 +37,10 @@ impl Server {
                 Ok(Line::Blank) => {}
                 Ok(Line::Publish(p)) => {
                     let at = Publishing {
-                        now,
                         wall_us,
-                        max_pending,
                         producer: key,
                     };
-                    publish(p, at, hub, commit, streams, stats, answers);
+                    publish(p, at, hub, commit, to_fan_out, stats, answers);
                     queue_full.set(!commit.may_send());
                 }
                 Ok(Line::Admin(line::Admin::Reload)) => match ops.request_reload(config) {
@@ -100,7 +97,29 @@ impl Server {
             }
         }
         self.end_batch(key);
+        // The producer's answers first, then the events reach the streams' queues: on a
+        // hub with many subscribers the answer does not wait for the fan-out.
         self.flush_producer(key);
+        self.fan_out_committed();
+    }
+
+    /// Queues the events committed since the last call on their streams, in commit order.
+    ///
+    /// Between an event's commit and this call only publishes and answers happen (no
+    /// stream starts): later publishes may evict the event and forget its quiet topics, and
+    /// a forgotten topic's id may be reused by a topic made meanwhile, but neither has a
+    /// subscriber, so the fan-out finds none there (`Hub::subscribers`), as it should.
+    pub(super) fn fan_out_committed(&mut self) {
+        let max_pending = self.config.streams.max_pending_bytes;
+        let mut events = std::mem::take(&mut self.to_fan_out);
+        for event in events.drain(..) {
+            self.streams
+                .fan_out(&event, &self.hub, self.now, max_pending, &mut self.stats);
+        }
+        // Keep the vector's capacity for the next turn.
+        if self.to_fan_out.is_empty() {
+            self.to_fan_out = events;
+        }
     }
 
     /// Closes the log batch of the lines just read from producer `key`. With `os`
@@ -137,14 +156,13 @@ impl Server {
     /// Events whose batch became durable enter history and reach their streams; their
     /// producers get their `ok`.
     pub(super) fn deliver_committed(&mut self) {
-        let max_pending = self.config.streams.max_pending_bytes;
         for event in self.commit.take_committed() {
             self.hub.commit(&event);
             self.stats.events_published += 1;
-            self.streams
-                .fan_out(&event, &self.hub, self.now, max_pending, &mut self.stats);
+            self.to_fan_out.push(event);
         }
         self.release_answers(|a, durable| a.release(durable));
+        self.fan_out_committed();
     }
 
     /// Applies `f` to every producer's held answers and writes what became due.
@@ -227,17 +245,16 @@ impl Server {
     }
 }
 
-/// The turn's clock and limits, and who is publishing, for `publish`.
+/// The turn's wall clock and who is publishing, for `publish`.
 #[derive(Clone, Copy)]
 struct Publishing {
-    now: Millis,
     wall_us: u64,
-    max_pending: usize,
     producer: usize,
 }
 
 /// The ingest data path of one publish line: accept (final marks, id, encode once) →
-/// submit to the commit seam → committed now (memory: retain, fan out, answer `ok`) or
+/// submit to the commit seam → committed now (memory: retain, answer `ok`, listed for the
+/// fan-out that follows the producer's answers) or
 /// held until durable (the answer waits for its batch). In cluster mode the line goes to
 /// Redis instead, which assigns the id; the answer waits for Redis's reply, and the event
 /// reaches history and streams when the link reads it back (`poll_redis`).
@@ -246,7 +263,7 @@ fn publish(
     at: Publishing,
     hub: &mut Hub,
     commit: &mut Commit,
-    streams: &mut StreamTable,
+    to_fan_out: &mut Vec<std::rc::Rc<crate::history::Event>>,
     stats: &mut Stats,
     answers: &mut Answers,
 ) {
@@ -288,8 +305,8 @@ fn publish(
         Submitted::Now => {
             hub.commit(&event);
             stats.events_published += 1;
-            streams.fan_out(&event, hub, at.now, at.max_pending, stats);
             answers.ok(event.id, None);
+            to_fan_out.push(event);
         }
     }
 }
