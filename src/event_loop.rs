@@ -673,6 +673,7 @@ impl Server {
                 }
                 Due::TrimHeap => {
                     let started = Instant::now();
+                    self.streams.release_spare();
                     crate::heap::release_free_memory();
                     self.stats.heap_trims += 1;
                     self.stats.heap_trim_ns += started.elapsed().as_nanos() as u64;

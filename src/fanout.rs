@@ -3,7 +3,7 @@
 //! event loop flushes pending queues in slices, so events that arrive before a stream's
 //! turn in the sweep leave with it in one write.
 
-use crate::conn::{Conn, OutQueue, flags};
+use crate::conn::{Conn, QueuePool, flags};
 use crate::sse::Frame;
 use crate::timer::Millis;
 
@@ -27,12 +27,13 @@ pub fn deliver(
     now: Millis,
     max_pending: usize,
     pending: &mut std::collections::VecDeque<u32>,
+    pool: &mut QueuePool,
 ) -> Delivery {
     if conn.cursor >= id || conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH | flags::REPLAYING) {
         return Delivery::Skipped;
     }
     conn.cursor = id;
-    let out = conn.out.get_or_insert_with(|| Box::new(OutQueue::new(now)));
+    let out = conn.out.get_or_insert_with(|| pool.take(now));
     if out.pending_bytes() + frame.len() > max_pending {
         return Delivery::Overflow;
     }

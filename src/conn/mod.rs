@@ -9,7 +9,7 @@ pub mod tls;
 use crate::history::TopicId;
 use crate::timer::{Millis, TimerId};
 use mio::net::TcpStream;
-pub use out_queue::{Flush, OutQueue};
+pub use out_queue::{Flush, OutQueue, QueuePool};
 
 /// What the connection is doing.
 #[derive(Debug)]

@@ -21,6 +21,54 @@ pub struct OutQueue {
     pub since: Millis,
 }
 
+/// Emptied queues kept for the next deliveries: a sweep over many streams frees a queue
+/// per stream and the next event's fan-out makes them again, so they are reused instead
+/// of going back to the allocator every time. Emptied by `release` (the loop's heap trim,
+/// every 10 s), so an idle hub holds none.
+#[derive(Debug, Default)]
+pub struct QueuePool {
+    spare: Vec<Box<OutQueue>>,
+}
+
+/// A queue whose ring grew past this many frames (a replay batch) is not kept.
+const POOL_MAX_FRAMES: usize = 8;
+
+impl QueuePool {
+    /// An empty queue whose write timeout counts from `now`.
+    pub fn take(&mut self, now: Millis) -> Box<OutQueue> {
+        match self.spare.pop() {
+            Some(mut q) => {
+                q.since = now;
+                q
+            }
+            None => Box::new(OutQueue::new(now)),
+        }
+    }
+
+    /// Keeps a queue that is no longer needed for a later `take`.
+    pub fn put(&mut self, mut q: Box<OutQueue>) {
+        if q.frames.capacity() <= POOL_MAX_FRAMES {
+            q.frames.clear();
+            q.head_written = 0;
+            q.pending = 0;
+            self.spare.push(q);
+        }
+    }
+
+    /// Gives every kept queue back to the allocator.
+    pub fn release(&mut self) {
+        self.spare = Vec::new();
+    }
+
+    pub fn len(&self) -> usize {
+        self.spare.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spare.is_empty()
+    }
+}
+
 pub enum Flush {
     /// Everything was written.
     Done,
@@ -206,5 +254,40 @@ mod tests {
         let outcome = q.flush(&mut p, 8, &mut 0).unwrap();
         assert!(matches!(outcome, Flush::Done));
         assert_eq!(p.got, b"helloworld");
+    }
+
+    #[test]
+    fn the_pool_reuses_emptied_queues_until_released() {
+        let mut pool = QueuePool::default();
+        let mut q = pool.take(5);
+        q.push((&b"ab"[..]).into());
+        let mut p = Pipe {
+            got: vec![],
+            room: 1,
+            calls: 0,
+        };
+        // Put back half-written: it comes back empty, timed from the new `now`.
+        q.flush(&mut p, 1, &mut 0).unwrap();
+        let addr = &*q as *const OutQueue;
+        pool.put(q);
+        assert_eq!(pool.len(), 1);
+        let q = pool.take(9);
+        assert_eq!(&*q as *const OutQueue, addr, "the same allocation");
+        assert!(q.is_empty());
+        assert_eq!((q.since, q.head_written, q.frames.len()), (9, 0, 0));
+        // A queue grown by a replay batch goes back to the allocator.
+        let mut big = q;
+        for _ in 0..100 {
+            big.push((&b"x"[..]).into());
+        }
+        pool.put(big);
+        assert!(pool.is_empty());
+        pool.put(pool_queue());
+        pool.release();
+        assert!(pool.is_empty());
+    }
+
+    fn pool_queue() -> Box<OutQueue> {
+        Box::new(OutQueue::new(0))
     }
 }

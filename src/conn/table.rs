@@ -9,7 +9,7 @@
 //! request or decides policy (the router does) and never reads the clock: `now` (loop
 //! milliseconds) is passed in, so every transition is testable with a fixed clock.
 
-use crate::conn::{Conn, ConnState, Flush, OutQueue, flags, tls};
+use crate::conn::{Conn, ConnState, Flush, OutQueue, QueuePool, flags, tls};
 use crate::event_loop::{Due, Stats};
 use crate::fanout::{self, Delivery};
 use crate::history::{Event, TopicId};
@@ -73,6 +73,8 @@ pub struct StreamTable {
     pending: VecDeque<u32>,
     /// Connections to close at the end of this turn.
     closing: Vec<u32>,
+    /// Emptied output queues kept for reuse (`release_spare` gives them back).
+    pool: QueuePool,
     /// Replaying streams that were sent `reset` because events were already evicted: the
     /// highest id evicted at that moment (later evictions above it end the replay).
     replay_floors: HashMap<u32, u64>,
@@ -92,6 +94,7 @@ impl Default for StreamTable {
             conns: Slab::new(),
             pending: VecDeque::new(),
             closing: Vec::new(),
+            pool: QueuePool::default(),
             replay_floors: HashMap::new(),
             token_deadline: HashMap::new(),
             stream_origin: HashMap::new(),
@@ -126,6 +129,11 @@ impl StreamTable {
 
     pub fn keys(&self) -> Vec<u32> {
         self.conns.iter().map(|(k, _)| k as u32).collect()
+    }
+
+    /// Gives the kept emptied queues back to the allocator (before a heap trim).
+    pub fn release_spare(&mut self) {
+        self.pool.release();
     }
 
     /// Whether anything must be written or closed before the loop may sleep.
@@ -194,7 +202,7 @@ impl StreamTable {
             conn.set(flags::CLOSE_AFTER_FLUSH);
         }
         conn.out
-            .get_or_insert_with(|| Box::new(OutQueue::new(now)))
+            .get_or_insert_with(|| self.pool.take(now))
             .push(bytes);
         fanout::mark_pending(conn, key, &mut self.pending);
     }
@@ -309,7 +317,7 @@ impl StreamTable {
             debug!("closing replaying stream: an unsent event was evicted");
             return self.close(key);
         }
-        let out = conn.out.get_or_insert_with(|| Box::new(OutQueue::new(now)));
+        let out = conn.out.get_or_insert_with(|| self.pool.take(now));
         let mut finished = false;
         let mut caught_up = false;
         while out.pending_bytes() < REPLAY_BATCH_BYTES {
@@ -336,7 +344,9 @@ impl StreamTable {
             conn.set(flags::CLOSE_AFTER_FLUSH);
         }
         if empty {
-            conn.out = None;
+            if let Some(q) = conn.out.take() {
+                self.pool.put(q);
+            }
         } else {
             fanout::mark_pending(conn, key, &mut self.pending);
         }
@@ -369,6 +379,7 @@ impl StreamTable {
                     now,
                     max_pending,
                     &mut self.pending,
+                    &mut self.pool,
                 ) {
                     Delivery::Queued => {
                         stats.deliveries += 1;
@@ -453,7 +464,9 @@ impl StreamTable {
                     if let Some(since) = since {
                         stats.latency.written(conn.cursor, since);
                     }
-                    conn.out = None;
+                    if let Some(q) = conn.out.take() {
+                        self.pool.put(q);
+                    }
                     // An ending stream (drain, revoked by a reload, final) lingers even
                     // while it was replaying: its `retry:` was the last thing to send.
                     if conn.has(flags::CLOSE_AFTER_FLUSH) {
@@ -552,7 +565,7 @@ impl StreamTable {
                 } else if conn.since_write(now) >= keepalive {
                     let keepalive_frame = self.keepalive.clone();
                     conn.out
-                        .get_or_insert_with(|| Box::new(OutQueue::new(now)))
+                        .get_or_insert_with(|| self.pool.take(now))
                         .push(keepalive_frame);
                     fanout::mark_pending(conn, key, &mut self.pending);
                     now + keepalive
