@@ -19,6 +19,7 @@ pub enum Delivery {
 }
 
 /// Queues `frame` (event `id`) on `conn` and lists the connection for writing.
+#[allow(clippy::too_many_arguments)]
 pub fn deliver(
     conn: &mut Conn,
     key: u32,

@@ -27,6 +27,9 @@ pub struct OutQueue {
 /// every 10 s), so an idle hub holds none.
 #[derive(Debug, Default)]
 pub struct QueuePool {
+    /// Boxes, not queues: a connection holds its queue boxed, and the box itself is what
+    /// is reused.
+    #[allow(clippy::vec_box)]
     spare: Vec<Box<OutQueue>>,
 }
 
