@@ -9,7 +9,8 @@
 #
 # Environment:
 #   RUNS=3            repetitions of each workload per server (the median is reported)
-#   WORKLOADS="..."   subset of: idle fanout latency slow slowcut churn
+#   WORKLOADS="..."   subset of: idle fanout latency slow slowcut churn, and the floor set
+#                     (issue 15): fan1k fan10k sat
 #   QUICK=1           small sizes, to try the script out in a minute (results not for quoting)
 #   OUT=bench-results output folder; DATE=YYYY-MM-DD overrides the file date
 #   NICE=-20          niceness of both servers and the load (other work on the machine then
@@ -179,8 +180,10 @@ stop_server() {
 
 # ---- workloads -------------------------------------------------------------------------
 if [ "$QUICK" = 1 ]; then
+  fan1k_n=200
   idle_n=2000 fan_n=1000 fan_m=40 lat_n=1000 lat_m=60 slow_n=1000 cut_n=200 cut_m=1200 churn_n=200 churn_m=200
 else
+  fan1k_n=1000
   idle_n=15000 fan_n=10000 fan_m=100 lat_n=10000 lat_m=300 slow_n=10000 cut_n=1000 cut_m=2000 churn_n=2000 churn_m=600
 fi
 
@@ -192,6 +195,9 @@ workload() {
     latency) echo "latency: $lat_n subscribers at 10/s, 100 B|15|fanout --subscribers $lat_n --events $lat_m --size 100 --rate 10 --grace 30s --deadline 400s" ;;
     slow) echo "slow: $slow_n subscribers at 10/s, 100 B, 10% not reading|15|slow --subscribers $slow_n --events $lat_m --size 100 --rate 10 --slow-share 0.1 --expect-cut false --grace 30s --deadline 400s" ;;
     slowcut) echo "slow-cut: $cut_n subscribers at 50/s, 4 KB, 10% not reading|15|slow --subscribers $cut_n --events $cut_m --size 4000 --rate 50 --slow-share 0.1 --grace 30s --deadline 400s" ;;
+    fan1k) echo "fan1k: $fan1k_n subscribers x 100 events of 100 B at 20/s|15|fanout --subscribers $fan1k_n --events 100 --size 100 --rate 20 --grace 30s --deadline 400s" ;;
+    fan10k) echo "fan10k: $fan_n subscribers x 100 events of 100 B at 10/s|15|fanout --subscribers $fan_n --events 100 --size 100 --rate 10 --grace 30s --deadline 400s" ;;
+    sat) echo "sat: $fan_n subscribers x 100 events of 100 B at 20/s, closed-loop producer|15|fanout --subscribers $fan_n --events 100 --size 100 --rate 20 --closed-loop --grace 30s --deadline 400s" ;;
     churn) echo "churn: $churn_n clients, $churn_m events at 50/s, resume|15|churn --clients $churn_n --events $churn_m --rate 50 --size 100 --min-events 1 --max-events 20 --max-delay 200ms --rst-share 0.1" ;;
     *) echo "compare: unknown workload $1" >&2; return 1 ;;
   esac
@@ -233,14 +239,16 @@ for w in $WORKLOADS; do
   for run in $(seq "$RUNS"); do
     # Alternate which server goes first so drift in the machine's load hits both alike.
     if [ $((run % 2)) = 1 ]; then order="ssehub nchan"; else order="nchan ssehub"; fi
-    case $w in fanout | latency) order="$order floor" ;; esac
+    case $w in fanout | latency | fan1k | fan10k | sat) order="$order floor" ;; esac
     for target in $order; do
       echo "== $label | $target | run $run/$RUNS | load $(cut -d' ' -f1-3 /proc/loadavg)"
       if [ "$target" = floor ]; then
         # The same workload from a minimal in-process writer (one write per delivery),
         # its writing thread on core 0 like the servers.
         # shellcheck disable=SC2086
-        if ! taskset -c 1 nice -n "$NICE" "$lt_bin" floor --cpu 0 ${args#fanout } --label "$label" \
+        floor_args=${args#fanout }
+        floor_args=${floor_args/--closed-loop /}
+        if ! taskset -c 1 nice -n "$NICE" "$lt_bin" floor --cpu 0 $floor_args --label "$label" \
           >>"$runs_file" 2>"$work/last.err"; then
           echo "compare: floor run for $label reported a problem (kept in the results):"
         fi

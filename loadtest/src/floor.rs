@@ -55,10 +55,19 @@ struct Report {
     missing: u64,
     duplicates: u64,
     latency_us: Summary,
+    latency_sched_us: Summary,
+    /// Events written per second, from the first event's due time to the last write (the
+    /// rate a producer would have kept), as `fanout` reports it for a server.
+    publish: FloorPublish,
     client_cpu_s: f64,
     wall_s: f64,
     #[serde(flatten)]
     provenance: Provenance,
+}
+
+#[derive(Serialize)]
+struct FloorPublish {
+    events_per_s: f64,
 }
 
 fn thread_cpu_s() -> f64 {
@@ -166,6 +175,7 @@ pub fn run(mut a: Args) -> i32 {
         }
         let start = sys::mono_ns() + 20_000_000;
         let cpu0 = thread_cpu_s();
+        let mut last_write_ns = start;
         let mut writes = 0u64;
         let mut failed = 0u64;
         for seq in 0..events {
@@ -194,10 +204,17 @@ pub fn run(mut a: Args) -> i32 {
                     Err(_) => failed += 1,
                 }
             }
+            last_write_ns = sys::mono_ns();
         }
-        (writes, failed, thread_cpu_s() - cpu0, socks)
+        let span_s = last_write_ns.saturating_sub(start) as f64 / 1e9;
+        let events_per_s = if span_s > 0.0 {
+            (events as f64 / span_s * 10.0).round() / 10.0
+        } else {
+            0.0
+        };
+        (writes, failed, thread_cpu_s() - cpu0, socks, events_per_s)
     });
-    let (writes, failed, writer_cpu, socks) = writer.join().expect("writer");
+    let (writes, failed, writer_cpu, socks, events_per_s) = writer.join().expect("writer");
     watch.stage("waiting for the last deliveries");
     fleet.send_all(&ToWorker::Finish {
         grace_ms: a.grace.as_millis() as u64,
@@ -215,8 +232,10 @@ pub fn run(mut a: Args) -> i32 {
     prov.end();
     let sum = |f: fn(&WorkerResult) -> u64| results.iter().map(f).sum::<u64>();
     let mut lat = Hist::default();
+    let mut lat_sched = Hist::default();
     for r in &results {
         lat.merge(&r.latency_sent);
+        lat_sched.merge(&r.latency_sched);
     }
     let (missing, duplicates) = (sum(|r| r.missing), sum(|r| r.duplicates));
     let mut problems = Vec::new();
@@ -246,6 +265,8 @@ pub fn run(mut a: Args) -> i32 {
         missing,
         duplicates,
         latency_us: lat.summary(),
+        latency_sched_us: lat_sched.summary(),
+        publish: FloorPublish { events_per_s },
         client_cpu_s: round1(
             results.iter().map(|r| r.cpu_s).sum::<f64>() + sys::self_cpu_s()
                 - self_cpu0
