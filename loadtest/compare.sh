@@ -11,6 +11,7 @@
 #   RUNS=3            repetitions of each workload per server (the median is reported)
 #   WORKLOADS="..."   subset of: idle fanout latency slow slowcut churn, and the floor set
 #                     (issue 15): fan1k fan10k sat
+#   TARGETS="..."     subset of: ssehub nchan floor (default all three)
 #   QUICK=1           small sizes, to try the script out in a minute (results not for quoting)
 #   OUT=bench-results output folder; DATE=YYYY-MM-DD overrides the file date
 #   NICE=-20          niceness of both servers and the load (other work on the machine then
@@ -23,6 +24,7 @@ root=$PWD
 
 RUNS=${RUNS:-3}
 WORKLOADS=${WORKLOADS:-"idle fanout latency slow slowcut churn"}
+TARGETS=${TARGETS:-"ssehub nchan floor"}
 QUICK=${QUICK:-0}
 OUT=${OUT:-bench-results}
 NICE=${NICE:--20}
@@ -241,6 +243,7 @@ for w in $WORKLOADS; do
     if [ $((run % 2)) = 1 ]; then order="ssehub nchan"; else order="nchan ssehub"; fi
     case $w in fanout | latency | fan1k | fan10k | sat) order="$order floor" ;; esac
     for target in $order; do
+      case " $TARGETS " in *" $target "*) ;; *) continue ;; esac
       echo "== $label | $target | run $run/$RUNS | load $(cut -d' ' -f1-3 /proc/loadavg)"
       if [ "$target" = floor ]; then
         # The same workload from a minimal in-process writer (one write per delivery),
