@@ -12,6 +12,8 @@
 #   WORKLOADS="..."   subset of: idle fanout latency slow slowcut churn, and the floor set
 #                     (issue 15): fan1k fan10k sat
 #   TARGETS="..."     subset of: ssehub nchan floor (default all three)
+#   SSEHUB_BIN=path   run this ssehub binary instead of the work tree's (a before/after
+#                     comparison with the same load generator); SSEHUB_REV names its revision
 #   QUICK=1           small sizes, to try the script out in a minute (results not for quoting)
 #   OUT=bench-results output folder; DATE=YYYY-MM-DD overrides the file date
 #   NICE=-20          niceness of both servers and the load (other work on the machine then
@@ -63,6 +65,10 @@ work=$(mktemp -d /tmp/ssehub-compare.XXXXXX)
 mkdir -p "$work/bin"
 cp "$root/target/release/ssehub" "$root/target/release/ssehub-loadtest" "$work/bin/"
 ssehub_bin=$work/bin/ssehub
+if [ -n "${SSEHUB_BIN:-}" ]; then
+  cp "$SSEHUB_BIN" "$work/bin/ssehub-other"
+  ssehub_bin=$work/bin/ssehub-other
+fi
 lt_bin=$work/bin/ssehub-loadtest
 server_pid=
 cleanup() {
@@ -79,6 +85,9 @@ commands_file=$work/commands.txt
 
 "$lt_bin" machine >"$work/machine.json"
 rev=$(git rev-parse --short HEAD)
+if [ -n "${SSEHUB_BIN:-}" ]; then
+  rev="ssehub ${SSEHUB_REV:-$SSEHUB_BIN}, load generator $rev"
+fi
 if ! git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
   rev="$rev (with uncommitted changes in src/)"
 fi
