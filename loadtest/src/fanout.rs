@@ -9,7 +9,7 @@
 //! saturation run and the achieved rate is the figure to quote, not the latency; so is a
 //! run where the server was busy more than 90% of the time),
 //! deliveries per server CPU-second (`/proc/PID/stat` utime+stime) and per server write
-//! call (`syscw` of `/proc/PID/io`), missing and duplicate counts (must be 0).
+//! call (ssehub: its `ssehub_writes_total`; nginx: `syscw` of `/proc/PID/io`), missing and duplicate counts (must be 0).
 //!
 //! Several nodes (cluster mode): `--node ADDR[@PID]`, repeated, replaces `--addr` and
 //! `--server-pid`; the subscribers are split evenly over the nodes, the publisher still
@@ -25,7 +25,7 @@
 use crate::cluster::{self, ClusterPart, Node, RedisSamples, RunFacts};
 use crate::coord::{Fleet, Watch};
 use crate::hist::{Hist, Summary};
-use crate::proto::{Mode, ToWorker, WorkerResult};
+use crate::proto::{Mode, Target, ToWorker, WorkerResult};
 use crate::publisher::{self, Plan};
 use crate::run::{Common, Provenance, Sampler, parse_duration, round1, topic};
 use crate::sys::{self, ServerSample};
@@ -267,6 +267,12 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         closed_loop: a.closed_loop,
     };
     let cpu0 = sample_all(&nodes);
+    let ssehub_writes = |nodes: &[Node]| -> Option<u64> {
+        (a.common.target == Target::Ssehub && nodes.len() == 1)
+            .then(|| metric_value(nodes[0].addr, "ssehub_writes_total"))
+            .flatten()
+    };
+    let writes0 = ssehub_writes(&nodes);
     let node_cpu0 = cluster::cpu_of(&nodes);
     let redis_run0 = a.redis_pid.map(redis_cpu);
     let stats = |when: &str| {
@@ -307,6 +313,7 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         }
     };
     let cpu1 = sample_all(&nodes);
+    let writes1 = ssehub_writes(&nodes);
     let node_cpu1 = cluster::cpu_of(&nodes);
     let stats1 = stats("after");
     let redis_run1 = a.redis_pid.map(redis_cpu);
@@ -423,7 +430,12 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         .and_then(|c| c.nodes.iter().map(|n| n.busy).reduce(f64::max))
         .unwrap_or(busy);
     let saturated = sustained < 0.95 * offered || node_busy_max > 0.9;
-    let writes = cpu1.syscw.saturating_sub(cpu0.syscw);
+    // ssehub counts its own write calls (`send` for one frame is not in `syscw`); for
+    // nginx `syscw` (write/writev; its `send` calls are not counted either).
+    let writes = match (writes0, writes1) {
+        (Some(w0), Some(w1)) => w1.saturating_sub(w0),
+        _ => cpu1.syscw.saturating_sub(cpu0.syscw),
+    };
     let slow_cut: usize = results.iter().map(|r| r.slow_cut).sum();
     let slow_kept: usize = results.iter().map(|r| r.slow_kept).sum();
     let slow_part = (slow > 0).then(|| SlowPart {
@@ -624,4 +636,17 @@ mod tests {
         let two = vec![(0.0, 5, 3), (1.0, 6, 4), (2.0, 7, 5)];
         assert_eq!(sum_series(vec![one, two]), vec![(0.0, 15, 4), (1.0, 18, 6)]);
     }
+}
+
+/// One unlabelled sample from the server's `/metrics` (loopback, a plain GET).
+fn metric_value(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loadtest\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
