@@ -301,8 +301,9 @@ load average (\`/proc/loadavg\` at its start and end) is listed under "Every run
   schedule" counts from when the open-loop schedule meant to publish the event. "Last
   subscriber" is, per event, the time until the last subscriber had it.
 - Deliveries per CPU-second: events received by all subscribers / server utime+stime
-  (\`/proc/PID/stat\`, all processes) during the run; per write call: / \`syscw\` of
-  \`/proc/PID/io\`. A run whose sustained rate is under 95% of the offered rate, or whose
+  (\`/proc/PID/stat\`, all processes) during the run; per write call: / ssehub's
+  \`ssehub_writes_total\` (nginx: \`syscw\` of \`/proc/PID/io\`, which counts write and
+  writev but not send). A run whose sustained rate is under 95% of the offered rate, or whose
   server was busy more than 90% of the time, is a saturation run: quote its rate, not its
   latency.
 - Floor: \`ssehub-loadtest floor\` runs the fanout and latency workloads against a minimal
