@@ -48,6 +48,10 @@ pub struct Latency {
     /// The last commit `written` looked up (consecutive writes of a sweep carry the same
     /// event): (id, commit time), id 0 when none.
     last_found: (u64, u64),
+    /// The clock reading the writes of one slice of the sweep share (0: not read yet), so
+    /// the clock is read once per slice, not once per write; a sample is then early by at
+    /// most one slice (`conn::table::CONNS_PER_SLICE` writes).
+    slice_now_us: u64,
 }
 
 impl Default for Latency {
@@ -65,6 +69,7 @@ impl Default for Latency {
             commits: VecDeque::new(),
             horizon_us: MAX_LATENCY_US,
             last_found: (0, 0),
+            slice_now_us: 0,
         }
     }
 }
@@ -99,8 +104,21 @@ impl Latency {
         self.horizon_us = (write_timeout.as_micros() as u64).clamp(1, MAX_LATENCY_US);
     }
 
+    /// A new slice of writes begins: the next sample reads the clock again.
+    pub fn new_slice(&mut self) {
+        self.slice_now_us = 0;
+    }
+
+    fn slice_now(&mut self) -> u64 {
+        if self.slice_now_us == 0 {
+            self.slice_now_us = self.now_us().max(1);
+        }
+        self.slice_now_us
+    }
+
     /// Event `id` was committed just now.
     pub fn committed(&mut self, id: u64) {
+        self.slice_now_us = 0;
         let now = self.now_us();
         let oldest = now.saturating_sub(self.horizon_us);
         while self.commits.len() >= COMMIT_RING
@@ -138,7 +156,7 @@ impl Latency {
         if committed < queued_since_ms.saturating_mul(1000) {
             return;
         }
-        let latency = self.now_us().saturating_sub(committed).max(1);
+        let latency = self.slice_now().saturating_sub(committed).max(1);
         self.windows[self.current].saturating_record(latency);
         self.sum_us = self.sum_us.saturating_add(latency);
         self.count += 1;

@@ -436,6 +436,7 @@ impl StreamTable {
         stats: &mut Stats,
         answered: &mut Vec<u32>,
     ) {
+        stats.latency.new_slice();
         for _ in 0..CONNS_PER_SLICE {
             let Some(key) = self.pending.pop_front() else {
                 return;
