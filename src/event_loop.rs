@@ -358,6 +358,9 @@ impl Server {
             self.poll_commit();
             self.poll_redis();
             self.resume_parked(true);
+            // Events committed this turn whose fan-out is still due (a producer that
+            // failed mid-read returns before its fan-out).
+            self.fan_out_committed();
             self.commit.request_sync();
             // Flush every pending queue (bounded writes each), then close what ended.
             self.flush_pending();
