@@ -620,7 +620,16 @@ impl StreamTable {
                 _ => conn.sock.read(&mut scratch[..MAX_DISCARDED as usize + 1]),
             };
             match read {
-                Ok(0) => return self.close(key),
+                Ok(0) => {
+                    if let Some(tls) = conn.tls.as_deref_mut()
+                        && !lingering
+                    {
+                        // Answer the client's close_notify with ours (TLS 1.3 wants it).
+                        tls.send_close_notify();
+                        let _ = tls::write_pending(&mut conn.sock, tls);
+                    }
+                    return self.close(key);
+                }
                 Ok(n) if lingering => {
                     // Discard what is still in flight, but not forever.
                     conn.discarded = conn.discarded.saturating_add(n as u16);
