@@ -237,7 +237,7 @@ impl Pair {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let s = self.server.as_deref_mut().unwrap();
-            match tls::flush(&mut self.ssock, s, Some(&mut q), 8).unwrap() {
+            match tls::flush(&mut self.ssock, s, Some(&mut q), 8, &mut 0).unwrap() {
                 Flush::Done => break,
                 Flush::Blocked | Flush::Budget => {
                     assert!(Instant::now() < deadline, "flush stuck");
