@@ -87,14 +87,48 @@ fn client_config(
     dir: &Path,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
+    suite_config(dir, versions, None)
+}
+
+/// Every cipher suite the server offers, each alone in a client configuration.
+fn every_suite(dir: &Path) -> Vec<(String, Arc<rustls::ClientConfig>)> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let v13 = &[&rustls::version::TLS13][..];
+    let v12 = &[&rustls::version::TLS12][..];
+    [
+        (v13, cs::TLS13_AES_128_GCM_SHA256),
+        (v13, cs::TLS13_AES_256_GCM_SHA384),
+        (v13, cs::TLS13_CHACHA20_POLY1305_SHA256),
+        (v12, cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+        (v12, cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+        (v12, cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+    ]
+    .into_iter()
+    .map(|(v, suite)| {
+        (
+            format!("{:?}", suite.suite()),
+            suite_config(dir, v, Some(suite)),
+        )
+    })
+    .collect()
+}
+
+fn suite_config(
+    dir: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suite: Option<rustls::SupportedCipherSuite>,
+) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(dir.join("cert.pem")).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(suite) = suite {
+        provider.cipher_suites = vec![suite];
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
@@ -249,45 +283,47 @@ impl Pair {
 }
 
 #[test]
-fn an_idle_stream_holds_no_buffers_and_only_the_rustls_state() {
+fn an_idle_stream_holds_no_buffers_and_only_its_keys() {
     let dir = tempfile::tempdir().unwrap();
     let config = certs(dir.path());
-    for versions in [
-        &[&rustls::version::TLS13][..],
-        &[&rustls::version::TLS12][..],
-    ] {
-        let mut pair = Pair::new(&config, client_config(dir.path(), versions));
+    for (name, client) in every_suite(dir.path()) {
+        let mut pair = Pair::new(&config, client);
         pair.open();
+        assert!(pair.session().is_established(), "{name}");
         pair.send(&[b"HTTP/1.1 200 OK\r\n\r\n", b": hi\n\n", &[b'x'; 300]]);
         pair.until("the answer", |p| p.client_got.len() == 19 + 6 + 300);
         // Another round so that nothing is in flight.
         pair.step();
-        assert_eq!(pair.session().buffered_bytes(), 0, "{versions:?}");
+        assert_eq!(pair.session().buffered_bytes(), 0, "{name}");
         assert!(!pair.session().wants_write());
         let before = live();
         drop(pair.server.take());
         let heap = before - live();
-        // Measured 3,281 B for TLS 1.3 with rustls 0.23.46 (1,088 inline + 2,193 heap); the
-        // buffered ServerConnection held 7,457 B. Growth past this is a visible decision.
-        assert!(
-            heap < 3_600,
-            "{versions:?}: an idle session holds {heap} bytes"
-        );
-        assert!(
-            heap > 1_000,
-            "{versions:?}: counting is broken ({heap} bytes)"
-        );
+        // Measured with rustls 0.23.46: 968 B for TLS 1.3 (our keys, plus rustls's
+        // KernelConnection for KeyUpdates), less for TLS 1.2; rustls's unbuffered
+        // connection held 3,281 B, its buffered one 7,457 B. Growth is a visible decision.
+        let max = if name.starts_with("TLS13") {
+            1_000
+        } else {
+            300
+        };
+        assert!(heap <= max, "{name}: an idle session holds {heap} bytes");
+        assert!(heap > 100, "{name}: counting is broken ({heap} bytes)");
+        eprintln!("{name}: {heap} bytes");
     }
 }
 
 #[test]
-fn a_large_event_leaves_as_several_records_intact() {
+fn a_large_event_and_client_data_in_every_suite() {
     let dir = tempfile::tempdir().unwrap();
     let config = certs(dir.path());
-    let mut pair = Pair::new(
-        &config,
-        client_config(dir.path(), &[&rustls::version::TLS13]),
-    );
+    for (name, client) in every_suite(dir.path()) {
+        large_event(&config, client, &name);
+    }
+}
+
+fn large_event(config: &Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>, name: &str) {
+    let mut pair = Pair::new(config, client);
     pair.open();
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let small = b"data: after\n\n";
@@ -296,9 +332,18 @@ fn a_large_event_leaves_as_several_records_intact() {
         p.client_got.len() == big.len() + small.len()
     });
     assert_eq!(&pair.client_got[..big.len()], &big[..]);
-    assert_eq!(&pair.client_got[big.len()..], small);
+    assert_eq!(&pair.client_got[big.len()..], small, "{name}");
+    // Client data mid-stream, a large piece too (several records).
+    let upload: Vec<u8> = (0..50_000u32).map(|i| (i % 13) as u8).collect();
+    let want = pair.server_got.len() + upload.len();
+    pair.client.writer().write_all(&upload).unwrap();
+    pair.until("the client's data", |p| p.server_got.len() >= want);
+    assert!(pair.server_got.ends_with(&upload), "{name}");
     pair.step();
-    assert_eq!(pair.session().buffered_bytes(), 0);
+    assert_eq!(pair.session().buffered_bytes(), 0, "{name}");
+    // A clean end both ways.
+    pair.session().send_close_notify();
+    pair.until("the close", |p| p.client_eof);
 }
 
 #[test]

@@ -16,6 +16,7 @@
 //! session whether it has bytes to send (`wants_write`) when the socket becomes writable or
 //! after a read.
 
+use super::record::{self, Record, Traffic};
 use crate::conn::{Flush, OutQueue};
 use mio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
@@ -29,9 +30,6 @@ use std::sync::Arc;
 
 /// Plaintext gathered into one record (TLS's maximum fragment).
 const RECORD_PLAINTEXT: usize = 16 * 1024;
-
-/// Ciphertext room for one full record and what may precede it (a KeyUpdate, tickets).
-const SEAL_ROOM: usize = RECORD_PLAINTEXT + 1024;
 
 /// A stored incoming partial record (or unfinished handshake flight) larger than this is a
 /// protocol error: a TLS record is at most 2^14 + 256 bytes of payload plus a 5-byte header.
@@ -62,13 +60,17 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // One session ticket is plenty for browsers resuming their one stream.
     config.send_tls13_tickets = 1;
+    // Once the handshake is done the traffic keys move to our record layer
+    // (`record::Traffic`), which is what lets an idle stream hold so little.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
-/// One TLS connection: the rustls state plus the little the socket has not taken or not
-/// completed yet. Both vectors are empty — and own no memory — on an idle stream.
+/// One TLS connection: rustls during the handshake, then only the traffic keys
+/// (`record::Traffic`), plus the little the socket has not taken or not completed yet.
+/// Both vectors are empty — and own no memory — on an idle stream.
 pub struct Session {
-    conn: UnbufferedServerConnection,
+    phase: Phase,
     /// Received ciphertext that is not a whole record yet (kept at the front: rustls's
     /// handshake deframer counts positions from here).
     input: Vec<u8>,
@@ -76,11 +78,26 @@ pub struct Session {
     output: Vec<u8>,
     /// The peer's close_notify was seen: no more input.
     peer_closed: bool,
+    /// We sent close_notify (or a fatal alert): nothing more goes out.
+    closed: bool,
+}
+
+enum Phase {
+    Handshake(Box<UnbufferedServerConnection>),
+    Traffic(Traffic),
+    /// The handover failed; the connection is being closed.
+    Failed,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = match self.phase {
+            Phase::Handshake(_) => "handshake",
+            Phase::Traffic(_) => "traffic",
+            Phase::Failed => "failed",
+        };
         f.debug_struct("Session")
+            .field("phase", &phase)
             .field("input", &self.input.len())
             .field("output", &self.output.len())
             .field("peer_closed", &self.peer_closed)
@@ -91,10 +108,11 @@ impl std::fmt::Debug for Session {
 pub fn new_session(config: &Arc<rustls::ServerConfig>) -> io::Result<Box<Session>> {
     let conn = UnbufferedServerConnection::new(config.clone()).map_err(io::Error::other)?;
     Ok(Box::new(Session {
-        conn,
+        phase: Phase::Handshake(Box::new(conn)),
         input: Vec::new(),
         output: Vec::new(),
         peer_closed: false,
+        closed: false,
     }))
 }
 
@@ -183,123 +201,229 @@ impl Session {
         self.input.capacity() + self.output.capacity()
     }
 
+    /// The handshake is over and rustls has handed the keys over.
+    pub fn is_established(&self) -> bool {
+        matches!(self.phase, Phase::Traffic(_))
+    }
+
     /// Processes the records in `buf` (front first), passing application data to `sink`
-    /// and queuing handshake messages to send; returns how many bytes of `buf` were
-    /// consumed and whether the peer closed. On a protocol error the alert rustls wants to
-    /// send is queued before the error returns.
+    /// and queuing what must be sent; returns how many bytes of `buf` were consumed and
+    /// whether the peer closed. On a protocol error the alert to send is queued before the
+    /// error returns.
     fn process(
         &mut self,
         buf: &mut [u8],
         sink: &mut dyn FnMut(&[u8]),
     ) -> io::Result<(usize, Next)> {
         let mut start = 0;
-        loop {
-            let status = self.conn.process_tls_records(&mut buf[start..]);
-            let mut discard = status.discard;
-            let state = match status.state {
-                Ok(state) => state,
-                Err(e) => {
-                    self.queue_alert();
-                    return Err(invalid(e));
-                }
-            };
-            let next = match state {
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(record) = r.next_record() {
-                        let record = record.map_err(invalid)?;
-                        discard += record.discard;
-                        sink(record.payload);
-                    }
-                    None
-                }
-                ConnectionState::EncodeTlsData(mut e) => {
-                    append(&mut self.output, |out| Ok(e.encode(out)?))?;
-                    None
-                }
-                ConnectionState::TransmitTlsData(t) => {
-                    // The bytes are in `output`; the caller writes them.
-                    t.done();
-                    None
-                }
-                ConnectionState::PeerClosed | ConnectionState::Closed => Some(Next::Closed),
-                // BlockedHandshake, WriteTraffic, and early data (never enabled).
-                _ => Some(Next::Idle),
-            };
-            start += discard;
-            if let Some(next) = next {
+        if let Phase::Handshake(conn) = &mut self.phase {
+            let (used, next) = handshake(conn, &mut self.output, buf, sink)?;
+            start = used;
+            if matches!(next, Next::Closed) {
                 return Ok((start, next));
             }
-        }
-    }
-
-    /// After a fatal error rustls holds the alert to send: queue it (best effort).
-    fn queue_alert(&mut self) {
-        for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    if append(&mut self.output, |out| Ok(e.encode(out)?)).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => return,
+            if conn.is_handshaking() {
+                return Ok((start, Next::Idle));
             }
+            self.take_over()?;
         }
-    }
-
-    /// Drives the session to where it may encrypt, queuing in `output` what rustls wants
-    /// sent first (tickets, a KeyUpdate answer), and calls `f` with the encryptor and
-    /// `output`; Ok(None) while the handshake is not over or the session has closed.
-    fn with_writer<T>(
-        &mut self,
-        f: impl FnOnce(&mut Writer<'_>, &mut Vec<u8>) -> T,
-    ) -> io::Result<Option<T>> {
-        // `input` holds at most an incomplete record here (reads consume all whole ones),
-        // so no application data comes out; any that did would be a stream's input,
-        // which is discarded anyway.
-        let mut input = std::mem::take(&mut self.input);
-        let mut f = Some(f);
-        let mut result = None;
-        let outcome = loop {
-            let status = self.conn.process_tls_records(&mut input);
-            let discard = status.discard;
-            let done = match status.state {
-                Err(e) => Some(Err(invalid(e))),
-                Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    append(&mut self.output, |out| Ok(e.encode(out)?))
-                        .err()
-                        .map(Err)
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => {
-                    t.done();
-                    None
-                }
-                Ok(ConnectionState::ReadTraffic(mut r)) => {
-                    while r.next_record().is_some() {}
-                    None
-                }
-                Ok(ConnectionState::WriteTraffic(mut w)) => {
-                    if let Some(f) = f.take() {
-                        result = Some(f(&mut w, &mut self.output));
-                    }
-                    Some(Ok(()))
-                }
-                Ok(_) => Some(Ok(())),
-            };
-            input.drain(..discard);
-            if let Some(outcome) = done {
-                break outcome;
-            }
+        let Phase::Traffic(traffic) = &mut self.phase else {
+            return Err(io::Error::other("TLS: session failed"));
         };
-        self.input = input;
-        outcome.map(|()| result)
+        loop {
+            let rest = &mut buf[start..];
+            let len = match traffic.record_len(rest) {
+                Ok(Some(len)) => len,
+                Ok(None) => return Ok((start, Next::Idle)),
+                Err(e) => {
+                    traffic.alert(record::RECORD_OVERFLOW, &mut self.output);
+                    self.closed = true;
+                    return Err(e);
+                }
+            };
+            let record = &mut rest[..len];
+            match traffic.open(record, &mut self.output) {
+                Ok(Record::Data(range)) => {
+                    if !range.is_empty() {
+                        sink(&record[range]);
+                    }
+                }
+                Ok(Record::Nothing) => {}
+                Ok(Record::Closed) => return Ok((start + len, Next::Closed)),
+                Err((alert, e)) => {
+                    // A peer's own fatal alert is not answered.
+                    if alert != record::CLOSE_NOTIFY {
+                        traffic.alert(alert, &mut self.output);
+                    }
+                    self.closed = true;
+                    return Err(e);
+                }
+            }
+            start += len;
+        }
+    }
+
+    /// The handshake is done: rustls's keys move to our record layer.
+    fn take_over(&mut self) -> io::Result<()> {
+        let Phase::Handshake(conn) = std::mem::replace(&mut self.phase, Phase::Failed) else {
+            return Ok(());
+        };
+        self.phase = Phase::Traffic(Traffic::take_over(*conn)?);
+        Ok(())
+    }
+
+    /// Seals `plain` (up to 16 KiB) as application data into `out`; Ok(false) while the
+    /// handshake is not over.
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
+        if self.closed {
+            return Err(io::Error::other("TLS: output after close_notify"));
+        }
+        if let Phase::Handshake(conn) = &mut self.phase {
+            // Normally the handover happened when the request was read; a session that
+            // still runs rustls drives it to where it may encrypt.
+            let mut input = std::mem::take(&mut self.input);
+            let done = with_writer(conn, &mut input, &mut self.output, |_, _| ());
+            self.input = input;
+            if done?.is_none() {
+                return Ok(false);
+            }
+            self.take_over()?;
+        }
+        match &mut self.phase {
+            Phase::Traffic(t) => {
+                t.seal(record::APPLICATION_DATA, plain, out)?;
+                Ok(true)
+            }
+            _ => Err(io::Error::other("TLS: session failed")),
+        }
     }
 
     /// Queues a close_notify alert (sent by the next `write_pending`).
     pub fn send_close_notify(&mut self) {
-        let _ = self.with_writer(|w, output| append(output, |out| Ok(w.queue_close_notify(out)?)));
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        match &mut self.phase {
+            Phase::Traffic(t) => t.alert(record::CLOSE_NOTIFY, &mut self.output),
+            Phase::Handshake(conn) => {
+                let mut input = std::mem::take(&mut self.input);
+                let _ = with_writer(conn, &mut input, &mut self.output, |w, output| {
+                    append(output, |out| Ok(w.queue_close_notify(out)?))
+                });
+                self.input = input;
+            }
+            Phase::Failed => {}
+        }
     }
+}
+
+/// Handshake records in `buf` through rustls (see `Session::process`).
+fn handshake(
+    conn: &mut UnbufferedServerConnection,
+    output: &mut Vec<u8>,
+    buf: &mut [u8],
+    sink: &mut dyn FnMut(&[u8]),
+) -> io::Result<(usize, Next)> {
+    let mut start = 0;
+    loop {
+        let status = conn.process_tls_records(&mut buf[start..]);
+        let mut discard = status.discard;
+        let state = match status.state {
+            Ok(state) => state,
+            Err(e) => {
+                queue_alert(conn, output);
+                return Err(invalid(e));
+            }
+        };
+        let next = match state {
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(record) = r.next_record() {
+                    let record = record.map_err(invalid)?;
+                    discard += record.discard;
+                    sink(record.payload);
+                }
+                None
+            }
+            ConnectionState::EncodeTlsData(mut e) => {
+                append(output, |out| Ok(e.encode(out)?))?;
+                None
+            }
+            ConnectionState::TransmitTlsData(t) => {
+                // The bytes are in `output`; the caller writes them.
+                t.done();
+                None
+            }
+            ConnectionState::PeerClosed | ConnectionState::Closed => Some(Next::Closed),
+            // BlockedHandshake, WriteTraffic, and early data (never enabled).
+            _ => Some(Next::Idle),
+        };
+        start += discard;
+        if let Some(next) = next {
+            return Ok((start, next));
+        }
+    }
+}
+
+/// After a fatal error rustls holds the alert to send: queue it (best effort).
+fn queue_alert(conn: &mut UnbufferedServerConnection, output: &mut Vec<u8>) {
+    for _ in 0..4 {
+        let status = conn.process_tls_records(&mut []);
+        match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                if append(output, |out| Ok(e.encode(out)?)).is_err() {
+                    return;
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            _ => return,
+        }
+    }
+}
+
+/// Drives rustls to where it may encrypt, queuing in `output` what it wants sent first,
+/// and calls `f` with the encryptor and `output`; Ok(None) while the handshake is not
+/// over or the session has closed.
+fn with_writer<T>(
+    conn: &mut UnbufferedServerConnection,
+    input: &mut Vec<u8>,
+    output: &mut Vec<u8>,
+    f: impl FnOnce(&mut Writer<'_>, &mut Vec<u8>) -> T,
+) -> io::Result<Option<T>> {
+    // `input` holds at most an incomplete record here (reads consume all whole ones),
+    // so no application data comes out.
+    let mut f = Some(f);
+    let mut result = None;
+    let outcome = loop {
+        let status = conn.process_tls_records(input);
+        let discard = status.discard;
+        let done = match status.state {
+            Err(e) => Some(Err(invalid(e))),
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                append(output, |out| Ok(e.encode(out)?)).err().map(Err)
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                None
+            }
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while r.next_record().is_some() {}
+                None
+            }
+            Ok(ConnectionState::WriteTraffic(mut w)) => {
+                if let Some(f) = f.take() {
+                    result = Some(f(&mut w, output));
+                }
+                Some(Ok(()))
+            }
+            Ok(_) => Some(Ok(())),
+        };
+        input.drain(..discard);
+        if let Some(outcome) = done {
+            break outcome;
+        }
+    };
+    outcome.map(|()| result)
 }
 
 /// Reads ciphertext into `scratch` (after any incomplete record kept from before),
@@ -415,23 +539,11 @@ fn seal_and_write(
         plain.extend_from_slice(&bytes[..n]);
         Ok(n)
     })?;
-    if sealed.len() < SEAL_ROOM {
-        sealed.resize(SEAL_ROOM, 0);
+    sealed.clear();
+    if !s.seal(plain, sealed)? {
+        return Err(io::Error::other("TLS: output before the handshake ended"));
     }
-    let n = s
-        .with_writer(|w, _| {
-            loop {
-                match w.encrypt(plain, sealed) {
-                    Ok(n) => return Ok(n),
-                    Err(e) => match Short::from(e) {
-                        Short::Need(need) if need > sealed.len() => sealed.resize(need, 0),
-                        Short::Need(_) => return Err(io::Error::other("TLS: sealing buffer")),
-                        Short::Fail(e) => return Err(e),
-                    },
-                }
-            }
-        })?
-        .ok_or_else(|| io::Error::other("TLS: output before the handshake ended"))??;
+    let n = sealed.len();
     if !s.output.is_empty() {
         // Something rustls queued goes first.
         s.output.extend_from_slice(&sealed[..n]);
