@@ -455,3 +455,40 @@ fn garbage_is_an_error_and_the_peer_gets_an_alert() {
     };
     assert!(err.is_err(), "{err:?}");
 }
+
+#[test]
+fn the_server_renews_its_key_before_it_wears_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = certs(dir.path());
+    for (name, client) in every_suite(dir.path()) {
+        let mut pair = Pair::new(&config, client);
+        pair.open();
+        pair.session().set_record_limit(3);
+        let mut sent = 0;
+        let mut failed = None;
+        for i in 0..10 {
+            let event = format!("data: {i}\n\n");
+            let mut q = OutQueue::new(0);
+            q.push(event.as_bytes().into());
+            let s = pair.server.as_deref_mut().unwrap();
+            match tls::flush(&mut pair.ssock, s, Some(&mut q), 8, &mut 0) {
+                Ok(_) => sent += event.len(),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            pair.until("the event", |p| p.client_got.len() == sent);
+        }
+        if name.starts_with("TLS13") {
+            // Three KeyUpdates went out between the records; the client followed them.
+            assert!(failed.is_none(), "{name}: {failed:?}");
+            assert!(pair.client_got.ends_with(b"data: 9\n\n"), "{name}");
+        } else {
+            // TLS 1.2 has no KeyUpdate: the stream ends (the client resumes from history).
+            assert!(failed.is_some(), "{name}");
+            // (Its Finished message was the key's first record.)
+            assert!(pair.client_got.ends_with(b"data: 1\n\n"), "{name}");
+        }
+    }
+}

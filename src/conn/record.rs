@@ -127,6 +127,8 @@ pub struct Traffic {
     rx: Keys,
     /// TLS 1.3: derives the next traffic secrets on a KeyUpdate.
     kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
+    /// Records sealed under one key (`MAX_RECORDS_PER_KEY`; lower in tests).
+    limit: u64,
 }
 
 fn invalid(msg: &'static str) -> io::Error {
@@ -147,14 +149,20 @@ impl Traffic {
             tx: Keys::new(tx_seq, tx)?,
             rx: Keys::new(rx_seq, rx)?,
             kernel: tls13.then(|| Box::new(kernel)),
+            limit: MAX_RECORDS_PER_KEY,
         })
+    }
+
+    /// Lowers the records sealed per key, so that tests reach the renewal.
+    pub fn set_record_limit(&mut self, limit: u64) {
+        self.limit = limit.clamp(1, MAX_RECORDS_PER_KEY);
     }
 
     /// Appends one record of `content_type` holding `plain` (at most 16 KiB) to `out`,
     /// renewing the sending key first when it has sealed enough.
     pub fn seal(&mut self, content_type: u8, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         debug_assert!(plain.len() <= MAX_PLAINTEXT);
-        if self.tx.seq >= MAX_RECORDS_PER_KEY {
+        if self.tx.seq >= self.limit {
             if !self.tls13 {
                 return Err(io::Error::other("TLS 1.2: the key has sealed its maximum"));
             }

@@ -272,6 +272,15 @@ impl Session {
         Ok(())
     }
 
+    /// Tests: renew the sending key (TLS 1.3) or end (TLS 1.2) after `limit` records
+    /// instead of 2^23.
+    #[doc(hidden)]
+    pub fn set_record_limit(&mut self, limit: u64) {
+        if let Phase::Traffic(t) = &mut self.phase {
+            t.set_record_limit(limit);
+        }
+    }
+
     /// Seals `plain` (up to 16 KiB) as application data into `out`; Ok(false) while the
     /// handshake is not over.
     fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
