@@ -36,6 +36,8 @@ const EXPLICIT_NONCE: usize = 8;
 /// Records sealed under one key before it is renewed (TLS 1.3, a KeyUpdate) or the
 /// connection is ended (TLS 1.2): well under AES-GCM's limit of 2^24.5 (RFC 8446 §5.5).
 const MAX_RECORDS_PER_KEY: u64 = 1 << 23;
+/// KeyUpdates a client may send on one connection (an hourly one for half a year).
+const MAX_KEY_UPDATES: u16 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Alg {
@@ -129,6 +131,8 @@ pub struct Traffic {
     kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
     /// Records sealed under one key (`MAX_RECORDS_PER_KEY`; lower in tests).
     limit: u64,
+    /// KeyUpdates received, each costing two key derivations: bounded.
+    key_updates: u16,
 }
 
 fn invalid(msg: &'static str) -> io::Error {
@@ -150,6 +154,7 @@ impl Traffic {
             rx: Keys::new(rx_seq, rx)?,
             kernel: tls13.then(|| Box::new(kernel)),
             limit: MAX_RECORDS_PER_KEY,
+            key_updates: 0,
         })
     }
 
@@ -306,6 +311,9 @@ impl Traffic {
                 nonce[4..].copy_from_slice(&body[..EXPLICIT_NONCE]);
             }
             let plain_len = body.len() - explicit - TAG;
+            if plain_len > MAX_PLAINTEXT {
+                return Err((RECORD_OVERFLOW, invalid("TLS 1.2: record too large")));
+            }
             let aad = tls12_aad(seq, outer, plain_len);
             let key = self.rx.aead();
             key.open_in_place(
@@ -366,6 +374,10 @@ impl Traffic {
     /// The peer's KeyUpdate: new receiving keys; if it asks, ours follow (announced
     /// under the old key).
     fn key_update(&mut self, requested: bool, out: &mut Vec<u8>) -> io::Result<()> {
+        self.key_updates += 1;
+        if self.key_updates > MAX_KEY_UPDATES {
+            return Err(invalid("TLS 1.3: too many KeyUpdates"));
+        }
         let kernel = self
             .kernel
             .as_mut()
