@@ -403,3 +403,196 @@ fn tls12_aad(seq: u64, content_type: u8, len: usize) -> [u8; 13] {
     aad[12] = len as u8;
     aad
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server-side sealer and the matching opener (its tx keys as their rx keys).
+    fn pair(alg: Alg, tls13: bool) -> (Traffic, Traffic) {
+        let keys = |seed: u8| Keys {
+            alg,
+            key: [seed; 32],
+            iv: [seed ^ 0x5a; 12],
+            seq: 0,
+        };
+        let make = |tx: u8, rx: u8| Traffic {
+            tls13,
+            tx: keys(tx),
+            rx: keys(rx),
+            kernel: None,
+            limit: MAX_RECORDS_PER_KEY,
+            key_updates: 0,
+        };
+        (make(1, 2), make(2, 1))
+    }
+
+    const ALL: [(Alg, bool); 6] = [
+        (Alg::Aes128Gcm, true),
+        (Alg::Aes256Gcm, true),
+        (Alg::Chacha20, true),
+        (Alg::Aes128Gcm, false),
+        (Alg::Aes256Gcm, false),
+        (Alg::Chacha20, false),
+    ];
+
+    #[test]
+    fn records_round_trip_in_every_suite() {
+        for (alg, tls13) in ALL {
+            let (mut a, mut b) = pair(alg, tls13);
+            let mut wire = Vec::new();
+            for msg in [&b"hello"[..], b"", &[7u8; MAX_PLAINTEXT]] {
+                a.seal(APPLICATION_DATA, msg, &mut wire).unwrap();
+            }
+            let mut out = Vec::new();
+            let mut got = Vec::new();
+            let mut rest = &mut wire[..];
+            while let Some(len) = b.record_len(rest).unwrap() {
+                let (record, tail) = rest.split_at_mut(len);
+                match b.open(record, &mut out) {
+                    Ok(Record::Data(r)) => got.push(record[r].to_vec()),
+                    _ => panic!("{alg:?} {tls13}"),
+                }
+                rest = tail;
+            }
+            assert!(rest.is_empty());
+            assert_eq!(
+                got,
+                vec![b"hello".to_vec(), vec![], vec![7u8; MAX_PLAINTEXT]]
+            );
+            assert!(out.is_empty());
+            assert_eq!((a.tx.seq, b.rx.seq), (3, 3));
+        }
+    }
+
+    #[test]
+    fn a_changed_byte_or_a_replayed_record_fails_authentication() {
+        for (alg, tls13) in ALL {
+            let (mut a, mut b) = pair(alg, tls13);
+            let mut wire = Vec::new();
+            a.seal(APPLICATION_DATA, b"secret", &mut wire).unwrap();
+            let mut bad = wire.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            let err = b.open(&mut bad, &mut Vec::new()).err().unwrap();
+            assert_eq!(err.0, BAD_RECORD_MAC);
+            let mut good = wire.clone();
+            assert!(matches!(
+                b.open(&mut good, &mut Vec::new()),
+                Ok(Record::Data(_))
+            ));
+            // The same record again: the sequence number moved on.
+            let mut again = wire.clone();
+            assert_eq!(
+                b.open(&mut again, &mut Vec::new()).err().unwrap().0,
+                BAD_RECORD_MAC
+            );
+        }
+    }
+
+    #[test]
+    fn alerts_padding_and_unexpected_messages() {
+        for (alg, tls13) in ALL {
+            let (mut a, mut b) = pair(alg, tls13);
+            let mut wire = Vec::new();
+            a.alert(CLOSE_NOTIFY, &mut wire);
+            assert!(matches!(
+                b.open(&mut wire, &mut Vec::new()),
+                Ok(Record::Closed)
+            ));
+            let mut wire = Vec::new();
+            a.alert(BAD_RECORD_MAC, &mut wire);
+            assert!(b.open(&mut wire, &mut Vec::new()).is_err());
+            // A handshake message after the handshake: TLS 1.3 takes only KeyUpdate, TLS
+            // 1.2 refuses renegotiation.
+            let (mut a, mut b) = pair(alg, tls13);
+            let mut wire = Vec::new();
+            a.seal_raw(HANDSHAKE, &[1, 0, 0, 0], &mut wire).unwrap();
+            let want = if tls13 {
+                UNEXPECTED_MESSAGE
+            } else {
+                NO_RENEGOTIATION
+            };
+            assert_eq!(b.open(&mut wire, &mut Vec::new()).err().unwrap().0, want);
+        }
+        // TLS 1.3 padding: zeros after the real content type are stripped.
+        let (mut a, mut b) = pair(Alg::Aes128Gcm, true);
+        let mut wire = Vec::new();
+        a.seal_raw(0, &[b'h', b'i', APPLICATION_DATA, 0, 0, 0], &mut wire)
+            .unwrap();
+        match b.open(&mut wire, &mut Vec::new()) {
+            Ok(Record::Data(r)) => assert_eq!(&wire[r], b"hi"),
+            _ => panic!("padded record"),
+        }
+        // All zeros: no content type.
+        let (mut a, mut b) = pair(Alg::Aes128Gcm, true);
+        let mut wire = Vec::new();
+        a.seal_raw(0, &[0, 0], &mut wire).unwrap();
+        assert_eq!(
+            b.open(&mut wire, &mut Vec::new()).err().unwrap().0,
+            UNEXPECTED_MESSAGE
+        );
+        // A plaintext record type on a TLS 1.3 connection.
+        let mut plain = vec![HANDSHAKE, 3, 3, 0, 20];
+        plain.extend_from_slice(&[0; 20]);
+        assert_eq!(
+            b.open(&mut plain, &mut Vec::new()).err().unwrap().0,
+            UNEXPECTED_MESSAGE
+        );
+    }
+
+    #[test]
+    fn record_lengths_are_bounded() {
+        let (_, b) = pair(Alg::Aes128Gcm, true);
+        assert_eq!(b.record_len(&[23, 3, 3, 0]).unwrap(), None);
+        assert_eq!(b.record_len(&[23, 3, 3, 0, 2, 9]).unwrap(), None);
+        assert_eq!(b.record_len(&[23, 3, 3, 0, 1, 9]).unwrap(), Some(6));
+        assert!(b.record_len(&[23, 3, 3, 0x41, 0x01]).is_err());
+        let (_, b12) = pair(Alg::Aes128Gcm, false);
+        assert!(b12.record_len(&[23, 3, 3, 0x48, 0x01]).is_err());
+        assert_eq!(b12.record_len(&[23, 3, 3, 0x48, 0x00]).unwrap(), None);
+    }
+
+    #[test]
+    fn tls12_nonces_and_additional_data() {
+        let (a, _) = pair(Alg::Aes128Gcm, false);
+        let mut k = Keys {
+            seq: 0x0102,
+            ..a.tx
+        };
+        let n = k.nonce();
+        assert_eq!(&n[..10], &k.iv[..10]);
+        assert_eq!(n[10], k.iv[10] ^ 1);
+        assert_eq!(n[11], k.iv[11] ^ 2);
+        k.seq = 0;
+        assert_eq!(
+            tls12_aad(0x0102, APPLICATION_DATA, 300),
+            [0, 0, 0, 0, 0, 0, 1, 2, 23, 3, 3, 1, 44]
+        );
+        // Without a key schedule (TLS 1.2, or this test), a KeyUpdate is an error.
+        let (_, mut b) = pair(Alg::Aes128Gcm, true);
+        assert!(b.key_update(true, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn random_records_never_panic() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (alg, tls13) in ALL {
+            let (_, mut b) = pair(alg, tls13);
+            for _ in 0..2_000 {
+                let len = (next() % 80) as usize;
+                let mut rec: Vec<u8> = (0..HEADER + len).map(|_| next() as u8).collect();
+                rec[0] = [ALERT, HANDSHAKE, APPLICATION_DATA][(next() % 3) as usize];
+                rec[3] = 0;
+                rec[4] = len as u8;
+                assert_eq!(b.record_len(&rec).unwrap(), Some(HEADER + len));
+                assert!(b.open(&mut rec, &mut Vec::new()).is_err());
+            }
+        }
+    }
+}
