@@ -1,20 +1,21 @@
 //! TLS on the event loop's sockets (protocol 4): the rustls server configuration (TLS 1.2
-//! and 1.3, ALPN `http/1.1`, ring provider) and a session built on rustls's *unbuffered*
-//! API, so that the loop owns the buffers and an idle stream holds none.
+//! and 1.3, ALPN `http/1.1`, ring provider) and the session of one connection:
 //!
-//! - Incoming ciphertext is read into the loop's scratch buffer and decrypted from there;
-//!   only an incomplete record (or, during the handshake, a handshake message rustls has
-//!   not finished) is kept in the session, and only while it is incomplete.
-//! - Outgoing frames are gathered and encrypted into one thread-local buffer and written to
-//!   the socket at once; only ciphertext the socket did not take stays in the session,
-//!   until the socket is writable again.
+//! - The handshake runs in rustls's *unbuffered* API, so the loop owns the buffers.
+//! - Once it is done, the traffic keys move to ssehub's record layer (`record.rs`) and
+//!   rustls's connection is dropped: an idle TLS 1.3 stream keeps its keys and rustls's
+//!   small key schedule (968 bytes of heap in all, `tests/tls_session.rs`), a TLS 1.2 one
+//!   184 bytes, instead of rustls's buffered `ServerConnection` (~7.5 KB).
+//! - Incoming ciphertext is read into the loop's scratch buffer and opened there; only an
+//!   incomplete record (or, during the handshake, a handshake message rustls has not
+//!   finished) is kept in the session, and only while it is incomplete.
+//! - Outgoing frames are gathered (up to one 16 KiB record) and sealed into one
+//!   thread-local buffer and written to the socket from there; only ciphertext the socket
+//!   did not take stays in the session, until the socket is writable again.
 //!
-//! An idle TLS 1.3 stream so costs the rustls connection state alone (keys, key schedule,
-//! a few small vectors: ~3.4 KB, see `idle_session_heap` below) instead of rustls's
-//! buffered `ServerConnection` with its receive buffer (~7.5 KB). Never blocks. Sockets stay
-//! registered for both readable and writable (edge-triggered); the stream table asks the
-//! session whether it has bytes to send (`wants_write`) when the socket becomes writable or
-//! after a read.
+//! Never blocks. Sockets stay registered for both readable and writable (edge-triggered);
+//! the stream table asks the session whether it has bytes to send (`wants_write`) when the
+//! socket becomes writable or after a read.
 
 use super::record::{self, Record, Traffic};
 use crate::conn::{Flush, OutQueue};
@@ -293,7 +294,8 @@ impl Session {
             let mut input = std::mem::take(&mut self.input);
             let done = with_writer(conn, &mut input, &mut self.output, |_, _| ());
             self.input = input;
-            if done?.is_none() {
+            // (rustls may allow 0.5-RTT data before the client's Finished; we wait.)
+            if done?.is_none() || conn.is_handshaking() {
                 return Ok(false);
             }
             self.take_over()?;
