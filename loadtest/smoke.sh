@@ -73,6 +73,27 @@ kill -TERM "$slow_pid"
 wait "$slow_pid"
 slow_pid=
 
+# TLS streams (rustls for the handshake, ssehub's record layer after it): fan-out over
+# TLS 1.3 and churn with resume over TLS 1.2, against a third server with a certificate.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout "$dir/key.pem" -out "$dir/cert.pem" -days 2 -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null
+tls_port=$((port + 2))
+printf '[http]\nlisten = "127.0.0.1:%s"\n[ingest]\nsocket = "%s"\n[tls]\ncert = "%s"\nkey = "%s"\n' \
+  "$tls_port" "$dir/tls.sock" "$dir/cert.pem" "$dir/key.pem" >"$dir/tls.toml"
+"$bin" --config "$dir/tls.toml" 2>"$dir/tls-server.log" &
+tls_pid=$!
+for _ in $(seq 50); do [ -S "$dir/tls.sock" ] && break; sleep 0.1; done
+run_load tls-fanout "$tls_pid" fanout --addr "127.0.0.1:$tls_port" --socket "$dir/tls.sock" \
+  --subscribers 200 --events 50 --rate 50 --workers 2 --tls-ca "$dir/cert.pem"
+grep -q '"missing":0,"duplicates":0' "$dir/tls-fanout.json"
+run_load tls-churn "$tls_pid" churn --addr "127.0.0.1:$tls_port" --socket "$dir/tls.sock" \
+  --clients 100 --events 100 --rate 50 --max-events 10 --tls-ca "$dir/cert.pem" --tls12
+grep -q '"missing":0,"duplicates":0' "$dir/tls-churn.json"
+kill -TERM "$tls_pid"
+wait "$tls_pid"
+
 kill -TERM "$server_pid"
 wait "$server_pid"
 server_pid=

@@ -781,7 +781,7 @@ enum ReadOutcome {
 /// Reads until `WouldBlock` or until `buf` holds `limit` bytes.
 fn read_into(
     sock: &mut TcpStream,
-    mut tls: Option<&mut rustls::ServerConnection>,
+    mut tls: Option<&mut tls::Session>,
     buf: &mut Vec<u8>,
     limit: usize,
     scratch: &mut [u8],
@@ -789,12 +789,15 @@ fn read_into(
     while buf.len() < limit {
         let room = (limit - buf.len()).min(scratch.len());
         let read = match tls.as_deref_mut() {
-            Some(tls) => tls::read(sock, tls, &mut scratch[..room]),
-            None => sock.read(&mut scratch[..room]),
+            // Plaintext comes a record at a time: `buf` may pass `limit` by one record.
+            Some(tls) => tls::read(sock, tls, scratch, &mut |p| buf.extend_from_slice(p)),
+            None => sock
+                .read(&mut scratch[..room])
+                .inspect(|&n| buf.extend_from_slice(&scratch[..n])),
         };
         match read {
             Ok(0) => return ReadOutcome::Closed,
-            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return ReadOutcome::Closed,

@@ -253,3 +253,84 @@ fn a_bad_certificate_file_is_a_clear_start_up_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn key_updates_and_client_data_mid_stream_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path());
+    let server = start_tls(dir.path(), &cert, &key);
+    let mut p = server.producer();
+    let mut tls = connect(&server, client_config(&ca, &[&rustls::version::TLS13]));
+    tls.write_all(b"GET /events?topic=ku HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut tls, &mut buf, b"\r\n\r\n");
+    read_until(&mut tls, &mut buf, b"\n");
+    for round in 0..3 {
+        // The client rolls its keys (asking the server to roll its own) and says a few
+        // bytes under the new ones; the stream goes on.
+        tls.conn.refresh_traffic_keys().unwrap();
+        tls.write_all(b"ping").unwrap();
+        let id = p.publish("ku", &format!("after update {round}"));
+        let event = read_until(&mut tls, &mut buf, b"\n\n");
+        assert_eq!(event, format!("id: {id}\ndata: after update {round}\n\n"));
+    }
+}
+
+/// openssl's own client: TLS 1.3 with a KeyUpdate it asks to be answered (`K`), and
+/// TLS 1.2, each receiving events before and after.
+#[test]
+fn openssl_s_client_streams_across_a_key_update() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path());
+    let server = start_tls(dir.path(), &cert, &key);
+    let mut p = server.producer();
+    for (version, command) in [("-tls1_3", "K\n"), ("-tls1_2", "x\n")] {
+        let mut child = Command::new("openssl")
+            .args(["s_client", version, "-connect"])
+            .arg(server.addr.to_string())
+            .args(["-servername", "localhost", "-CAfile"])
+            .arg(&ca)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_client");
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let wait_for = |want: &str| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) if line.contains(want) => return,
+                    Ok(_) => {}
+                    Err(_) => panic!("{version}: no {want:?} from s_client"),
+                }
+            }
+        };
+        stdin
+            .write_all(b"GET /events?topic=ossl HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        wait_for("retry: ");
+        p.publish("ossl", "before");
+        wait_for("data: before");
+        stdin.write_all(command.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        p.publish("ossl", "after");
+        wait_for("data: after");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -460,6 +460,9 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(1),
             deadline: None,
             label: None,
+            tls_ca: None,
+            tls12: false,
+            pub_addr: None,
         }
     }
 

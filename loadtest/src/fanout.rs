@@ -257,7 +257,7 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
     let plan = Plan {
         target: a.common.target,
         socket: a.common.socket.clone(),
-        addr: a.common.addr,
+        addr: a.common.pub_addr.unwrap_or(a.common.addr),
         pub_path: a.common.pub_path.clone(),
         topic: topic.clone(),
         events: a.events,

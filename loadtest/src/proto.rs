@@ -68,6 +68,12 @@ pub struct WorkerConfig {
     /// Hard deadline, `CLOCK_MONOTONIC` ns: past it the worker exits non-zero.
     pub deadline_ns: u64,
     pub seed: u64,
+    /// TLS streams: the CA (or self-signed certificate) to trust, PEM.
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// TLS 1.2 only (default: TLS 1.3 only).
+    #[serde(default)]
+    pub tls12: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -74,12 +74,26 @@ pub struct Common {
     /// Free text copied into the result (e.g. the comparison's run name).
     #[arg(long)]
     pub label: Option<String>,
+    /// Streams over TLS (server name `localhost`), trusting this CA or self-signed
+    /// certificate (PEM); TLS 1.3 unless `--tls12`.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// With `--tls-ca`: TLS 1.2 instead of 1.3.
+    #[arg(long)]
+    pub tls12: bool,
+    /// nchan's publisher address when it differs from `--addr` (e.g. plain HTTP next to a
+    /// TLS listener).
+    #[arg(long)]
+    pub pub_addr: Option<SocketAddr>,
 }
 
 impl Common {
     /// Loopback targets and sources only (protocol 6).
     pub fn check(&self) -> Result<(), String> {
         if !self.addr.ip().is_loopback() || self.sources.iter().any(|s| !s.is_loopback()) {
+            return Err("loopback targets and sources only".into());
+        }
+        if self.pub_addr.is_some_and(|a| !a.ip().is_loopback()) {
             return Err("loopback targets and sources only".into());
         }
         if self.target == Target::Nchan && self.pub_path.is_empty() {
@@ -126,6 +140,8 @@ impl Common {
                     connect_timeout_ms: self.connect_timeout.as_millis() as u64,
                     deadline_ns: 0,
                     seed: seed ^ ((w as u64 + 1) * 0x9E37_79B9_7F4A_7C15),
+                    tls_ca: self.tls_ca.clone(),
+                    tls12: self.tls12,
                 }
             })
             .collect()

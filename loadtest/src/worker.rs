@@ -52,6 +52,8 @@ struct Track {
 
 struct Stream {
     sock: Option<TcpStream>,
+    /// The TLS client of a `--tls-ca` run.
+    tls: Option<Box<rustls::ClientConnection>>,
     state: State,
     slow: bool,
     /// A slow stream reads again (after the coordinator's finish).
@@ -127,6 +129,7 @@ fn send(msg: &FromWorker) {
 
 struct Engine {
     cfg: WorkerConfig,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     poll: Poll,
     streams: Vec<Stream>,
     tally: Tally,
@@ -153,6 +156,7 @@ impl Engine {
         let streams = (0..cfg.streams)
             .map(|i| Stream {
                 sock: None,
+                tls: None,
                 state: State::Idle,
                 // Spread the slow ones evenly among the others.
                 slow: slow > 0 && i * slow / cfg.streams != (i + 1) * slow / cfg.streams,
@@ -170,7 +174,14 @@ impl Engine {
             },
             ..Tally::default()
         };
+        let tls = cfg.tls_ca.as_ref().map(|ca| {
+            tls_config(ca, cfg.tls12).unwrap_or_else(|e| {
+                eprintln!("ssehub-loadtest worker: {e}");
+                std::process::exit(2)
+            })
+        });
         let mut engine = Engine {
+            tls,
             rng: Rng::new(cfg.seed),
             churning: cfg.mode == Mode::Churn,
             cfg,
@@ -342,8 +353,23 @@ impl Engine {
                     self.note_connect_error(format!("register: {e}"));
                     return false;
                 }
+                let tls = match &self.tls {
+                    None => None,
+                    Some(config) => {
+                        let name = rustls::pki_types::ServerName::try_from("localhost")
+                            .expect("server name");
+                        match rustls::ClientConnection::new(config.clone(), name) {
+                            Ok(c) => Some(Box::new(c)),
+                            Err(e) => {
+                                self.note_connect_error(format!("tls: {e}"));
+                                return false;
+                            }
+                        }
+                    }
+                };
                 let s = &mut self.streams[i];
                 s.sock = Some(sock);
+                s.tls = tls;
                 s.state = State::Connecting;
                 s.head.clear();
                 self.in_flight += 1;
@@ -387,7 +413,12 @@ impl Engine {
             let resumes = !self.streams[i].parser.last_id.is_empty();
             let s = &mut self.streams[i];
             let Some(sock) = s.sock.as_mut() else { return };
-            match sock.write(&req) {
+            let written = match s.tls.as_deref_mut() {
+                // Buffered by rustls until the handshake is done.
+                Some(tls) => tls.writer().write_all(&req).map(|()| req.len()),
+                None => sock.write(&req),
+            };
+            match written {
                 Ok(n) if n == req.len() => {
                     s.state = State::AwaitHead;
                     if resumes {
@@ -402,6 +433,14 @@ impl Engine {
                 Err(e) => return self.fail(i, format!("connect/request: {e}")),
             }
         }
+        if writable {
+            let s = &mut self.streams[i];
+            if let (Some(tls), Some(sock)) = (s.tls.as_deref_mut(), s.sock.as_mut())
+                && let Err(e) = tls_flush(tls, sock)
+            {
+                return self.fail(i, format!("tls write: {e}"));
+            }
+        }
         let s = &self.streams[i];
         if !readable || !matches!(s.state, State::AwaitHead | State::Streaming) {
             return;
@@ -414,6 +453,9 @@ impl Engine {
 
     /// Reads until the socket is drained (a short read), closed, or the stream disconnects.
     fn read_stream(&mut self, i: usize, hup: bool, buf: &mut [u8]) {
+        if self.streams[i].tls.is_some() {
+            return self.read_tls_stream(i, buf);
+        }
         loop {
             let Some(sock) = self.streams[i].sock.as_mut() else {
                 return;
@@ -432,6 +474,51 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return self.server_closed(i),
+            }
+        }
+    }
+
+    /// `read_stream` of a TLS stream: ciphertext in, handshake answered, plaintext handed
+    /// to `consume`, until the socket has nothing more.
+    fn read_tls_stream(&mut self, i: usize, buf: &mut [u8]) {
+        loop {
+            let s = &mut self.streams[i];
+            let (Some(tls), Some(sock)) = (s.tls.as_deref_mut(), s.sock.as_mut()) else {
+                return;
+            };
+            let mut eof = false;
+            match tls.read_tls(sock) {
+                Ok(0) => eof = true,
+                Ok(_) => {
+                    if let Err(e) = tls.process_new_packets() {
+                        return self.fail(i, format!("tls: {e}"));
+                    }
+                    if let Err(e) = tls_flush(tls, sock) {
+                        return self.fail(i, format!("tls write: {e}"));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.server_closed(i),
+            }
+            loop {
+                let Some(tls) = self.streams[i].tls.as_deref_mut() else {
+                    return;
+                };
+                match tls.reader().read(buf) {
+                    Ok(0) => return self.server_closed(i),
+                    Ok(n) => {
+                        let now = sys::mono_ns();
+                        if !self.consume(i, &buf[..n], now) {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return self.server_closed(i),
+                }
+            }
+            if eof {
+                return self.server_closed(i);
             }
         }
     }
@@ -549,6 +636,7 @@ impl Engine {
         let share = self.cfg.churn.as_ref().map_or(0.0, |c| c.rst_share);
         let rst = self.rng.below(1_000_000) as f64 / 1e6 < share;
         let s = &mut self.streams[i];
+        s.tls = None;
         if let Some(sock) = s.sock.take() {
             if rst {
                 let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
@@ -569,6 +657,7 @@ impl Engine {
         let s = &mut self.streams[i];
         let was = s.state;
         s.sock = None;
+        s.tls = None;
         s.parser.reset_connection();
         if was == State::AwaitHead || was == State::Connecting {
             self.in_flight -= 1;
@@ -602,6 +691,7 @@ impl Engine {
         let s = &mut self.streams[i];
         let was = s.state;
         s.sock = None;
+        s.tls = None;
         s.parser.reset_connection();
         if matches!(was, State::Connecting | State::AwaitHead) {
             self.in_flight -= 1;
@@ -687,6 +777,49 @@ fn parse_status(head: &[u8]) -> Option<u16> {
         return None;
     }
     std::str::from_utf8(parts.next()?).ok()?.parse().ok()
+}
+
+/// The client configuration of a `--tls-ca` run: that CA trusted, ALPN `http/1.1`.
+fn tls_config(
+    ca: &std::path::Path,
+    tls12: bool,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let version = if tls12 {
+        &rustls::version::TLS12
+    } else {
+        &rustls::version::TLS13
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
+/// Writes what the TLS client has to send (handshake, request) until the socket is full.
+fn tls_flush(tls: &mut rustls::ClientConnection, sock: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn open_socket(addr: SocketAddr, source: IpAddr, rcvbuf: Option<usize>) -> io::Result<TcpStream> {

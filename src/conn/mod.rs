@@ -3,6 +3,7 @@
 //! `size_of::<Conn>()` is pinned by a test so that growth is a visible decision.
 
 pub mod out_queue;
+mod record;
 pub mod table;
 pub mod tls;
 
@@ -50,7 +51,7 @@ pub struct Conn {
     /// Pending output; `None` whenever nothing is pending.
     pub out: Option<Box<OutQueue>>,
     /// The TLS session of an HTTPS connection (boxed: plain connections pay 8 bytes).
-    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub tls: Option<Box<tls::Session>>,
     /// Last time bytes were written, loop milliseconds truncated to 32 bits (compared
     /// with wrapping arithmetic; the keepalive counts from here).
     last_write: u32,

@@ -614,14 +614,23 @@ impl StreamTable {
             return;
         }
         let lingering = matches!(conn.state, ConnState::Lingering);
-        let scratch = &mut scratch[..MAX_DISCARDED as usize + 1];
         loop {
             let read = match conn.tls.as_deref_mut() {
-                Some(tls) if !lingering => tls::read(&mut conn.sock, tls, scratch),
-                _ => conn.sock.read(scratch),
+                // Whole records are read into the loop's buffer; the plaintext is counted.
+                Some(tls) if !lingering => tls::read(&mut conn.sock, tls, scratch, &mut |_| {}),
+                _ => conn.sock.read(&mut scratch[..MAX_DISCARDED as usize + 1]),
             };
             match read {
-                Ok(0) => return self.close(key),
+                Ok(0) => {
+                    if let Some(tls) = conn.tls.as_deref_mut()
+                        && !lingering
+                    {
+                        // Answer the client's close_notify with ours (TLS 1.3 wants it).
+                        tls.send_close_notify();
+                        let _ = tls::write_pending(&mut conn.sock, tls);
+                    }
+                    return self.close(key);
+                }
                 Ok(n) if lingering => {
                     // Discard what is still in flight, but not forever.
                     conn.discarded = conn.discarded.saturating_add(n as u16);
@@ -798,27 +807,16 @@ fn reset_on_close(conn: &Conn) {
     let _ = socket2::SockRef::from(&conn.sock).set_linger(Some(Duration::ZERO));
 }
 
-/// Writes a TLS connection's queue: plaintext into the session (up to its buffer limit),
-/// ciphertext to the socket, a bounded number of rounds per turn.
+/// Writes a TLS connection's queue: frames sealed into records in the loop's shared
+/// buffer and written, only unsent ciphertext kept per connection; a bounded number of
+/// records per turn.
 fn flush_tls(
     sock: &mut TcpStream,
-    tls: &mut rustls::ServerConnection,
-    mut out: Option<&mut OutQueue>,
+    tls: &mut tls::Session,
+    out: Option<&mut OutQueue>,
     writes: &mut u64,
 ) -> io::Result<Flush> {
-    for _ in 0..WRITES_PER_TURN {
-        *writes += 1;
-        if let Some(out) = out.as_deref_mut() {
-            out.feed(|bytes| tls::write_plaintext(tls, bytes))?;
-        }
-        if !tls::write_pending(sock, tls)? {
-            return Ok(Flush::Blocked);
-        }
-        if out.as_deref().is_none_or(OutQueue::is_empty) {
-            return Ok(Flush::Done);
-        }
-    }
-    Ok(Flush::Budget)
+    tls::flush(sock, tls, out, WRITES_PER_TURN, writes)
 }
 
 /// Counts a cut for `/metrics` and for the next log summary.
