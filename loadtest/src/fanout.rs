@@ -624,6 +624,19 @@ fn sum_series(mut all: Vec<Vec<(f64, u64, u64)>>) -> Vec<(f64, u64, u64)> {
         .collect()
 }
 
+/// One unlabelled sample from the server's `/metrics` (loopback, a plain GET).
+fn metric_value(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loadtest\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,17 +649,4 @@ mod tests {
         let two = vec![(0.0, 5, 3), (1.0, 6, 4), (2.0, 7, 5)];
         assert_eq!(sum_series(vec![one, two]), vec![(0.0, 15, 4), (1.0, 18, 6)]);
     }
-}
-
-/// One unlabelled sample from the server's `/metrics` (loopback, a plain GET).
-fn metric_value(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loadtest\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -345,7 +345,8 @@ HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
                 }
                 r.get_ref().set_nonblocking(true).unwrap();
                 let mut probe = [0u8; 1];
-                if (&*r.get_ref()).read(&mut probe).is_ok_and(|n| n > 0) {
+                let mut sock: &UnixStream = r.get_ref();
+                if sock.read(&mut probe).is_ok_and(|n| n > 0) {
                     early += 1;
                 }
                 r.get_ref().set_nonblocking(false).unwrap();
