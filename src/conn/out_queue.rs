@@ -23,14 +23,18 @@ pub struct OutQueue {
 
 /// Emptied queues kept for the next deliveries: a sweep over many streams frees a queue
 /// per stream and the next event's fan-out makes them again, so they are reused instead
-/// of going back to the allocator every time. Emptied by `release` (the loop's heap trim,
-/// every 10 s), so an idle hub holds none.
+/// of going back to the allocator every time. `release` (the loop's heap trim, every
+/// 10 s) frees the queues that were not needed since the last release — the pool's low
+/// water mark — so a busy hub keeps what it reuses (no burst of frees and no pause) and an
+/// idle hub holds none after two releases.
 #[derive(Debug, Default)]
 pub struct QueuePool {
     /// Boxes, not queues: a connection holds its queue boxed, and the box itself is what
     /// is reused.
     #[allow(clippy::vec_box)]
     spare: Vec<Box<OutQueue>>,
+    /// The fewest spare queues held since the last `release`.
+    low_water: usize,
 }
 
 /// A queue whose ring grew past this many frames (a replay batch) is not kept.
@@ -41,6 +45,7 @@ impl QueuePool {
     pub fn take(&mut self, now: Millis) -> Box<OutQueue> {
         match self.spare.pop() {
             Some(mut q) => {
+                self.low_water = self.low_water.min(self.spare.len());
                 q.since = now;
                 q
             }
@@ -58,9 +63,14 @@ impl QueuePool {
         }
     }
 
-    /// Gives every kept queue back to the allocator.
+    /// Gives back the queues not taken since the last release.
     pub fn release(&mut self) {
-        self.spare = Vec::new();
+        let keep = self.spare.len() - self.low_water.min(self.spare.len());
+        self.spare.truncate(keep);
+        if keep == 0 {
+            self.spare = Vec::new();
+        }
+        self.low_water = self.spare.len();
     }
 
     pub fn len(&self) -> usize {
@@ -285,8 +295,20 @@ mod tests {
         }
         pool.put(big);
         assert!(pool.is_empty());
-        pool.put(pool_queue());
+        // Release frees what was not taken since the last release.
         pool.release();
+        for _ in 0..4 {
+            pool.put(pool_queue());
+        }
+        pool.release(); // low water 0 before the puts: all four were "in use"
+        assert_eq!(pool.len(), 4);
+        let q = pool.take(1); // low water 3
+        pool.release();
+        assert_eq!(pool.len(), 0, "three never taken, and the fourth is out");
+        pool.put(q);
+        pool.release(); // low water 0 since the last release
+        assert_eq!(pool.len(), 1);
+        pool.release(); // untouched for a whole interval
         assert!(pool.is_empty());
     }
 

@@ -33,9 +33,9 @@ use std::time::Duration;
 pub const WRITES_PER_TURN: usize = 4;
 /// Connections written per turn: a sweep over many streams is cut into slices, and the
 /// loop polls between them, so producers are read and answered, and new events queued,
-/// while a long sweep is under way (on loopback a slice takes ~0.5 ms). An event that
+/// while a long sweep is under way (on loopback a slice takes ~0.25 ms). An event that
 /// arrives mid-sweep joins the queues of the streams not yet written.
-pub const CONNS_PER_SLICE: usize = 64;
+pub const CONNS_PER_SLICE: usize = 32;
 /// Bytes a client may send after a stream's request head before it is closed.
 pub const MAX_DISCARDED: u16 = 4096;
 /// How long a closing connection waits for the client to close after our last answer.
