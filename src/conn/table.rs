@@ -75,6 +75,9 @@ pub struct StreamTable {
     closing: Vec<u32>,
     /// Emptied output queues kept for reuse (`release_spare` gives them back).
     pool: QueuePool,
+    /// The fan-out's list of a topic's subscribers in key order (kept for its capacity;
+    /// `release_spare` gives it back).
+    fan_order: Vec<u32>,
     /// Replaying streams that were sent `reset` because events were already evicted: the
     /// highest id evicted at that moment (later evictions above it end the replay).
     replay_floors: HashMap<u32, u64>,
@@ -95,6 +98,7 @@ impl Default for StreamTable {
             pending: VecDeque::new(),
             closing: Vec::new(),
             pool: QueuePool::default(),
+            fan_order: Vec::new(),
             replay_floors: HashMap::new(),
             token_deadline: HashMap::new(),
             stream_origin: HashMap::new(),
@@ -134,6 +138,7 @@ impl StreamTable {
     /// Gives the kept emptied queues back to the allocator (before a heap trim).
     pub fn release_spare(&mut self) {
         self.pool.release();
+        self.fan_order = Vec::new();
     }
 
     /// Whether anything must be written or closed before the loop may sleep.
@@ -365,8 +370,16 @@ impl StreamTable {
         stats: &mut Stats,
     ) {
         stats.latency.committed(event.id);
+        let mut subs = std::mem::take(&mut self.fan_order);
         for &t in event.topics.iter() {
-            for sub in hub.subscribers(t) {
+            // In key order, not the set's hash order: the connections, their sockets and
+            // the kernel's socket structures are then visited (here and in the sweep)
+            // roughly in the order they were allocated, which on 10,000 subscribers
+            // costs about 15 % less CPU than hopping around (bench-results/2026-11-29-issue15.md).
+            subs.clear();
+            subs.extend(hub.subscribers(t));
+            subs.sort_unstable();
+            for &sub in &subs {
                 let Some(conn) = self.conns.get_mut(sub as usize) else {
                     continue;
                 };
@@ -401,6 +414,8 @@ impl StreamTable {
                 }
             }
         }
+        subs.clear();
+        self.fan_order = subs;
     }
 
     // ---- write / backpressure --------------------------------------------------------------
