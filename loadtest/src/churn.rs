@@ -175,6 +175,7 @@ pub fn run(a: Args) -> i32 {
         size: a.size,
         start_ns: sys::mono_ns() + 50_000_000,
         closed_loop: false,
+        realtime: false,
     };
     let cpu0 = a.common.sample();
     let self_cpu0 = sys::self_cpu_s();

@@ -52,6 +52,11 @@ pub struct Args {
     /// `events_per_s` then shows the rate it could keep).
     #[arg(long)]
     pub closed_loop: bool,
+    /// Run the publisher's threads at real-time priority (`SCHED_FIFO`; needs
+    /// CAP_SYS_NICE): its answer round trip then leaves out the wait for this core, which
+    /// the workers reading deliveries keep busy.
+    #[arg(long)]
+    pub publisher_rt: bool,
     /// Topic (default: one of this run's own).
     #[arg(long)]
     pub topic: Option<String>,
@@ -265,6 +270,7 @@ pub fn run(a: Args, slow_scenario: bool) -> i32 {
         size: a.size,
         start_ns: sys::mono_ns() + 50_000_000,
         closed_loop: a.closed_loop,
+        realtime: a.publisher_rt,
     };
     let cpu0 = sample_all(&nodes);
     let ssehub_writes = |nodes: &[Node]| -> Option<u64> {

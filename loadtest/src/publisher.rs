@@ -12,6 +12,10 @@
 //! With `closed_loop` the writer waits for each event's answer before it writes the next
 //! (a producer that needs each acknowledgement): a late answer then delays the schedule,
 //! and `events_per_s` shows the rate the server let the producer keep.
+//!
+//! With `realtime` both threads run at `SCHED_FIFO` priority, so that on a core shared with
+//! the workers reading deliveries the answer's round trip is not stretched by the
+//! scheduler's wait before it preempts them (`Outcome::realtime` says whether it took).
 
 use crate::hist::{Hist, Summary};
 use crate::proto::Target;
@@ -38,6 +42,8 @@ pub struct Plan {
     pub start_ns: u64,
     /// Wait for each answer before writing the next event.
     pub closed_loop: bool,
+    /// Run the writer and the answer reader at real-time priority (`sys::set_realtime`).
+    pub realtime: bool,
 }
 
 impl Plan {
@@ -58,6 +64,8 @@ pub struct Outcome {
     pub answer: Summary,
     /// Events answered per second, from the first event's due time to the last answer.
     pub events_per_s: f64,
+    /// Whether the writer and the answer reader ran at real-time priority.
+    pub realtime: bool,
     #[serde(skip)]
     pub sent_ns: Vec<u64>,
     #[serde(skip)]
@@ -87,8 +95,20 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
     let (tx, rx) = mpsc::channel::<u64>();
     let (answered_tx, answered) = mpsc::channel::<()>();
     let target = plan.target;
-    let answers = std::thread::spawn(move || read_answers(target, reader, rx, answered_tx));
+    let realtime = plan.realtime;
+    let answers = std::thread::spawn(move || {
+        if realtime && let Err(e) = sys::set_realtime(true) {
+            eprintln!("ssehub-loadtest: answer reader: real-time priority: {e}");
+        }
+        read_answers(target, reader, rx, answered_tx)
+    });
     let mut out = Outcome::default();
+    if plan.realtime {
+        match sys::set_realtime(true) {
+            Ok(()) => out.realtime = true,
+            Err(e) => eprintln!("ssehub-loadtest: publisher: real-time priority: {e}"),
+        }
+    }
     let mut writer = writer;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut seq = 0;
@@ -129,6 +149,9 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
         }
     }
     drop(tx);
+    if out.realtime {
+        let _ = sys::set_realtime(false);
+    }
     let a = answers
         .join()
         .unwrap_or_else(|_| Answers::failed("answer reader panicked"));
@@ -312,6 +335,7 @@ HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
             size: 100,
             start_ns: 1_000,
             closed_loop: false,
+            realtime: false,
         };
         assert_eq!(plan.sched_ns(0), 1_000);
         assert_eq!(plan.sched_ns(20), 1_000 + 1_000_000_000);
@@ -365,6 +389,7 @@ HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
             size: 100,
             start_ns: sys::mono_ns(),
             closed_loop: true,
+            realtime: false,
         };
         let out = run(&plan).unwrap();
         let (lines, early) = server.join().unwrap();

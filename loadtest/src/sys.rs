@@ -27,6 +27,27 @@ pub fn sleep_until_ns(t: u64) {
     }
 }
 
+/// Moves the calling thread to `SCHED_FIFO` (priority 10) or back to `SCHED_OTHER`. A
+/// publisher thread at real-time priority is woken the moment its answer arrives instead of
+/// waiting for the scheduler to preempt the worker processes reading deliveries on the same
+/// core, so its round trip measures the server, not the load generator's core.
+pub fn set_realtime(on: bool) -> std::io::Result<()> {
+    let (policy, priority) = if on {
+        (libc::SCHED_FIFO, 10)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: sched_setscheduler only reads the struct we pass, which lives on our stack;
+    // pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// (soft, hard) `RLIMIT_NOFILE`.
 pub fn nofile() -> (u64, u64) {
     let mut lim = libc::rlimit {
