@@ -11,14 +11,19 @@ use std::io::{self, IoSlice, Write};
 const MAX_IOVECS: usize = 64;
 
 #[derive(Debug)]
+#[repr(C)] // the fields a one-frame delivery touches first, in the box's first cache line
 pub struct OutQueue {
-    frames: VecDeque<Frame>,
+    /// The oldest pending frame. Most queues hold one frame (one event per stream per
+    /// sweep): kept here, it is queued and written without touching a ring buffer.
+    front: Option<Frame>,
     /// Bytes of the front frame already written.
     head_written: usize,
     /// Unwritten bytes in the queue.
     pending: usize,
     /// When the queue last went from empty to non-empty (the write timeout counts from here).
     pub since: Millis,
+    /// Frames after `front`, oldest first; empty whenever `front` is `None`.
+    rest: VecDeque<Frame>,
 }
 
 /// Emptied queues kept for the next deliveries: a sweep over many streams frees a queue
@@ -55,8 +60,9 @@ impl QueuePool {
 
     /// Keeps a queue that is no longer needed for a later `take`.
     pub fn put(&mut self, mut q: Box<OutQueue>) {
-        if q.frames.capacity() <= POOL_MAX_FRAMES {
-            q.frames.clear();
+        if q.rest.capacity() <= POOL_MAX_FRAMES {
+            q.front = None;
+            q.rest.clear();
             q.head_written = 0;
             q.pending = 0;
             self.spare.push(q);
@@ -94,16 +100,31 @@ pub enum Flush {
 impl OutQueue {
     pub fn new(now: Millis) -> Self {
         OutQueue {
-            frames: VecDeque::new(),
+            front: None,
             head_written: 0,
             pending: 0,
             since: now,
+            rest: VecDeque::new(),
         }
     }
 
     pub fn push(&mut self, frame: Frame) {
         self.pending += frame.len();
-        self.frames.push_back(frame);
+        if self.front.is_none() {
+            self.front = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    /// Frames queued (the front one counted whole even when partly written).
+    pub fn frames(&self) -> usize {
+        usize::from(self.front.is_some()) + self.rest.len()
+    }
+
+    /// Queued frames, oldest first.
+    fn iter(&self) -> impl Iterator<Item = &Frame> {
+        self.front.iter().chain(self.rest.iter())
     }
 
     pub fn pending_bytes(&self) -> usize {
@@ -125,10 +146,10 @@ impl OutQueue {
         writes: &mut u64,
     ) -> io::Result<Flush> {
         for _ in 0..max_writes {
-            let result = match self.frames.len() {
-                0 => return Ok(Flush::Done),
-                1 => sock.write(&self.frames[0][self.head_written..]),
-                n if n <= 4 => self.write_vectored::<4>(sock),
+            let result = match (&self.front, self.rest.len()) {
+                (None, _) => return Ok(Flush::Done),
+                (Some(front), 0) => sock.write(&front[self.head_written..]),
+                (Some(_), n) if n < 4 => self.write_vectored::<4>(sock),
                 _ => self.write_vectored::<MAX_IOVECS>(sock),
             };
             *writes += 1;
@@ -141,7 +162,7 @@ impl OutQueue {
             };
             self.consume(written);
         }
-        if self.frames.is_empty() {
+        if self.front.is_none() {
             Ok(Flush::Done)
         } else {
             Ok(Flush::Budget)
@@ -152,7 +173,7 @@ impl OutQueue {
     fn write_vectored<const N: usize>(&self, sock: &mut impl Write) -> io::Result<usize> {
         let mut slices = [IoSlice::new(&[]); N];
         let mut n = 0;
-        for (i, frame) in self.frames.iter().take(N).enumerate() {
+        for (i, frame) in self.iter().take(N).enumerate() {
             slices[i] = IoSlice::new(if i == 0 {
                 &frame[self.head_written..]
             } else {
@@ -168,7 +189,7 @@ impl OutQueue {
     /// bytes were taken.
     pub fn feed(&mut self, mut take: impl FnMut(&[u8]) -> io::Result<usize>) -> io::Result<usize> {
         let mut total = 0;
-        while let Some(front) = self.frames.front() {
+        while let Some(front) = &self.front {
             let n = take(&front[self.head_written..])?;
             if n == 0 {
                 break;
@@ -182,7 +203,7 @@ impl OutQueue {
     /// Drops `written` bytes from the front.
     fn consume(&mut self, mut written: usize) {
         self.pending -= written;
-        while let Some(front) = self.frames.front() {
+        while let Some(front) = &self.front {
             let left = front.len() - self.head_written;
             if written < left {
                 self.head_written += written;
@@ -190,7 +211,7 @@ impl OutQueue {
             }
             written -= left;
             self.head_written = 0;
-            self.frames.pop_front();
+            self.front = self.rest.pop_front();
         }
     }
 }
@@ -248,6 +269,38 @@ mod tests {
     }
 
     #[test]
+    fn one_frame_needs_no_ring_and_order_holds_across_front_and_rest() {
+        let mut q = OutQueue::new(0);
+        q.push((&b"one"[..]).into());
+        assert_eq!(q.rest.capacity(), 0, "a single frame allocates nothing");
+        let mut p = Pipe {
+            got: vec![],
+            room: 2,
+            calls: 0,
+        };
+        assert!(matches!(
+            q.flush(&mut p, 8, &mut 0).unwrap(),
+            Flush::Blocked
+        ));
+        // Frames pushed behind a half-written front leave after it, in order.
+        q.push((&b"two"[..]).into());
+        q.push((&b"three"[..]).into());
+        assert_eq!((q.frames(), q.pending_bytes()), (3, 9));
+        p.room = 3;
+        assert!(matches!(q.flush(&mut p, 1, &mut 0).unwrap(), Flush::Budget));
+        assert_eq!(q.frames(), 2, "`two` is the front now, two bytes written");
+        p.room = 100;
+        let mut writes = 0;
+        assert!(matches!(
+            q.flush(&mut p, 8, &mut writes).unwrap(),
+            Flush::Done
+        ));
+        assert_eq!(writes, 1);
+        assert_eq!(p.got, b"onetwothree");
+        assert_eq!((q.frames(), q.pending_bytes()), (0, 0));
+    }
+
+    #[test]
     fn partial_writes_resume_mid_frame() {
         let mut q = OutQueue::new(0);
         q.push((&b"hello"[..]).into());
@@ -287,7 +340,7 @@ mod tests {
         let q = pool.take(9);
         assert_eq!(&*q as *const OutQueue, addr, "the same allocation");
         assert!(q.is_empty());
-        assert_eq!((q.since, q.head_written, q.frames.len()), (9, 0, 0));
+        assert_eq!((q.since, q.head_written, q.frames()), (9, 0, 0));
         // A queue grown by a replay batch goes back to the allocator.
         let mut big = q;
         for _ in 0..100 {
