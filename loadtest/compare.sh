@@ -16,6 +16,9 @@
 #                     comparison with the same load generator); SSEHUB_REV names its revision
 #   QUICK=1           small sizes, to try the script out in a minute (results not for quoting)
 #   OUT=bench-results output folder; DATE=YYYY-MM-DD overrides the file date
+#   PUBLISHER_RT=1    fanout workloads run their publisher at real-time priority
+#                     (`--publisher-rt`): the producer's answer round trip then leaves out
+#                     the wait for the load generator's own busy core
 #   NICE=-20          niceness of both servers and the load (other work on the machine then
 #                     yields to them, the same for both servers); NICE=0 to run as is
 #
@@ -30,6 +33,7 @@ TARGETS=${TARGETS:-"ssehub nchan floor"}
 QUICK=${QUICK:-0}
 OUT=${OUT:-bench-results}
 NICE=${NICE:--20}
+PUBLISHER_RT=${PUBLISHER_RT:-0}
 # With sched_autogroup (the default), nice only orders processes within one session's
 # group and every session's group gets an equal share of the CPU: a build in another
 # session would still take half of the server's core. Raising this session's group too
@@ -236,6 +240,7 @@ load_cmd() { # target args...
   else
     common+=(--addr "127.0.0.1:$port_nchan" --pub-path "/pub?topic=")
   fi
+  [ "$1" = fanout ] && [ "$PUBLISHER_RT" = 1 ] && common+=(--publisher-rt)
   taskset -c 1 nice -n "$NICE" "$lt_bin" "$@" "${common[@]}"
 }
 
@@ -283,7 +288,7 @@ mkdir -p "$OUT"
 base=$OUT/$DATE-compare
 [ "$QUICK" = 1 ] && base=$OUT/$DATE-compare-quick
 cat >"$work/notes.md" <<EOF
-Produced by \`loadtest/compare.sh\` (RUNS=$RUNS, QUICK=$QUICK, NICE=$NICE). Every workload ran $RUNS times on
+Produced by \`loadtest/compare.sh\` (RUNS=$RUNS, QUICK=$QUICK, NICE=$NICE, PUBLISHER_RT=$PUBLISHER_RT). Every workload ran $RUNS times on
 each server, alternating which server went first; each run on a fresh server process pinned
 to core 0 with \`taskset -c 0\`, the load generator pinned to core 1, both at niceness
 $NICE, and so was the session's scheduler autogroup (\`$autogroup\`), so that other work on
