@@ -248,36 +248,6 @@ fn reload_applies_auth_and_cors_to_new_requests() {
     );
 }
 
-/// A self-signed P-256 certificate for `cn`, written over `dir/cert.pem` and `dir/key.pem`.
-fn self_signed(dir: &std::path::Path, cn: &str) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-subj",
-        ])
-        .arg(format!("/CN={cn}"))
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The subject CN of the certificate the hub presents now.
 fn presented_cn(addr: std::net::SocketAddr) -> String {
     let out = std::process::Command::new("sh")
@@ -294,7 +264,7 @@ fn presented_cn(addr: std::net::SocketAddr) -> String {
 fn renewed_certificate_files_are_taken_on_reload() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("ingest.sock");
-    self_signed(dir.path(), "first");
+    common::certs::self_signed(dir.path(), "first");
     let tls = format!(
         "[tls]\ncert = {:?}\nkey = {:?}\n",
         dir.path().join("cert.pem").display().to_string(),
@@ -317,7 +287,7 @@ fn renewed_certificate_files_are_taken_on_reload() {
     );
 
     // Renewed in place (same paths, as certbot does): new handshakes get the new one.
-    self_signed(dir.path(), "second");
+    common::certs::self_signed(dir.path(), "second");
     let (code, answer) = reload_answer(&socket);
     assert_eq!(code, Some(0), "{answer}");
     assert_eq!(

@@ -7,94 +7,10 @@ use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a leaf certificate for 127.0.0.1 / localhost signed by it.
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ssehub test CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-    (
-        dir.join("ca.pem"),
-        dir.join("leaf.pem"),
-        dir.join("leaf.key"),
-    )
-}
 
 fn client_config(
     ca: &Path,
@@ -152,7 +68,7 @@ fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Server {
 #[test]
 fn https_streams_to_a_verifying_client_with_tls_1_3_and_1_2() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certs(dir.path());
+    let (ca, cert, key) = common::certs::ca_and_leaf(dir.path());
     let server = start_tls(dir.path(), &cert, &key);
     let mut p = server.producer();
     for versions in [
@@ -186,7 +102,7 @@ fn https_streams_to_a_verifying_client_with_tls_1_3_and_1_2() {
 #[test]
 fn the_server_sends_close_notify_when_it_ends_a_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certs(dir.path());
+    let (ca, cert, key) = common::certs::ca_and_leaf(dir.path());
     let server = start_tls(dir.path(), &cert, &key);
     let mut p = server.producer();
     let mut tls = connect(&server, client_config(&ca, &[&rustls::version::TLS13]));
@@ -206,7 +122,7 @@ fn the_server_sends_close_notify_when_it_ends_a_stream() {
 #[test]
 fn a_stalled_handshake_is_closed_by_the_request_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let (_ca, cert, key) = make_certs(dir.path());
+    let (_ca, cert, key) = common::certs::ca_and_leaf(dir.path());
     let server = start_tls(dir.path(), &cert, &key);
     let mut sock = std::net::TcpStream::connect(server.addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -257,7 +173,7 @@ fn a_bad_certificate_file_is_a_clear_start_up_error() {
 #[test]
 fn key_updates_and_client_data_mid_stream_through_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certs(dir.path());
+    let (ca, cert, key) = common::certs::ca_and_leaf(dir.path());
     let server = start_tls(dir.path(), &cert, &key);
     let mut p = server.producer();
     let mut tls = connect(&server, client_config(&ca, &[&rustls::version::TLS13]));
@@ -283,7 +199,7 @@ fn key_updates_and_client_data_mid_stream_through_the_server() {
 fn openssl_s_client_streams_across_a_key_update() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certs(dir.path());
+    let (ca, cert, key) = common::certs::ca_and_leaf(dir.path());
     let server = start_tls(dir.path(), &cert, &key);
     let mut p = server.producer();
     for (version, command) in [("-tls1_3", "K\n"), ("-tls1_2", "x\n")] {

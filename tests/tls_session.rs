@@ -2,6 +2,8 @@
 //! loopback sockets against rustls's client: an idle stream holds no buffers and little
 //! heap; a large event leaves as several records; data and a KeyUpdate from the client
 //! mid-stream are handled; close_notify both ways; garbage is an error with an alert.
+#[path = "common/certs.rs"]
+mod certs;
 use rustls::pki_types::ServerName;
 use ssehub::conn::tls::{self, Session};
 use ssehub::conn::{Flush, OutQueue};
@@ -9,7 +11,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,38 +50,10 @@ fn live() -> isize {
     LIVE.with(Cell::get)
 }
 
+/// The server's configuration from a self-signed certificate for `localhost`.
 fn certs(dir: &Path) -> Arc<rustls::ServerConfig> {
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    tls::server_config(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap()
+    let (cert, key) = certs::self_signed(dir, "localhost");
+    tls::server_config(&cert, &key).unwrap()
 }
 
 fn client_config(

@@ -7,9 +7,11 @@
 //!   awaited, killed on drop; signals, exit, log queries.
 //! - `Client` (raw HTTP over TCP), `Producer` (the ingest socket) and parsers of answers and
 //!   SSE blocks; config text (`config_with_socket`, `write_config`); CLI runs (`run_bin`).
+//! - `certs`: real certificates from the openssl CLI (self-signed, or a CA and a leaf).
 //! - `prom`: `/metrics` parsed by the official Prometheus client's parser.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod prom;
 pub mod redis;
 
