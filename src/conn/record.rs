@@ -283,6 +283,10 @@ impl Traffic {
                 .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&*head), body)
                 .map_err(|_| (BAD_RECORD_MAC, invalid("TLS: bad record MAC")))?
                 .len();
+            // RFC 8446 §5.4: content, type and padding within 2^14 + 1 bytes.
+            if n > MAX_PLAINTEXT + 1 {
+                return Err((RECORD_OVERFLOW, invalid("TLS 1.3: record too large")));
+            }
             // Strip the padding; the last non-zero byte is the real content type.
             let Some(end) = body[..n].iter().rposition(|&b| b != 0) else {
                 return Err((
@@ -530,6 +534,18 @@ mod tests {
         assert_eq!(
             b.open(&mut wire, &mut Vec::new()).err().unwrap().0,
             UNEXPECTED_MESSAGE
+        );
+        // Padding past 2^14 + 1 bytes of inner plaintext (the ciphertext itself is
+        // within the record size limit).
+        let (mut a, mut b) = pair(Alg::Aes128Gcm, true);
+        let mut wire = Vec::new();
+        let mut inner = vec![b'x'; MAX_PLAINTEXT];
+        inner.extend_from_slice(&[APPLICATION_DATA, 0]);
+        a.seal_raw(0, &inner, &mut wire).unwrap();
+        assert!(b.record_len(&wire).unwrap().is_some());
+        assert_eq!(
+            b.open(&mut wire, &mut Vec::new()).err().unwrap().0,
+            RECORD_OVERFLOW
         );
         // A plaintext record type on a TLS 1.3 connection.
         let mut plain = vec![HANDSHAKE, 3, 3, 0, 20];
