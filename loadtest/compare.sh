@@ -34,14 +34,9 @@ QUICK=${QUICK:-0}
 OUT=${OUT:-bench-results}
 NICE=${NICE:--20}
 PUBLISHER_RT=${PUBLISHER_RT:-0}
-# With sched_autogroup (the default), nice only orders processes within one session's
-# group and every session's group gets an equal share of the CPU: a build in another
-# session would still take half of the server's core. Raising this session's group too
-# makes other work on the machine yield to the benchmark (both servers alike).
-if [ "$NICE" != 0 ] && [ -w /proc/self/autogroup ]; then
-  echo "$NICE" >/proc/self/autogroup 2>/dev/null || true
-fi
-autogroup=$(cat /proc/self/autogroup 2>/dev/null || echo none)
+# shellcheck source=loadtest/lib.sh
+source "$root/loadtest/lib.sh"
+raise_autogroup
 DATE=${DATE:-$(date +%F)}
 cores=$(nproc)
 if [ "$cores" -lt 2 ]; then
@@ -50,18 +45,7 @@ if [ "$cores" -lt 2 ]; then
 fi
 
 # ---- nginx + nchan ---------------------------------------------------------------------
-missing=()
-command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
-dpkg -s libnginx-mod-nchan >/dev/null 2>&1 || missing+=(libnginx-mod-nchan)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "compare: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-nchan_module=$(ls /usr/lib/nginx/modules/ngx_nchan_module.so 2>/dev/null || true)
-[ -n "$nchan_module" ] || { echo "compare: ngx_nchan_module.so not found" >&2; exit 1; }
-nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
-nchan_version=$(dpkg-query -W -f='${Version}' libnginx-mod-nchan)
+ensure_nchan compare
 
 cargo build --release --workspace --quiet
 work=$(mktemp -d /tmp/ssehub-compare.XXXXXX)
@@ -120,77 +104,18 @@ level = "warn"
 EOF
 }
 
-nchan_config() { # keepalive
-  cat >"$work/nginx.conf" <<EOF
-load_module $nchan_module;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events {
-  worker_connections 20000;
-  multi_accept on;
-}
-http {
-  access_log off;
-  client_body_temp_path $work/nginx-body;
-  keepalive_requests 1000000;
-  send_timeout 10s;
-  nchan_max_reserved_memory 256M;
-  server {
-    listen 127.0.0.1:$port_nchan backlog=4096;
-    location = /events {
-      nchan_subscriber eventsource;
-      nchan_channel_id \$arg_topic;
-      nchan_subscriber_first_message newest;
-      nchan_eventsource_ping_interval $1;
-    }
-    location = /pub {
-      nchan_publisher http;
-      nchan_channel_id \$arg_topic;
-      nchan_message_buffer_length 1000;
-      nchan_message_timeout 1h;
-    }
-  }
-}
-EOF
-}
-
-wait_port() {
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "compare: nothing listens on port $1" >&2
-  return 1
-}
-
 start_server() { # target keepalive
   case $1 in
     ssehub)
       ssehub_config "$2"
-      rm -f "$work/ssehub.sock"
-      taskset -c 0 nice -n "$NICE" "$ssehub_bin" --config "$work/ssehub.toml" 2>>"$work/ssehub.log" &
-      server_pid=$!
-      for _ in $(seq 100); do [ -S "$work/ssehub.sock" ] && break; sleep 0.05; done
-      wait_port $port_ssehub
+      start_ssehub "$ssehub_bin" $port_ssehub
       ;;
     nchan)
-      nchan_config "$2"
-      mkdir -p "$work/nginx-body"
-      taskset -c 0 nice -n "$NICE" nginx -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx-error.log" &
-      server_pid=$!
-      wait_port $port_nchan
+      nchan_config "$2" "listen 127.0.0.1:$port_nchan backlog=4096;"
+      start_nginx $port_nchan
       ;;
   esac
   sleep 0.5 # let the server settle before the baseline memory reading
-}
-
-stop_server() {
-  kill -TERM "$server_pid"
-  wait "$server_pid" || true
-  server_pid=
 }
 
 # ---- workloads -------------------------------------------------------------------------
@@ -227,7 +152,7 @@ workload() {
   ssehub_config 15 && cat "$work/ssehub.toml"
   echo
   echo "# nginx.conf (ping interval 5 for idle, 15 otherwise)"
-  nchan_config 15 && sed "s|$work|WORKDIR|g" "$work/nginx.conf"
+  nchan_config 15 "listen 127.0.0.1:$port_nchan backlog=4096;" && sed "s|$work|WORKDIR|g" "$work/nginx.conf"
   echo
   echo "# load (pinned to core 1); PID is the server's pid (nginx: the master, children counted)"
 } >>"$commands_file"

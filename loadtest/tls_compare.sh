@@ -24,19 +24,10 @@ FAN_RATE=${FAN_RATE:-20}
 NICE=${NICE:--20}
 BEFORE_BIN=${BEFORE_BIN:-}
 TLS12=${TLS12:-0}
-if [ "$NICE" != 0 ] && [ -w /proc/self/autogroup ]; then
-  echo "$NICE" >/proc/self/autogroup 2>/dev/null || true
-fi
-
-missing=()
-command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
-dpkg -s libnginx-mod-nchan >/dev/null 2>&1 || missing+=(libnginx-mod-nchan)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-nchan_module=/usr/lib/nginx/modules/ngx_nchan_module.so
-[ -e "$nchan_module" ] || { echo "tls_compare: $nchan_module not found" >&2; exit 1; }
+# shellcheck source=loadtest/lib.sh
+source "$root/loadtest/lib.sh"
+raise_autogroup
+ensure_nchan tls_compare
 
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 cargo build --release --workspace --quiet
@@ -87,56 +78,13 @@ ssehub_config() { # keepalive tls(0/1)
   } >"$work/ssehub.toml"
 }
 
-nchan_config() { # keepalive tls(0/1)
+nchan_tls_config() { # keepalive tls(0/1): TLS (or plain) on port_nchan, plain for publishing
   local ssl=""
   [ "$2" = 1 ] && ssl="ssl"
-  cat >"$work/nginx.conf" <<EOF
-load_module $nchan_module;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events {
-  worker_connections 20000;
-  multi_accept on;
-}
-http {
-  access_log off;
-  client_body_temp_path $work/nginx-body;
-  keepalive_requests 1000000;
-  send_timeout 10s;
-  nchan_max_reserved_memory 256M;
-  ssl_certificate $work/cert.pem;
+  nchan_config "$1" "listen 127.0.0.1:$port_nchan $ssl backlog=4096;
+    listen 127.0.0.1:$port_nchan_plain backlog=4096;" "ssl_certificate $work/cert.pem;
   ssl_certificate_key $work/key.pem;
-  ssl_protocols TLSv1.2 TLSv1.3;
-  server {
-    listen 127.0.0.1:$port_nchan $ssl backlog=4096;
-    listen 127.0.0.1:$port_nchan_plain backlog=4096;
-    location = /events {
-      nchan_subscriber eventsource;
-      nchan_channel_id \$arg_topic;
-      nchan_subscriber_first_message newest;
-      nchan_eventsource_ping_interval $1;
-    }
-    location = /pub {
-      nchan_publisher http;
-      nchan_channel_id \$arg_topic;
-      nchan_message_buffer_length 1000;
-      nchan_message_timeout 1h;
-    }
-  }
-}
-EOF
-}
-
-wait_port() {
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "tls_compare: nothing listens on port $1" >&2
-  return 1
+  ssl_protocols TLSv1.2 TLSv1.3;"
 }
 
 start_server() { # server keepalive tls
@@ -145,27 +93,14 @@ start_server() { # server keepalive tls
       local bin=$work/bin/ssehub
       [ "$1" = ssehub-before ] && bin=$work/bin/ssehub-before
       ssehub_config "$2" "$3"
-      rm -f "$work/ssehub.sock"
-      taskset -c 0 nice -n "$NICE" "$bin" --config "$work/ssehub.toml" 2>>"$work/ssehub.log" &
-      server_pid=$!
-      for _ in $(seq 100); do [ -S "$work/ssehub.sock" ] && break; sleep 0.05; done
-      wait_port $port_ssehub
+      start_ssehub "$bin" $port_ssehub
       ;;
     nchan)
-      nchan_config "$2" "$3"
-      mkdir -p "$work/nginx-body"
-      taskset -c 0 nice -n "$NICE" nginx -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx-error.log" &
-      server_pid=$!
-      wait_port $port_nchan
+      nchan_tls_config "$2" "$3"
+      start_nginx $port_nchan
       ;;
   esac
   sleep 0.5
-}
-
-stop_server() {
-  kill -TERM "$server_pid"
-  wait "$server_pid" || true
-  server_pid=
 }
 
 load() { # server tls label args...
