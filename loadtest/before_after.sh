@@ -32,8 +32,10 @@ trap cleanup EXIT
 
 start_server() {
   local bin=$1
-  port=$((20000 + RANDOM % 20000))
-  while ss -ltn | grep -q ":$port "; do port=$((20000 + RANDOM % 20000)); done
+  # Below the ephemeral range (32768-60999), where the load's own client sockets could
+  # hold the port; and not in use in any state.
+  port=$((20000 + RANDOM % 12000))
+  while ss -tan | grep -q ":$port "; do port=$((20000 + RANDOM % 12000)); done
   rm -f "$dir/ingest.sock"
   printf '[http]\nlisten = "127.0.0.1:%s"\n[ingest]\nsocket = "%s"\n[streams]\nkeepalive = "5s"\n' \
     "$port" "$dir/ingest.sock" >"$dir/m.toml"
