@@ -16,6 +16,7 @@
 #                     comparison with the same load generator); SSEHUB_REV names its revision
 #   QUICK=1           small sizes, to try the script out in a minute (results not for quoting)
 #   OUT=bench-results output folder; DATE=YYYY-MM-DD overrides the file date
+#   FAN1K_EVENTS=100  events of the fan1k workload (more: a steadier CPU reading)
 #   PUBLISHER_RT=1    fanout workloads run their publisher at real-time priority
 #                     (`--publisher-rt`): the producer's answer round trip then leaves out
 #                     the wait for the load generator's own busy core
@@ -119,6 +120,9 @@ start_server() { # target keepalive
 }
 
 # ---- workloads -------------------------------------------------------------------------
+# fan1k's 100 events cost a server ~0.6 CPU-s, too little for a steady reading:
+# FAN1K_EVENTS=400 runs the same rate four times as long.
+fan1k_m=${FAN1K_EVENTS:-100}
 if [ "$QUICK" = 1 ]; then
   fan1k_n=200
   idle_n=2000 fan_n=1000 fan_m=40 lat_n=1000 lat_m=60 slow_n=1000 cut_n=200 cut_m=1200 churn_n=200 churn_m=200
@@ -135,7 +139,7 @@ workload() {
     latency) echo "latency: $lat_n subscribers at 10/s, 100 B|15|fanout --subscribers $lat_n --events $lat_m --size 100 --rate 10 --grace 30s --deadline 400s" ;;
     slow) echo "slow: $slow_n subscribers at 10/s, 100 B, 10% not reading|15|slow --subscribers $slow_n --events $lat_m --size 100 --rate 10 --slow-share 0.1 --expect-cut false --grace 30s --deadline 400s" ;;
     slowcut) echo "slow-cut: $cut_n subscribers at 50/s, 4 KB, 10% not reading|15|slow --subscribers $cut_n --events $cut_m --size 4000 --rate 50 --slow-share 0.1 --grace 30s --deadline 400s" ;;
-    fan1k) echo "fan1k: $fan1k_n subscribers x 100 events of 100 B at 20/s|15|fanout --subscribers $fan1k_n --events 100 --size 100 --rate 20 --grace 30s --deadline 400s" ;;
+    fan1k) echo "fan1k: $fan1k_n subscribers x $fan1k_m events of 100 B at 20/s|15|fanout --subscribers $fan1k_n --events $fan1k_m --size 100 --rate 20 --grace 30s --deadline 400s" ;;
     fan10k) echo "fan10k: $fan_n subscribers x 100 events of 100 B at 10/s|15|fanout --subscribers $fan_n --events 100 --size 100 --rate 10 --grace 30s --deadline 400s" ;;
     sat) echo "sat: $fan_n subscribers x 100 events of 100 B at 20/s, closed-loop producer|15|fanout --subscribers $fan_n --events 100 --size 100 --rate 20 --closed-loop --grace 30s --deadline 400s" ;;
     churn) echo "churn: $churn_n clients, $churn_m events at 50/s, resume|15|churn --clients $churn_n --events $churn_m --rate 50 --size 100 --min-events 1 --max-events 20 --max-delay 200ms --rst-share 0.1" ;;
