@@ -60,13 +60,7 @@ if [ -n "${SSEHUB_BIN:-}" ]; then
 fi
 lt_bin=$work/bin/ssehub-loadtest
 server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
+trap stop_server_on_exit EXIT
 runs_file=$work/runs.jsonl
 commands_file=$work/commands.txt
 : >"$runs_file"

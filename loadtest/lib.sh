@@ -1,4 +1,4 @@
-# Shared by compare.sh and tls_compare.sh (sourced, not run): other work on the machine
+# Shared by compare.sh, tls_compare.sh and profile.sh (sourced, not run): other work on the machine
 # made to yield, nginx+nchan installed where missing and configured like ssehub, a wait for
 # a listening port, and the server started by the caller stopped by its pid.
 # The caller sets `work` (the run's directory), `NICE` and `server_pid`.
@@ -97,6 +97,15 @@ start_nginx() { # port
   taskset -c 0 nice -n "$NICE" nginx -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx-error.log" &
   server_pid=$!
   wait_port "$1"
+}
+
+# Stops the server still running when the script ends (a failed run, Ctrl-C):
+# `trap stop_server_on_exit EXIT`.
+stop_server_on_exit() {
+  if [ -n "${server_pid:-}" ]; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
 }
 
 stop_server() {

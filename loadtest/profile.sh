@@ -20,29 +20,28 @@ lt=target/release/ssehub-loadtest
 cargo build --release --workspace --quiet
 mkdir -p "$out"
 work=$(mktemp -d)
-echo -20 >/proc/self/autogroup 2>/dev/null || true
+NICE=-20
 server_pid=
+# shellcheck source=loadtest/lib.sh
+source loadtest/lib.sh
+raise_autogroup
+trap stop_server_on_exit EXIT
+port=18481
 if [ "$target" = ssehub ]; then
-  printf '[http]\nlisten = "127.0.0.1:18481"\n[ingest]\nsocket = "%s/s.sock"\n[streams]\nkeepalive = "15s"\nwrite_timeout = "10s"\nmax_pending_bytes = 262144\n[history]\nmax_events = 1000\n[log]\nlevel = "warn"\n' "$work" >"$work/c.toml"
-  taskset -c 0 nice -n -20 "$bin" --config "$work/c.toml" 2>"$work/server.log" &
-  server_pid=$!
-  for _ in $(seq 100); do [ -S "$work/s.sock" ] && break; sleep 0.05; done
-  sleep 0.3
-  taskset -c 1 nice -n -20 "$lt" fanout --subscribers "$n" --events "$m" --size 100 --rate "$rate" \
+  printf '[http]\nlisten = "127.0.0.1:%s"\n[ingest]\nsocket = "%s/ssehub.sock"\n[streams]\nkeepalive = "15s"\nwrite_timeout = "10s"\nmax_pending_bytes = 262144\n[history]\nmax_events = 1000\n[log]\nlevel = "warn"\n' "$port" "$work" >"$work/ssehub.toml"
+  start_ssehub "$bin" $port
+  taskset -c 1 nice -n "$NICE" "$lt" fanout --subscribers "$n" --events "$m" --size 100 --rate "$rate" \
     --grace 30s --deadline 400s --target ssehub --server-pid "$server_pid" \
-    --addr 127.0.0.1:18481 --socket "$work/s.sock" "$@" >"$out/run.json" 2>"$out/run.err" &
+    --addr "127.0.0.1:$port" --socket "$work/ssehub.sock" "$@" >"$out/run.json" 2>"$out/run.err" &
 else
-  taskset -c 1 nice -n -20 "$lt" floor --cpu 0 --streams "$n" --events "$m" --size 100 \
+  taskset -c 1 nice -n "$NICE" "$lt" floor --cpu 0 --streams "$n" --events "$m" --size 100 \
     --rate "$rate" --grace 10s >"$out/run.json" 2>"$out/run.err" &
 fi
 load_pid=$!
 sleep 4
 perf record -C 0 -g -F 1999 -o "$out/perf.data" -- sleep 10 2>"$out/perf.err"
 wait "$load_pid"
-if [ -n "$server_pid" ]; then
-  kill -TERM "$server_pid"
-  wait "$server_pid"
-fi
+[ -n "$server_pid" ] && stop_server
 rm -rf "$work"
 perf report -i "$out/perf.data" --no-children --sort comm,dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12 >"$out/dso.txt"
 perf report -i "$out/perf.data" --no-children --sort sym -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -45 >"$out/sym.txt"

@@ -39,13 +39,7 @@ lt_bin=$work/bin/ssehub-loadtest
 OUT=${OUT:-$work/runs.jsonl}
 : >"$OUT"
 server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
+trap stop_server_on_exit EXIT
 
 # A self-signed certificate (P-256) for localhost / 127.0.0.1 that the load trusts.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \

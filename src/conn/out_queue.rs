@@ -118,7 +118,8 @@ impl OutQueue {
     }
 
     /// Frames queued (the front one counted whole even when partly written).
-    pub fn frames(&self) -> usize {
+    #[cfg(test)]
+    fn frames(&self) -> usize {
         usize::from(self.front.is_some()) + self.rest.len()
     }
 
