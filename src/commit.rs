@@ -340,7 +340,10 @@ mod tests {
             id,
             b"x".to_vec().into(),
             0,
-            Box::new([0]),
+            Box::new([crate::history::TopicRef {
+                id: 0,
+                generation: 0,
+            }]),
             false,
         ))
     }

@@ -347,7 +347,6 @@ impl Server {
                 self.dispatch(event.token(), readable, event.is_writable());
             }
             self.read_producers_left_over();
-            self.apply_reload();
             if self.stop.load(Ordering::SeqCst) && self.draining_until.is_none() {
                 self.begin_drain();
             }
@@ -358,8 +357,9 @@ impl Server {
             self.poll_commit();
             self.poll_redis();
             self.resume_parked(true);
-            // Events committed this turn whose fan-out is still due (a producer that
-            // failed mid-read returns before its fan-out).
+            // Every path that commits events fans them out before it returns
+            // (`read_producer`, `deliver_committed`); this only makes sure nothing
+            // committed can wait past the turn.
             self.fan_out_committed();
             self.commit.request_sync();
             // Flush every pending queue (bounded writes each), then close what ended.

@@ -8,8 +8,20 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-/// A topic's index in the topic registry (`pubsub::Topics`).
+/// A topic's index in the topic registry (`pubsub::Topics`). A stream holds its topics by
+/// index: it is subscribed to them, so none of them is forgotten while it holds it.
 pub type TopicId = u32;
+
+/// A topic as an event names it: its index and that slot's generation when the event was
+/// accepted. An event can outlive its topic's metadata (evicted, the topic forgotten, its
+/// slot reused by a new topic, all before the event's fan-out), so the fan-out looks a
+/// topic up only when the generation still matches: an event can never reach the streams
+/// of a later topic that happens to sit in the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicRef {
+    pub id: TopicId,
+    pub generation: u32,
+}
 
 /// One strictly increasing id sequence for the whole hub: next = max(last + 1, now in µs),
 /// so ids keep increasing across restarts even without a data directory.
@@ -41,7 +53,7 @@ pub struct Event {
     pub frame: Frame,
     /// Unix time in milliseconds.
     pub published_at: u64,
-    pub topics: Box<[TopicId]>,
+    pub topics: Box<[TopicRef]>,
     pub is_final: bool,
     /// How many topics' histories hold this event; at 0 it leaves the timeline (and
     /// memory) wherever it is (fits in `Event`'s padding: the struct stays 56 bytes).
@@ -51,19 +63,21 @@ pub struct Event {
 /// Bookkeeping of one retained event beyond its frame bytes, counted against
 /// `history.max_bytes` so that memory stays within a small factor of it: the `Rc<Event>`
 /// allocation (16 + 56 bytes, 80 with malloc's header), the frame's `Rc` header and malloc
-/// rounding (~24), the topic list allocation (32) and the event's timeline slot (16 bytes,
-/// up to twice that with deque growth and not yet compacted gaps): 176 in all. Measured:
-/// `tests/history_memory.rs` and bench-results/2026-11-28-issue16-data-safety.md.
+/// rounding (~24), the topic list allocation (32: up to three `TopicRef`s) and the event's
+/// timeline slot (16 bytes, up to twice that with deque growth and not yet compacted
+/// gaps): 176 in all. Measured: `tests/history_memory.rs` and
+/// bench-results/2026-11-28-issue16-data-safety.md.
 pub const EVENT_OVERHEAD: usize = 176;
-/// Per topic of an event: its slot in that topic's deque (8 bytes, up to 16 with growth).
-pub const EVENT_PER_TOPIC: usize = 16;
+/// Per topic of an event: its slot in that topic's deque (8 bytes, up to 16 with growth)
+/// and its `TopicRef` in the event's topic list (8 bytes).
+pub const EVENT_PER_TOPIC: usize = 24;
 
 impl Event {
     pub fn new(
         id: u64,
         frame: Frame,
         published_at: u64,
-        topics: Box<[TopicId]>,
+        topics: Box<[TopicRef]>,
         is_final: bool,
     ) -> Event {
         Event {
@@ -233,8 +247,8 @@ impl Timeline {
     pub fn retain(&mut self, event: Rc<Event>, max_events: usize, topics: &mut impl Histories) {
         // Released at once (no list: this runs for every published event), before the new
         // slot exists; a released event is older, so its slot is already there.
-        for &t in event.topics.iter() {
-            if let Some(out) = topics.history(t).push(event.clone(), max_events)
+        for t in event.topics.iter() {
+            if let Some(out) = topics.history(t.id).push(event.clone(), max_events)
                 && out.held_by.get() == 0
             {
                 self.release(out.id);
@@ -251,8 +265,8 @@ impl Timeline {
     /// Evicts the oldest event from every topic and from the timeline.
     pub fn evict_oldest(&mut self, topics: &mut impl Histories) -> Option<Rc<Event>> {
         let event = self.slots.pop_front()?.event?;
-        for &t in event.topics.iter() {
-            topics.history(t).drop_if_front(event.id);
+        for t in event.topics.iter() {
+            topics.history(t.id).drop_if_front(event.id);
         }
         self.forget(&event);
         self.drop_front_gaps();
@@ -300,11 +314,12 @@ mod tests {
     use super::*;
 
     fn event(id: u64, at: u64, topics: &[TopicId], size: usize) -> Rc<Event> {
+        let topics = topics.iter().map(|&id| TopicRef { id, generation: 0 });
         Rc::new(Event::new(
             id,
             vec![b'x'; size].into(),
             at,
-            topics.into(),
+            topics.collect(),
             false,
         ))
     }

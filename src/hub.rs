@@ -3,7 +3,7 @@
 //! a reconnecting client is owed, or that it must be told `reset`). Owns topics, history
 //! and the id sequence; never touches sockets, so another backend can replace it later.
 
-use crate::history::{Event, IdSequence, Limits, Retained, Timeline, TopicId};
+use crate::history::{Event, IdSequence, Limits, Retained, Timeline, TopicId, TopicRef};
 use crate::ingest::line::Publish;
 use crate::pubsub::Topics;
 use crate::sse;
@@ -64,9 +64,17 @@ impl Hub {
         self.timeline.len()
     }
 
-    /// What `history.max_bytes` caps: retained events (`Event::cost`) and topic metadata.
+    /// What `history.max_bytes` caps: retained events (`Event::cost`) and the metadata of
+    /// topics kept for their history (those without a subscriber).
     pub fn retained_bytes(&self) -> usize {
-        self.timeline.bytes() + self.topics.bytes()
+        self.timeline.bytes() + self.topics.kept_bytes()
+    }
+
+    /// The metadata of topics streams hold: not in `history.max_bytes` (a stream's names
+    /// must never push out anyone's history), bounded by open streams ×
+    /// `streams.max_topics` names of at most 200 bytes.
+    pub fn subscribed_topic_bytes(&self) -> usize {
+        self.topics.subscribed_bytes()
     }
 
     pub fn set_remembers_from(&mut self, id: u64) {
@@ -99,12 +107,12 @@ impl Hub {
         &self.topics.get(t).name
     }
 
-    /// The connections subscribed to `t`.
-    /// The streams subscribed to `t`; none when `t` was forgotten (an event's fan-out can
-    /// come after later publishes evicted it and forgot its quiet topics).
-    pub fn subscribers(&self, t: TopicId) -> impl Iterator<Item = u32> + '_ {
+    /// The streams subscribed to the topic an event names; none when that topic was
+    /// forgotten, even if its slot holds another topic by now (an event's fan-out can come
+    /// after later publishes evicted it and forgot its quiet topics).
+    pub fn subscribers(&self, t: TopicRef) -> impl Iterator<Item = u32> + '_ {
         self.topics
-            .try_get(t)
+            .resolve(t)
             .into_iter()
             .flat_map(|topic| topic.subscribers.iter().copied())
     }
@@ -113,9 +121,14 @@ impl Hub {
         self.topics.subscribe(t, conn);
     }
 
-    /// Unsubscribes; a topic with no past and no subscriber left is forgotten.
+    /// Unsubscribes; a topic left with no subscriber is forgotten when it has no past, or
+    /// when it is quiet (its events all evicted while streams held it): from then on only
+    /// history keeps topics, and history's metadata is bounded by `history.max_bytes`.
     pub fn unsubscribe(&mut self, t: TopicId, conn: u32) {
         self.topics.unsubscribe(t, conn);
+        if self.topics.try_get(t).is_some_and(is_quiet) {
+            self.forget_topic(t);
+        }
     }
 
     /// The topic named `name`, created when first used (see `forgotten_up_to`).
@@ -139,17 +152,20 @@ impl Hub {
             return false;
         };
         for &t in event.topics.iter() {
-            let topic = self.topics.get(t);
-            let h = &topic.history;
-            if h.is_empty()
-                && h.last_id <= h.evicted_up_to
-                && topic.subscribers.is_empty()
-                && !h.is_final()
-            {
-                self.forget_topic(t);
+            if self.topics.resolve(t).is_some_and(is_quiet) {
+                self.forget_topic(t.id);
             }
         }
         true
+    }
+
+    /// Evicts the oldest events while retained events and kept topic metadata exceed
+    /// `history.max_bytes`, keeping at least `keep` events.
+    fn enforce_max_bytes(&mut self, keep: usize) {
+        while self.retained_bytes() > self.limits.max_bytes
+            && self.timeline.len() > keep
+            && self.evict_oldest()
+        {}
     }
 
     /// Accepts an event: refuses it if one of its topics is final, else assigns the next
@@ -204,10 +220,16 @@ impl Hub {
         is_final: bool,
     ) -> Rc<Event> {
         let frame = sse::encode_event(id, event, data).into();
-        let topics: Box<[TopicId]> = names.iter().map(|n| self.intern(n)).collect();
-        for &t in topics.iter() {
+        let topics: Box<[TopicRef]> = names
+            .iter()
+            .map(|n| {
+                let t = self.intern(n);
+                self.topics.reference(t)
+            })
+            .collect();
+        for t in topics.iter() {
             self.topics
-                .get_mut(t)
+                .get_mut(t.id)
                 .history
                 .note_published(id, is_final, published_at);
         }
@@ -220,25 +242,24 @@ impl Hub {
         self.timeline
             .retain(event.clone(), self.limits.max_events, &mut self.topics);
         // Never the event just committed: it is about to be fanned out to its topics.
-        while self.retained_bytes() > self.limits.max_bytes
-            && self.timeline.len() > 1
-            && self.evict_oldest()
-        {}
+        self.enforce_max_bytes(1);
     }
 
     /// The event could not be made durable: undo its final mark (the id stays used).
     pub fn abandon(&mut self, event: &Event) {
         for &t in event.topics.iter() {
-            let h = &mut self.topics.get_mut(t).history;
-            if h.final_id == event.id {
-                h.final_id = 0;
+            if let Some(topic) = self.topics.resolve_mut(t)
+                && topic.history.final_id == event.id
+            {
+                topic.history.final_id = 0;
             }
         }
     }
 
-    /// Evicts events past `history.max_age`, lifts expired final marks, and forgets the
-    /// metadata of topics idle (no subscribers, no events) for longer than `max_age`.
-    /// Returns how many events were evicted.
+    /// Evicts events past `history.max_age`, lifts expired final marks, forgets the
+    /// metadata of topics idle (no subscribers, no events) for longer than `max_age`, and
+    /// holds `history.max_bytes` again (topics whose last stream left count in it from
+    /// then on). Returns how many events were evicted by age.
     pub fn prune(&mut self, now_unix_ms: u64) -> usize {
         let max_age = self.limits.max_age;
         let mut evicted = 0;
@@ -268,6 +289,7 @@ impl Hub {
         for t in forget {
             self.forget_topic(t);
         }
+        self.enforce_max_bytes(0);
         evicted
     }
 
@@ -403,6 +425,13 @@ impl Hub {
             h.is_final() && h.final_id <= cursor
         })
     }
+}
+
+/// A topic kept for nothing: no event retained (nor one accepted and not yet committed: an
+/// id must stay valid for it), no subscriber, no final mark to keep. Its metadata can go.
+fn is_quiet(topic: &crate::pubsub::Topic) -> bool {
+    let h = &topic.history;
+    h.is_empty() && h.last_id <= h.evicted_up_to && topic.subscribers.is_empty() && !h.is_final()
 }
 
 /// A decimal event id (digits only, no sign, no spaces).

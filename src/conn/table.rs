@@ -459,6 +459,11 @@ impl StreamTable {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;
             };
+            if !conn.has(flags::IN_PENDING) {
+                // A stale entry: the connection listed under this key was closed and its
+                // slot reused by one that is not listed, or is listed again further on.
+                continue;
+            }
             conn.clear(flags::IN_PENDING);
             if conn.has(flags::CLOSING) {
                 continue;

@@ -40,11 +40,14 @@ struct Client(StdStream);
 
 impl Rig {
     fn new() -> Rig {
-        let history = HistoryLimits {
+        Rig::with_history(HistoryLimits {
             max_events: 1_000,
             max_age: 3_600_000,
             max_bytes: 64 << 20,
-        };
+        })
+    }
+
+    fn with_history(history: HistoryLimits) -> Rig {
         Rig {
             table: StreamTable::default(),
             hub: Hub::new(history, 0, 0),
@@ -808,4 +811,83 @@ fn a_sweep_is_written_in_slices_and_a_later_event_joins_the_unwritten_queues() {
         client.expect_nothing();
     }
     assert_eq!(rig.stats.deliveries, 2 * n as u64);
+}
+
+/// Issue 28, item 1, as the loop met it: a producer's read commits event E on `secretA`,
+/// later lines of the same read evict E (its quiet topic is forgotten, its slot freed),
+/// and before E's fan-out a stream on a new topic `publicB` is given that slot. E must not
+/// reach it: an event names its topics with the slot's generation.
+#[test]
+fn an_event_never_reaches_a_topic_that_took_its_forgotten_slot() {
+    let mut rig = Rig::with_history(HistoryLimits {
+        max_events: 1_000,
+        max_age: 3_600_000,
+        max_bytes: 3_000,
+    });
+    let secret = rig.accept(&["secretA"], "SECRET", false);
+    rig.hub.commit(&secret);
+    let slot = secret.topics[0].id;
+    let mut later = Vec::new();
+    while rig.hub.topics.lookup("secretA").is_some() {
+        let e = rig.accept(&["other"], "0123456789", false);
+        rig.hub.commit(&e);
+        later.push(e);
+        assert!(later.len() < 100, "secretA was never evicted");
+    }
+    // `Last-Event-ID: 0` (ids here are 1, 2, ...): events are gone, so the router plans a
+    // `reset` with the horizon as the replay floor; nothing is retained on `publicB`, so
+    // the stream is live at once.
+    let names: Vec<Box<str>> = vec!["publicB".into()];
+    let floor = rig.hub.evicted_up_to_names(&names);
+    assert!(floor >= secret.id);
+    let reset = b"event: reset\ndata: {}\n\n".to_vec();
+    let start = Start {
+        replay: Some((0, Some(reset.clone()))),
+        replay_floor: Some(floor),
+        retry_ms: RETRY_MS,
+        ..Start::default()
+    };
+    let (key, mut client) = rig.stream(0, &["publicB"], start);
+    assert_eq!(
+        rig.hub.topics.lookup("publicB"),
+        Some(slot),
+        "the new topic took the forgotten one's slot"
+    );
+    // The fan-out of the read's events comes after the stream started.
+    rig.table
+        .fan_out(&secret, &rig.hub, 0, MAX_PENDING, &mut rig.stats);
+    for e in &later {
+        rig.table
+            .fan_out(e, &rig.hub, 0, MAX_PENDING, &mut rig.stats);
+    }
+    rig.flush(0);
+    assert!(
+        !rig.conn(key).has(flags::REPLAYING),
+        "nothing to replay: live"
+    );
+    assert!(!rig.closing(key));
+    client.expect_exactly(&[head(), reset].concat());
+    assert_eq!(rig.stats.deliveries, 0);
+}
+
+/// A closed connection's key left on the pending list, its slot reused by a new
+/// connection that is listed too: the key is on the list twice, and the sweep visits the
+/// connection once per listing (the stale entry is skipped), writing everything once.
+#[test]
+fn a_stale_pending_entry_is_skipped() {
+    let mut rig = Rig::new();
+    let (a, _ca) = rig.stream(0, &["t"], live());
+    // `a` is listed (its head); it closes before the sweep reaches it.
+    rig.table.close(a);
+    rig.reap();
+    let (b, mut cb) = rig.stream(0, &["t"], live());
+    assert_eq!(a, b, "the slot is reused");
+    assert_eq!(rig.table.pending.iter().filter(|&&k| k == b).count(), 2);
+    rig.flush(0);
+    assert!(rig.table.pending.is_empty());
+    cb.expect_exactly(&head());
+    let e = rig.publish(&["t"], "x", false, 0);
+    rig.flush(0);
+    cb.expect_exactly(&e.frame);
+    assert_eq!(rig.stats.deliveries, 1);
 }

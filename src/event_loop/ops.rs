@@ -86,8 +86,9 @@ impl Ops {
     }
 
     /// `{"admin":"reload"}` from a producer: reads the configuration again and answers at
-    /// once with what differs; the loop applies it at the end of the turn (`apply_reload`).
-    /// Err is the reason for an `{"ok":false,...}` answer.
+    /// once with what differs; the loop applies it (`apply_reload`) before it handles any
+    /// line after the reload (`read_producer`). Err is the reason for an
+    /// `{"ok":false,...}` answer.
     pub(super) fn request_reload(&mut self, running: &Config) -> Result<String, String> {
         let Some(source) = &self.source else {
             return Err("cannot reload: no configuration source".into());
@@ -342,9 +343,10 @@ impl Server {
 
     // ---- reload ------------------------------------------------------------------------
 
-    /// Applies a reload answered this turn: the new values take effect for everything that
-    /// happens from now on; streams stay open, except those that a changed auth or CORS
-    /// policy no longer allows (`recheck_streams`).
+    /// Applies a reload just answered (the lines after it wait: `read_producer`): the new
+    /// values take effect for everything that happens from now on; streams stay open,
+    /// except those that a changed auth or CORS policy no longer allows
+    /// (`recheck_streams`), which get no event published after the reload.
     pub(super) fn apply_reload(&mut self) {
         let Some((config, diff, tls_config)) = self.ops.pending.take() else {
             return;

@@ -5,19 +5,47 @@
 
 use super::*;
 use crate::cluster::PublishRequest;
+use crate::ingest::Flow;
 
 impl Server {
     // ---- ingest --------------------------------------------------------------------------
 
-    /// Reads what producer `key` sent (up to a budget per turn), handles each complete
-    /// line in order — publish, admin command or error — then closes the turn's log batch.
+    /// Reads what producer `key` sent (up to a budget per turn) and handles each complete
+    /// line in order: publish, admin command or error. Whatever ends a read (no input
+    /// left, the budget, answers piling up, a failed answer write, a reload), the lines
+    /// handled so far close their log batch, their answers are written and their committed
+    /// events reach the streams before anything else happens: no stream starts and no
+    /// reload applies between an event's commit and its fan-out. A reload holds the lines
+    /// after it until it is applied, its re-check of open streams included.
     pub(super) fn read_producer(&mut self, key: usize) {
         let mut budget = INGEST_READ_PER_TURN;
+        loop {
+            let ended = self.read_lines(key, &mut budget);
+            self.end_batch(key);
+            // The producer's answers first, then the events reach the streams' queues: on
+            // a hub with many subscribers the answer does not wait for the fan-out.
+            match ended {
+                ReadEnd::WriteFailed => self.close_producer(key),
+                ReadEnd::Done | ReadEnd::Reload => self.flush_producer(key),
+            }
+            self.fan_out_committed();
+            if ended != ReadEnd::Reload {
+                return;
+            }
+            self.apply_reload();
+        }
+    }
+
+    /// Reads and handles producer `key`'s lines until its input, its read budget or its
+    /// room for answers runs out, an answer write fails, or a reload line was answered.
+    fn read_lines(&mut self, key: usize, budget: &mut usize) -> ReadEnd {
         let max_topics = self.config.streams.max_topics;
         let max_line = self.config.ingest.max_event_bytes;
         let wall_us = self.wall_us;
         // Cluster mode: the outgoing queue to Redis is full (`commit::MAX_IN_FLIGHT`).
         let queue_full = std::cell::Cell::new(!self.commit.may_send());
+        // A reload was answered: the lines after it wait until it is applied.
+        let reloading = std::cell::Cell::new(false);
         // Each line is handled here with the parts it may touch (disjoint fields).
         let (hub, commit, to_fan_out, stats) = (
             &mut self.hub,
@@ -44,7 +72,11 @@ impl Server {
                     queue_full.set(!commit.may_send());
                 }
                 Ok(Line::Admin(line::Admin::Reload)) => match ops.request_reload(config) {
-                    Ok(answer) => answers.raw(&answer),
+                    Ok(answer) => {
+                        answers.raw(&answer);
+                        reloading.set(true);
+                        return Flow::Pause;
+                    }
                     Err(reason) => answers.error(&reason),
                 },
                 Err(e) => {
@@ -52,16 +84,17 @@ impl Server {
                     answers.error(&e.0);
                 }
             }
+            Flow::Next
         };
         loop {
             let Some(p) = self.producers.get_mut(key) else {
-                return;
+                return ReadEnd::Done;
             };
             if !p.may_read() && !p.eof {
                 // Answers piled up: write some before reading more.
                 if let Err(e) = p.flush_answers() {
                     debug!("producer write failed: {e}");
-                    return self.close_producer(key);
+                    return ReadEnd::WriteFailed;
                 }
             }
             if !p.may_read() {
@@ -73,42 +106,50 @@ impl Server {
                 self.producers_waiting.push(key);
                 break;
             }
-            if budget == 0 {
-                self.producers_to_read.push(key);
-                break;
+            if p.has_held() {
+                // The lines that waited behind a reload, now applied.
+                p.take_held(max_line, &mut on_line);
+            } else {
+                if *budget == 0 {
+                    self.producers_to_read.push(key);
+                    break;
+                }
+                match p.sock.read(&mut self.scratch) {
+                    Ok(0) => {
+                        p.eof = true;
+                        p.finish_input(max_line, &mut on_line);
+                        break;
+                    }
+                    Ok(n) => {
+                        *budget = budget.saturating_sub(n);
+                        p.take_input(&self.scratch[..n], max_line, &mut on_line);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!("producer read failed: {e}");
+                        p.eof = true;
+                        break;
+                    }
+                }
             }
-            match p.sock.read(&mut self.scratch) {
-                Ok(0) => {
-                    p.eof = true;
-                    p.finish_input(max_line, &mut on_line);
-                    break;
-                }
-                Ok(n) => {
-                    budget = budget.saturating_sub(n);
-                    p.take_input(&self.scratch[..n], max_line, &mut on_line);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("producer read failed: {e}");
-                    p.eof = true;
-                    break;
-                }
+            if reloading.get() {
+                return ReadEnd::Reload;
             }
         }
-        self.end_batch(key);
-        // The producer's answers first, then the events reach the streams' queues: on a
-        // hub with many subscribers the answer does not wait for the fan-out.
-        self.flush_producer(key);
-        self.fan_out_committed();
+        match reloading.get() {
+            true => ReadEnd::Reload,
+            false => ReadEnd::Done,
+        }
     }
 
     /// Queues the events committed since the last call on their streams, in commit order.
     ///
-    /// Between an event's commit and this call only publishes and answers happen (no
-    /// stream starts): later publishes may evict the event and forget its quiet topics, and
-    /// a forgotten topic's id may be reused by a topic made meanwhile, but neither has a
-    /// subscriber, so the fan-out finds none there (`Hub::subscribers`), as it should.
+    /// Between an event's commit and this call only the same read's publishes and answers
+    /// happen (`read_producer`): no stream starts. Later publishes may still evict the
+    /// event and forget its quiet topics, and a forgotten topic's slot may be reused by a
+    /// topic made meanwhile; the event names its topics with their generation
+    /// (`TopicRef`), so its fan-out finds no subscriber in a reused slot (`Hub::subscribers`).
     pub(super) fn fan_out_committed(&mut self) {
         let max_pending = self.config.streams.max_pending_bytes;
         let mut events = std::mem::take(&mut self.to_fan_out);
@@ -243,6 +284,17 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut p.sock);
         }
     }
+}
+
+/// Why `read_lines` stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// Input, budget or room for answers ran out (or the producer is gone).
+    Done,
+    /// Writing the producer's answers failed: close it (after its batch is handled).
+    WriteFailed,
+    /// A reload was answered: apply it, then handle the lines after it.
+    Reload,
 }
 
 /// The turn's wall clock and who is publishing, for `publish`.

@@ -286,6 +286,17 @@ pub struct Producer {
     discarding: bool,
     /// The producer closed its side; close once the answers are written.
     pub eof: bool,
+    /// Input read but not handled yet: the lines after one that must take effect before
+    /// anything after it is handled (`Flow::Pause`, a reload).
+    held: Vec<u8>,
+}
+
+/// What the line handler wants after a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Next,
+    /// Stop here: the rest of the input waits (`take_held`) until the caller has acted.
+    Pause,
 }
 
 /// A complete input line, or the end of one that was too long.
@@ -303,7 +314,13 @@ impl Producer {
             answers_written: 0,
             discarding: false,
             eof: false,
+            held: Vec::new(),
         }
+    }
+
+    /// Input is waiting behind a paused line (`take_held` handles it).
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
     }
 
     /// Bytes of answers not yet written.
@@ -323,13 +340,15 @@ impl Producer {
 
     /// Splits `input` into lines, calling `on_line` for each complete one (and for each
     /// over-long one, once, at its newline) with the answer buffer to write into. Bytes
-    /// after the last newline are kept for the next call, up to `max_line` bytes.
+    /// after the last newline are kept for the next call, up to `max_line` bytes. When
+    /// `on_line` answers `Flow::Pause`, the input after that line is held, untouched, for
+    /// `take_held`; returns whether that happened.
     pub fn take_input(
         &mut self,
         input: &[u8],
         max_line: usize,
-        mut on_line: impl FnMut(InputLine<'_>, &mut Answers),
-    ) {
+        mut on_line: impl FnMut(InputLine<'_>, &mut Answers) -> Flow,
+    ) -> bool {
         let mut rest = input;
         while !rest.is_empty() {
             let Some(newline) = rest.iter().position(|&b| b == b'\n') else {
@@ -341,22 +360,20 @@ impl Producer {
                         self.partial.extend_from_slice(rest);
                     }
                 }
-                return;
+                return false;
             };
             let (head, tail) = (&rest[..newline], &rest[newline + 1..]);
             rest = tail;
-            if self.discarding {
+            let flow = if self.discarding {
                 self.discarding = false;
-                on_line(InputLine::TooLong, &mut self.answers);
-                continue;
-            }
-            if self.partial.is_empty() {
+                on_line(InputLine::TooLong, &mut self.answers)
+            } else if self.partial.is_empty() {
                 let line = if head.len() > max_line {
                     InputLine::TooLong
                 } else {
                     InputLine::Line(head)
                 };
-                on_line(line, &mut self.answers);
+                on_line(line, &mut self.answers)
             } else {
                 self.partial.extend_from_slice(head);
                 let line = if self.partial.len() > max_line {
@@ -364,17 +381,33 @@ impl Producer {
                 } else {
                     InputLine::Line(&self.partial)
                 };
-                on_line(line, &mut self.answers);
+                let flow = on_line(line, &mut self.answers);
                 self.partial.clear();
+                flow
+            };
+            if flow == Flow::Pause && !rest.is_empty() {
+                self.held.extend_from_slice(rest);
+                return true;
             }
         }
+        false
+    }
+
+    /// Handles the input held behind a paused line, as `take_input` (it may pause again).
+    pub fn take_held(
+        &mut self,
+        max_line: usize,
+        on_line: impl FnMut(InputLine<'_>, &mut Answers) -> Flow,
+    ) -> bool {
+        let held = std::mem::take(&mut self.held);
+        self.take_input(&held, max_line, on_line)
     }
 
     /// At end of input: a last line without its newline still counts as a line.
     pub fn finish_input(
         &mut self,
         max_line: usize,
-        mut on_line: impl FnMut(InputLine<'_>, &mut Answers),
+        mut on_line: impl FnMut(InputLine<'_>, &mut Answers) -> Flow,
     ) {
         if self.discarding {
             self.discarding = false;
@@ -425,9 +458,33 @@ mod tests {
             seen.push(match l {
                 InputLine::Line(b) => String::from_utf8_lossy(b).into_owned(),
                 InputLine::TooLong => "<too long>".into(),
-            })
+            });
+            Flow::Next
         });
         seen
+    }
+
+    #[test]
+    fn a_paused_line_holds_the_rest_of_the_input() {
+        let mut p = producer();
+        let mut seen = Vec::new();
+        let mut on_line = |l: InputLine<'_>, _: &mut Answers| {
+            let InputLine::Line(b) = l else {
+                panic!("too long");
+            };
+            seen.push(String::from_utf8_lossy(b).into_owned());
+            match b {
+                b"pause" => Flow::Pause,
+                _ => Flow::Next,
+            }
+        };
+        assert!(p.take_input(b"a\npause\nb\npause\nc\npar", 100, &mut on_line));
+        assert!(p.has_held());
+        assert!(p.take_held(100, &mut on_line), "the second pause");
+        assert!(!p.take_held(100, &mut on_line));
+        assert!(!p.has_held());
+        assert!(!p.take_input(b"tial\n", 100, &mut on_line));
+        assert_eq!(seen, ["a", "pause", "b", "pause", "c", "partial"]);
     }
 
     fn text(a: &Answers) -> String {
@@ -542,10 +599,16 @@ mod tests {
         let mut p = producer();
         assert_eq!(lines(&mut p, b"a\nlast", 10), ["a"]);
         let mut seen = Vec::new();
-        p.finish_input(10, |l, _| seen.push(matches!(l, InputLine::Line(b"last"))));
+        p.finish_input(10, |l, _| {
+            seen.push(matches!(l, InputLine::Line(b"last")));
+            Flow::Next
+        });
         assert_eq!(seen, [true]);
         let mut again = 0;
-        p.finish_input(10, |_, _| again += 1);
+        p.finish_input(10, |_, _| {
+            again += 1;
+            Flow::Next
+        });
         assert_eq!(again, 0, "nothing left after the first call");
     }
 }
