@@ -701,6 +701,72 @@ mod tests {
         );
     }
 
+    /// Issue 28, item 2: names streams ask for are not history; any number of them never
+    /// evicts a published topic's events.
+    #[test]
+    fn subscriber_only_topics_never_push_history_out() {
+        let max_bytes = 100_000;
+        let mut hub = Hub::new(limits(1000, max_bytes), 0, 500);
+        let first = publish_to(&mut hub, "a", 1_000);
+        for i in 1..100 {
+            publish_to(&mut hub, "a", 1_000 + i);
+        }
+        let before = hub.retained_bytes();
+        // 10,000 names held by streams: over fifty times the cap in metadata.
+        for c in 0..10_000u32 {
+            let t = hub.intern(&format!("n{c:0>150}"));
+            hub.subscribe(t, c);
+        }
+        assert_eq!(hub.retained_bytes(), before, "names are not history");
+        assert_eq!(
+            hub.subscribed_topic_bytes(),
+            10_000 * (TOPIC_OVERHEAD + 151)
+        );
+        publish_to(&mut hub, "a", 2_000);
+        hub.prune(2);
+        assert_eq!(hub.retained_events(), 101, "nothing evicted");
+        assert!(hub.retained_bytes() <= max_bytes);
+        let a = hub.topics.lookup("a").unwrap();
+        assert_eq!(
+            hub.plan_resume(&[a], Some(&first.to_string())),
+            Resume::Stream {
+                cursor: first,
+                reset: None,
+                replay: true
+            }
+        );
+        // The streams leave: names that never had an event are forgotten at once.
+        for c in 0..10_000u32 {
+            let t = hub.topics.lookup(&format!("n{c:0>150}")).unwrap();
+            hub.unsubscribe(t, c);
+        }
+        assert_eq!(hub.subscribed_topic_bytes(), 0);
+        assert_eq!(hub.topic_count(), 1);
+    }
+
+    /// A subscribed topic keeps its metadata when its events are evicted; once its last
+    /// stream leaves it is quiet and forgotten, so history's account holds only topics that
+    /// have something to keep.
+    #[test]
+    fn a_quiet_topic_is_forgotten_when_its_last_stream_leaves() {
+        let mut hub = Hub::new(limits(1, 1 << 20), 0, 500);
+        let t = hub.intern("held");
+        hub.subscribe(t, 7);
+        let id = publish_to(&mut hub, "held", 1_000);
+        hub.prune(LIMITS.max_age + 10);
+        assert!(hub.topics.lookup("held").is_some(), "a stream holds it");
+        assert_eq!(hub.retained_events(), 0);
+        hub.unsubscribe(t, 7);
+        assert!(hub.topics.lookup("held").is_none(), "quiet: forgotten");
+        assert_eq!(hub.retained_bytes(), 0);
+        // Forgotten with its past: a resume from before its event on the name is a reset.
+        let again = hub.intern("held");
+        assert!(matches!(
+            hub.plan_resume(&[again], Some(&(id - 1).to_string())),
+            Resume::Stream { reset: Some(_), .. }
+        ));
+    }
+
     #[test]
     fn recovery_cut_resets_every_topic() {
         let mut hub = Hub::new(limits(1000, 1 << 20), 0, 1_000);

@@ -261,6 +261,7 @@ pub struct Snapshot {
     pub ingest_errors: u64,
     pub history_events: u64,
     pub history_bytes: u64,
+    pub subscribed_topic_bytes: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub start_time_unix_s: f64,
@@ -436,8 +437,14 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
     family(
         "ssehub_history_bytes",
         "gauge",
-        "Bytes counted against history.max_bytes: retained events (frame plus bookkeeping) and topic metadata.",
+        "Bytes counted against history.max_bytes: retained events (frame plus bookkeeping) and the metadata of topics kept for their history (no subscriber).",
         &one(s.history_bytes),
+    );
+    family(
+        "ssehub_subscribed_topic_bytes",
+        "gauge",
+        "Metadata of the topics streams hold (not in history.max_bytes; bounded by streams x streams.max_topics).",
+        &one(s.subscribed_topic_bytes),
     );
     family(
         "ssehub_config_reloads_total",

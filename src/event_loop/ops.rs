@@ -525,6 +525,7 @@ impl Server {
             ingest_errors: self.stats.ingest_errors,
             history_events: self.hub.retained_events() as u64,
             history_bytes: self.hub.retained_bytes() as u64,
+            subscribed_topic_bytes: self.hub.subscribed_topic_bytes() as u64,
             reloads_ok: self.ops.reloads_ok,
             reloads_failed: self.ops.reloads_failed,
             start_time_unix_s: self.ops.start_unix_s,
