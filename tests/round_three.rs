@@ -126,6 +126,7 @@ fn names_streams_ask_for_never_wipe_history() {
     assert_eq!(metric(&hub, "ssehub_history_events"), 500.0);
 
     let (connections, names) = (200, 32);
+    let rss_before = vm_rss_kib(hub.pid()).expect("VmRSS");
     let mut streams = Vec::new();
     for c in 0..connections {
         let query: Vec<String> = (0..names)
@@ -133,6 +134,14 @@ fn names_streams_ask_for_never_wipe_history() {
             .collect();
         streams.push(hub.subscribe(&query.join("&")));
     }
+    // Memory within the documented bound (docs/protocol.md 2.2: a name and ~320 bytes of
+    // metadata per fresh name; measured ~460 B per 200-byte name), with room for noise.
+    let grown = (vm_rss_kib(hub.pid()).expect("VmRSS") - rss_before) * 1024;
+    let bound = connections * names * (ssehub::pubsub::TOPIC_OVERHEAD + 200);
+    assert!(
+        grown < (bound * 3 / 2 + (1 << 20)) as u64,
+        "{grown} bytes for {bound} bytes of names"
+    );
     let last = p.publish("a", "one more");
     let history_bytes = metric(&hub, "ssehub_history_bytes");
     assert!(history_bytes <= max_bytes as f64, "{history_bytes}");
