@@ -67,6 +67,7 @@ impl Topics {
     }
 
     /// Topics with at least one subscriber.
+    #[cfg(test)]
     pub fn subscribed(&self) -> usize {
         self.topics
             .iter()
