@@ -72,6 +72,8 @@ const INGEST_READ_PER_TURN: usize = 256 * 1024;
 const OVERLOAD_SLOTS: usize = 32;
 /// How often retained history is checked against `history.max_age`.
 const PRUNE_EVERY_MS: Millis = 1_000;
+/// Events evicted per pruning turn (~1–2 ms of freeing); the rest waits for the next tick.
+const PRUNE_BUDGET: usize = 4_096;
 /// How often free memory the allocator holds is given back to the kernel (`heap`).
 const HEAP_TRIM_EVERY_MS: Millis = 10_000;
 /// Pause before accepting again after running out of file descriptors.
@@ -667,12 +669,16 @@ impl Server {
                         .timer_fired(key, wheel, &limits, self.now, stats);
                 }
                 Due::PruneHistory => {
-                    self.hub.prune(self.wall_ms());
+                    let pruned = self.hub.prune(self.wall_ms(), PRUNE_BUDGET);
                     if let Some(forgotten) = self.commit.enforce_retention(self.wall_ms()) {
                         self.hub.note_log_trimmed(forgotten);
                     }
-                    self.wheel
-                        .insert(self.now + PRUNE_EVERY_MS, Due::PruneHistory);
+                    // More to evict: again at the next tick, the loop serving in between.
+                    let next = match pruned.more {
+                        true => TICK_MS,
+                        false => PRUNE_EVERY_MS,
+                    };
+                    self.wheel.insert(self.now + next, Due::PruneHistory);
                 }
                 Due::TrimHeap => {
                     let started = Instant::now();

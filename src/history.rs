@@ -90,10 +90,36 @@ impl Event {
         }
     }
 
-    /// What retaining this event costs, as counted against `history.max_bytes`.
+    /// What retaining this event costs, as counted against `history.max_bytes`: its
+    /// frame as the allocator holds it (`frame_bytes`) and its bookkeeping.
     pub fn cost(&self) -> usize {
-        self.frame.len() + EVENT_OVERHEAD + EVENT_PER_TOPIC * self.topics.len()
+        frame_bytes(self.frame.len()) + EVENT_OVERHEAD + EVENT_PER_TOPIC * self.topics.len()
     }
+}
+
+/// The bytes a frame of `len` bytes takes beyond what `EVENT_OVERHEAD` counts for it: its
+/// length rounded up as the allocator rounds its block (the `Rc` header of 16 bytes
+/// included, then taken off again: `EVENT_OVERHEAD` counts it). The binary allocates
+/// through jemalloc, whose size classes above 128 bytes are four per doubling (160, 192,
+/// 224, 256, 320, …, and the same spacing for large blocks): a 1,000-byte frame takes a
+/// 1,280-byte block. Counting that keeps `history.max_bytes` an upper bound of the
+/// memory history really holds, whatever the event size.
+pub fn frame_bytes(len: usize) -> usize {
+    size_class(len + 16) - 16
+}
+
+/// jemalloc's size class for a request of `n` bytes (16-byte quantum, 4 KiB pages).
+fn size_class(n: usize) -> usize {
+    if n <= 8 {
+        return 8;
+    }
+    if n <= 128 {
+        return n.div_ceil(16) * 16;
+    }
+    // n in (2^k, 2^(k+1)]: classes 2^k + i × 2^(k−2), i = 1..=4.
+    let k = usize::BITS - 1 - (n - 1).leading_zeros();
+    let step = 1usize << (k - 2);
+    n.div_ceil(step) * step
 }
 
 /// The retention limits of `[history]`.
@@ -325,7 +351,30 @@ mod tests {
     }
 
     fn cost(size: usize, topics: usize) -> usize {
-        size + EVENT_OVERHEAD + EVENT_PER_TOPIC * topics
+        frame_bytes(size) + EVENT_OVERHEAD + EVENT_PER_TOPIC * topics
+    }
+
+    #[test]
+    fn size_classes_are_jemallocs() {
+        let classes: Vec<usize> = [1, 8, 9, 17, 128, 129, 160, 161, 257, 1016, 1025, 16385]
+            .iter()
+            .map(|&n| size_class(n))
+            .collect();
+        assert_eq!(
+            classes,
+            [8, 8, 16, 32, 128, 160, 160, 192, 320, 1024, 1280, 20480]
+        );
+        assert_eq!(
+            frame_bytes(1000),
+            1008,
+            "1,016 bytes fit a 1,024-byte block"
+        );
+        assert_eq!(
+            frame_bytes(1010),
+            1264,
+            "1,026 bytes take a 1,280-byte block"
+        );
+        assert_eq!(frame_bytes(0), 0);
     }
 
     #[test]

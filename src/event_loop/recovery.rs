@@ -44,7 +44,7 @@ pub(super) fn open_log(
         // and every new one is above it: a resume from before now gets `reset`.
         hub.note_forgotten(report.last_id.unwrap_or(0).max(unix_micros()));
     }
-    hub.prune(unix_millis());
+    hub.prune(unix_millis(), usize::MAX);
     info!(
         "log recovered dir={} records={} segments={} last_id={} retained_events={} ms={}",
         dir.display(),
