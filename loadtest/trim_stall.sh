@@ -38,7 +38,9 @@ metric() {
   curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m { print $2 }'
 }
 
-port=$((20000 + RANDOM % 20000))
+# Below the ephemeral range and not in use in any state (as in before_after.sh).
+port=$((20000 + RANDOM % 12000))
+while ss -tan | grep -q ":$port "; do port=$((20000 + RANDOM % 12000)); done
 cat >"$dir/m.toml" <<EOF
 [http]
 listen = "127.0.0.1:$port"
@@ -51,7 +53,15 @@ max_bytes = 4294967296
 EOF
 taskset -c 0 "$bin" serve --config "$dir/m.toml" 2>"$dir/server.log" &
 pid=$!
-for _ in $(seq 50); do [ -S "$dir/ingest.sock" ] && break; sleep 0.1; done
+for _ in $(seq 100); do
+  [ -S "$dir/ingest.sock" ] && grep -q "listening http=" "$dir/server.log" && break
+  sleep 0.1
+done
+if ! grep -q "listening http=" "$dir/server.log"; then
+  echo "server $bin did not start" >&2
+  cat "$dir/server.log" >&2
+  exit 1
+fi
 echo "binary: $bin ($(sha256sum "$bin" | cut -c1-12)); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "idle: private $(private_kib "$pid") KiB"
 trims0=$(metric ssehub_heap_trims_total)
