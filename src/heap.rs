@@ -10,8 +10,8 @@
 //! Before, the binary used glibc's malloc, which returns freed memory on its own only from
 //! the top of its heap (bench-results/2026-11-29-churn-soak.md: +12.9 % over an hour of
 //! churn), so the loop called `malloc_trim(0)` every 10 s. That call walks every free
-//! chunk and `madvise`s its pages away while holding the arena lock: after ~330 MB freed
-//! in scattered blocks it stopped the loop for 15–37 ms, and no budget or helper thread
+//! chunk and `madvise`s its pages away while holding the arena lock: after ~350 MB freed
+//! in scattered blocks it stopped the loop for 11–25 ms, and no budget or helper thread
 //! can bound it (bench-results/2026-12-07-heap-trim.md). [`release_free_memory`] still
 //! trims glibc's own heap, which now holds only what C code in the process allocates, so
 //! it costs microseconds.
