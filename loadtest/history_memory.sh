@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What retained history really costs, next to what `history.max_bytes` counts for it.
 #
-#   bash loadtest/history_memory.sh [EVENTS]
+#   bash loadtest/history_memory.sh [EVENTS]      (BIN=path/to/ssehub: another build)
 #
 # Two fresh servers (memory only, pinned to core 0), each flooded over the ingest socket by
 # a pipelining Python producer on core 1:
@@ -15,8 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-500000}
-bin=target/release/ssehub
-cargo build --release --quiet
+bin=${BIN:-target/release/ssehub}
+[ -n "${BIN:-}" ] || cargo build --release --quiet
 dir=$(mktemp -d)
 pid=
 cleanup() {

@@ -1,16 +1,32 @@
-//! Gives the memory the allocator keeps free back to the kernel.
+//! How the memory of a peak goes back to the kernel.
 //!
-//! ssehub allocates through the system allocator, glibc's malloc on Linux. glibc returns
-//! freed memory to the kernel on its own only from the top of its heap; memory freed
-//! below a chunk still in use stays mapped, so after a peak (a burst of connects, a
-//! backlog of queued frames, a history that filled and expired) the process keeps the
-//! peak's footprint. Under days of churn that shows as steps in the resident size that
-//! never come down (bench-results/2026-11-29-churn-soak.md: +12.9 % over an hour, all of
-//! it given back by one `malloc_trim(0)`). The loop calls [`release_free_memory`] from
-//! its housekeeping timer; its cost is measured there and shown in `/metrics`.
+//! The `ssehub` binary allocates through jemalloc (`#[global_allocator]` in `main.rs`), with
+//! jemalloc's background purging thread started by [`start_background_purge`]. Pages freed
+//! after a peak (a burst of connects, a backlog of queued frames, a history that filled
+//! and expired) are given back by that thread on jemalloc's decay curve (`dirty_decay_ms`,
+//! 10 s), a little at a time and without holding any lock the loop's own allocations wait
+//! on, so the loop never pays for it.
+//!
+//! Before, the binary used glibc's malloc, which returns freed memory on its own only from
+//! the top of its heap (bench-results/2026-11-29-churn-soak.md: +12.9 % over an hour of
+//! churn), so the loop called `malloc_trim(0)` every 10 s. That call walks every free
+//! chunk and `madvise`s its pages away while holding the arena lock: after ~350 MB freed
+//! in scattered blocks it stopped the loop for 11–25 ms, and no budget or helper thread
+//! can bound it (bench-results/2026-12-07-heap-trim.md). [`release_free_memory`] still
+//! trims glibc's own heap, which now holds only what C code in the process allocates, so
+//! it costs microseconds.
 
-/// Asks the allocator to return whole free pages to the kernel. Returns whether it gave
-/// any back. On targets without glibc it does nothing.
+/// Starts jemalloc's background thread, which purges freed pages on the decay curve
+/// instead of the threads that free them. One thread is enough for one event loop. Call
+/// it once at startup, from a binary whose global allocator is jemalloc.
+pub fn start_background_purge() -> Result<(), String> {
+    tikv_jemalloc_ctl::max_background_threads::write(1)
+        .and_then(|()| tikv_jemalloc_ctl::background_thread::write(true))
+        .map_err(|e| format!("jemalloc background thread: {e}"))
+}
+
+/// Asks glibc's malloc to return its whole free pages to the kernel. Returns whether it
+/// gave any back. On targets without glibc it does nothing.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn release_free_memory() -> bool {
     // SAFETY: `malloc_trim` takes a plain integer (the bytes to leave untrimmed at the top

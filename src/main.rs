@@ -9,6 +9,12 @@ use ssehub::{listen_fds, logger, notify, publish, reload, rlimit};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// jemalloc instead of glibc's malloc: its background thread gives the pages of a peak back
+/// to the kernel gradually, where glibc needed a `malloc_trim` that stops the loop for as
+/// long as it walks the free memory (`ssehub::heap`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ssehub",
@@ -169,6 +175,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     );
+    if let Err(e) = ssehub::heap::start_background_purge() {
+        // jemalloc then purges on the threads that allocate, on the same decay curve.
+        warn!("{e}: freed memory is given back by the loop itself");
+    }
     log_config(&source, &config);
     let (before, soft, hard) = rlimit::raise_nofile();
     info!(
