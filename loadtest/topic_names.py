@@ -9,7 +9,10 @@ that each ask for 32 topics, and reads VmRSS again, for two kinds of stream:
   shared: every stream asks for the same 32 names (what a stream costs with 32 topics);
   fresh:  every stream asks for 32 names of its own, 200 bytes each (the worst case an
           anonymous client can make: every name is new metadata).
-Prints the growth per stream and per name. Loopback only; bounded by STREAMS.
+Prints the growth per stream and per name. VmRSS is read 12 s after the streams opened
+(SETTLE=seconds to change it): jemalloc gives freed pages (the subscriber sets' old
+tables as they grow) back on a 10 s decay, so an earlier reading counts them.
+Loopback only; bounded by STREAMS.
 """
 import os
 import socket
@@ -20,6 +23,7 @@ import time
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/ssehub"
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+SETTLE = float(os.environ.get("SETTLE", "12"))
 NAMES = 32
 
 
@@ -66,10 +70,10 @@ def measure(mode):
                 conns.append(s)
 
         open_streams(50, 90_000)
-        time.sleep(0.3)
+        time.sleep(SETTLE)
         before = rss_kib()
         open_streams(N, 0)
-        time.sleep(0.5)
+        time.sleep(SETTLE)
         after = rss_kib()
         grown = (after - before) * 1024
         print(
