@@ -25,13 +25,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-private_kib() {
-  awk '/^Private_(Clean|Dirty):/ { s += $2 } END { print s }' "/proc/$1/smaps_rollup"
-}
-
-metric() {
-  curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m { print $2 }'
-}
+# shellcheck source=loadtest/lib.sh
+source loadtest/lib.sh
 
 run_case() {
   local name=$1 history=$2 topic_expr=$3

@@ -1,6 +1,7 @@
-# Shared by compare.sh, tls_compare.sh and profile.sh (sourced, not run): other work on the machine
-# made to yield, nginx+nchan installed where missing and configured like ssehub, a wait for
-# a listening port, and the server started by the caller stopped by its pid.
+# Shared by compare.sh, tls_compare.sh, profile.sh, trim_stall.sh and history_memory.sh
+# (sourced, not run): other work on the machine made to yield, nginx+nchan installed where
+# missing and configured like ssehub, a wait for a listening port, the server started by
+# the caller stopped by its pid, and a server's private memory and metrics read.
 # The caller sets `work` (the run's directory), `NICE` and `server_pid`.
 
 # With sched_autogroup (the default), nice only orders processes within one session's
@@ -112,4 +113,14 @@ stop_server() {
   kill -TERM "$server_pid"
   wait "$server_pid" || true
   server_pid=
+}
+
+# Private memory of process PID in KiB (Private_Clean + Private_Dirty of smaps_rollup).
+private_kib() { # pid
+  awk '/^Private_(Clean|Dirty):/ { s += $2 } END { print s }' "/proc/$1/smaps_rollup"
+}
+
+# One unlabelled series of ssehub's /metrics on 127.0.0.1:$port.
+metric() { # name
+  curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m { print $2 }'
 }

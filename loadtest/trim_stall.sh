@@ -31,12 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-private_kib() {
-  awk '/^Private_(Clean|Dirty):/ { s += $2 } END { print s }' "/proc/$1/smaps_rollup"
-}
-metric() {
-  curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m { print $2 }'
-}
+# shellcheck source=loadtest/lib.sh
+source loadtest/lib.sh
 
 # Below the ephemeral range and not in use in any state (as in before_after.sh).
 port=$((20000 + RANDOM % 12000))
