@@ -8,7 +8,7 @@
 //!   thread's fsync reports back in `fsync` mode (many batches share one sync) — and
 //!   refused when the write or the sync fails.
 //!
-//! - Redis (cluster mode, SPEC 7): an event is not accepted here at all. Its publish is
+//! - Redis (cluster mode, protocol 7): an event is not accepted here at all. Its publish is
 //!   `send`t to Redis, which assigns the id; the producer's answer comes back later
 //!   (`poll_remote`, `FromRedis::Answers`), and the event is committed only when the
 //!   link's reader reads it back from the stream (`Report::Entries`), on every node alike.
@@ -41,7 +41,7 @@ pub struct Commit {
 }
 
 /// Publishes sent to Redis and not answered yet, at most: past this the loop stops reading
-/// producers until answers come back (a full queue slows producers; SPEC 7).
+/// producers until answers come back (a full queue slows producers; protocol 7).
 pub const MAX_IN_FLIGHT: usize = 65_536;
 
 struct Remote {

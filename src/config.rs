@@ -221,7 +221,7 @@ impl Default for Log {
     }
 }
 
-/// `[cluster]` (SPEC 7): several processes share one event stream in Redis. Changing any
+/// `[cluster]` (protocol 7): several processes share one event stream in Redis. Changing any
 /// of it needs a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

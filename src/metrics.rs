@@ -205,7 +205,7 @@ impl Rejected {
     }
 }
 
-/// Why a stream was cut off (SPEC 2.3), the `reason` label of
+/// Why a stream was cut off (protocol 2.3), the `reason` label of
 /// `ssehub_slow_disconnects_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CutReason {

@@ -1,5 +1,5 @@
 #!lua name=ssehub
--- The `ssehub` Redis Function library (SPEC 7), loaded with FUNCTION LOAD REPLACE by the
+-- The `ssehub` Redis Function library (protocol 7), loaded with FUNCTION LOAD REPLACE by the
 -- writer on every connect. It owns id assignment: every id is issued here, atomically, as
 -- max(last + 1, Redis TIME in µs), so ids are the same on every node and still >= Unix µs.
 -- Key layout and the calling convention are in src/cluster/keys.rs; nothing else writes

@@ -1,4 +1,4 @@
-//! Cluster mode (SPEC 7): several ssehub processes share one ordered event stream kept in
+//! Cluster mode (protocol 7): several ssehub processes share one ordered event stream kept in
 //! Redis Streams. This module owns the link to Redis: a writer thread that runs producers'
 //! publishes through the `ssehub` Redis Function (which assigns the id), and a reader
 //! thread that reads the stream back (`XRANGE` at start-up, then `XREAD BLOCK`) and checks

@@ -227,7 +227,7 @@ pub(super) fn bind_http(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpLis
 }
 
 /// Socket options of an accepted HTTP connection (public or admin listener, plain or TLS),
-/// from `[streams]` (SPEC 2.3): `SO_SNDBUF` from `send_buffer` (0: the kernel's default and
+/// from `[streams]` (protocol 2.3): `SO_SNDBUF` from `send_buffer` (0: the kernel's default and
 /// autotuning), so the kernel holds at most about twice that for a stalled stream before
 /// `max_pending_bytes` and `write_timeout` apply; `TCP_USER_TIMEOUT` from `write_timeout`,
 /// so a peer that stops acknowledging (gone without a FIN or RST) or keeps its window shut

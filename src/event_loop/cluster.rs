@@ -1,4 +1,4 @@
-//! The loop's side of cluster mode (SPEC 7): what the link to Redis reports is applied
+//! The loop's side of cluster mode (protocol 7): what the link to Redis reports is applied
 //! here — producers' answers released, entries read back from the stream committed and
 //! fanned out (the only way an event reaches history or a stream in cluster mode), a gap
 //! turned into forgotten history and streams told to come back, up/down logged — and

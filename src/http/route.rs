@@ -336,7 +336,7 @@ fn route_public<'r>(
     }
     let query = match request::parse_stream_query(&req.query, ctx.max_topics) {
         Ok(q) => q,
-        // After a 400 the connection is closed (SPEC 2).
+        // After a 400 the connection is closed (protocol 2).
         Err(reason) => return answer(400, reason, After::Close, headers, head_only),
     };
     if verdict == Verdict::Refused {
