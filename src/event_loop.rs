@@ -154,6 +154,11 @@ pub struct Server {
     to_fan_out: Vec<std::rc::Rc<crate::history::Event>>,
     /// Cluster mode: requests resuming from an id this node has not read yet.
     catching_up: Vec<Parked>,
+    /// Cluster mode: the link's reader reported `Started` (the node has read Redis once);
+    /// until then stream requests wait (protocol 7).
+    cluster_ready: bool,
+    /// Cluster mode: `Link::tail_reads` as read before the last drain of the link's queue.
+    tail_reads_seen: u64,
     scratch: Box<[u8]>,
     max_connections: usize,
     /// Producers connected at once (`ingest.max_producers`, or derived).
@@ -278,6 +283,8 @@ impl Server {
                 None => Commit::new(log, durability),
             },
             catching_up: Vec::new(),
+            cluster_ready: false,
+            tail_reads_seen: 0,
             producers_waiting: Vec::new(),
             to_fan_out: Vec::new(),
             auth,
@@ -501,16 +508,22 @@ impl Server {
                 }
                 Parsed::Complete { request, head_len } => {
                     buf.drain(..head_len);
-                    let may_wait = self.commit.is_remote();
-                    self.handle_request(key, request, may_wait);
+                    let catch_up = match self.commit.is_remote() {
+                        true => route::CatchUp::MayWait {
+                            ready: self.cluster_ready,
+                        },
+                        false => route::CatchUp::Decide,
+                    };
+                    self.handle_request(key, request, catch_up);
                 }
             }
         }
     }
 
     /// Routes one request (`http::route`: a pure decision) and applies the decision.
-    /// `may_wait` (cluster mode, first look): a resume ahead of this node may be parked.
-    fn handle_request(&mut self, key: u32, req: Request, may_wait: bool) {
+    /// `catch_up` (cluster mode): whether a stream request may be parked to wait for the
+    /// node's reader, or is past waiting.
+    fn handle_request(&mut self, key: u32, req: Request, catch_up: route::CatchUp) {
         let deadline = self.now + self.request_timeout();
         self.streams.reschedule(key, deadline, &mut self.wheel);
         let Some(conn) = self.streams.get(key) else {
@@ -539,7 +552,7 @@ impl Server {
             cors: &self.cors,
             hub: &self.hub,
             wall_ms: self.wall_ms(),
-            catch_up: may_wait,
+            catch_up,
         };
         let routed = route::route(&req, &ctx);
         if let Some(client) = routed.count_client
@@ -571,6 +584,13 @@ impl Server {
             Decision::StreamHead { headers } => {
                 let start = table::Start::default();
                 self.start_stream(key, Box::default(), start, &headers, true);
+            }
+            Decision::ComeBack { headers } => {
+                // Cluster mode, not caught up in time: come back later, same resume id.
+                let retry = self.retry_ms();
+                let mut bytes = response::stream_head(&headers);
+                bytes.extend_from_slice(&sse::retry(retry));
+                self.streams.queue(key, bytes.into(), true, self.now);
             }
             Decision::Stream(plan) => {
                 let start = table::Start {

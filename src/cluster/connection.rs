@@ -15,16 +15,23 @@ pub(super) fn client(url: &str) -> Result<Client, String> {
     Client::open(url).map_err(|e| format!("cluster.redis {url:?}: {}", reason(&e)))
 }
 
-/// Connects and sets both socket timeouts to `io_timeout`.
+/// Connects and sets both socket timeouts to `io_timeout`. A connect interrupted by a stop
+/// and continue of the process (`EINTR`, which timed socket calls return even with
+/// `SA_RESTART`) is tried again.
 pub(super) fn open(
     client: &Client,
     connect_timeout: Duration,
     io_timeout: Duration,
 ) -> Result<Connection, String> {
     let connect_timeout = connect_timeout.max(Duration::from_millis(1));
-    let con = client
-        .get_connection_with_timeout(connect_timeout)
-        .map_err(|e| format!("connect: {}", reason(&e)))?;
+    let mut tries = 0;
+    let con = loop {
+        match client.get_connection_with_timeout(connect_timeout) {
+            Ok(con) => break con,
+            Err(e) if interrupted(&e) && tries < 3 => tries += 1,
+            Err(e) => return Err(format!("connect: {}", reason(&e))),
+        }
+    };
     con.set_read_timeout(Some(io_timeout))
         .and_then(|()| con.set_write_timeout(Some(io_timeout)))
         .map_err(|e| format!("socket timeouts: {}", reason(&e)))?;
@@ -36,6 +43,7 @@ pub(super) fn call(con: &mut Connection, cmd: &Cmd) -> Result<Value, Failure> {
     match con.req_command(cmd) {
         Ok(Value::ServerError(e)) => Err(Failure::Refused(super::reply::error_text(&e))),
         Ok(v) => Ok(v),
+        Err(e) if interrupted(&e) => Err(Failure::Interrupted),
         Err(e) => Err(Failure::Lost(reason(&e))),
     }
 }
@@ -47,6 +55,10 @@ pub(super) enum Failure {
     Refused(String),
     /// No reply: I/O error, timeout, closed connection, unreadable reply.
     Lost(String),
+    /// The read was interrupted (`EINTR`: the process was stopped and continued while a
+    /// timed socket read waited). Nothing is wrong with Redis, but the crate has given up
+    /// on that reply, so the connection is replaced at once, without counting an outage.
+    Interrupted,
 }
 
 impl Failure {
@@ -54,8 +66,77 @@ impl Failure {
         match self {
             Failure::Refused(r) => format!("redis error: {r}"),
             Failure::Lost(r) => r,
+            Failure::Interrupted => INTERRUPTED.to_string(),
         }
     }
+}
+
+/// The reason of `Failure::Interrupted`.
+pub(super) const INTERRUPTED: &str = "interrupted by a stop and continue of the process";
+
+/// Whether `e` is `EINTR`.
+pub(super) fn interrupted(e: &RedisError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+}
+
+/// Which server a connection reached, and as what (`INFO server replication`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct Identity {
+    /// The process (`run_id`): a new one after every restart.
+    pub run_id: String,
+    /// The replication history (`master_replid`): a new one when a replica is promoted
+    /// or a primary restarts without its data.
+    pub replid: String,
+    /// `master` or `slave`.
+    pub role: String,
+}
+
+impl Identity {
+    pub fn is_primary(&self) -> bool {
+        self.role == "master"
+    }
+
+    /// `run_id`, shortened for log lines.
+    pub fn short(&self) -> &str {
+        self.run_id.get(..8).unwrap_or(&self.run_id)
+    }
+}
+
+/// Asks the server who it is.
+pub(super) fn identity(con: &mut Connection) -> Result<Identity, Failure> {
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg("server").arg("replication");
+    let text = match call(con, &cmd)? {
+        Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        Value::VerbatimString { text, .. } => text,
+        Value::SimpleString(s) => s,
+        _ => {
+            return Err(Failure::Lost(
+                "protocol error: unexpected INFO reply".into(),
+            ));
+        }
+    };
+    parse_identity(&text)
+        .ok_or_else(|| Failure::Lost("protocol error: INFO lacks run_id or role".into()))
+}
+
+/// `run_id`, `master_replid` and `role` from `INFO` text.
+pub(super) fn parse_identity(text: &str) -> Option<Identity> {
+    let mut id = Identity::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.trim_end().split_once(':') else {
+            continue;
+        };
+        match k {
+            "run_id" => id.run_id = v.to_string(),
+            "master_replid" => id.replid = v.to_string(),
+            "role" => id.role = v.to_string(),
+            _ => {}
+        }
+    }
+    (!id.run_id.is_empty() && !id.role.is_empty()).then_some(id)
 }
 
 /// One line for logs and answers. I/O errors read as the OS says them ("Connection refused
@@ -116,6 +197,20 @@ mod tests {
         assert!(delays[9] >= BACKOFF_MAX / 2);
         b.reset();
         assert!(b.delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn identity_is_read_from_info_text() {
+        let text = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123def456\r\n\r\n\
+                    # Replication\r\nrole:slave\r\nmaster_replid:r1\r\nmaster_replid2:0\r\n";
+        let id = parse_identity(text).expect("identity");
+        assert_eq!(
+            (id.run_id.as_str(), id.replid.as_str()),
+            ("abc123def456", "r1")
+        );
+        assert!(!id.is_primary());
+        assert_eq!(id.short(), "abc123de");
+        assert_eq!(parse_identity("role:master\r\n"), None, "no run_id");
     }
 
     #[test]

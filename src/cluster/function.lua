@@ -1,7 +1,11 @@
 #!lua name=ssehub
 -- The `ssehub` Redis Function library (protocol 7), loaded with FUNCTION LOAD REPLACE by the
 -- writer on every connect. It owns id assignment: every id is issued here, atomically, as
--- max(last + 1, Redis TIME in µs), so ids are the same on every node and still >= Unix µs.
+-- max(last + 1, Redis TIME in µs, the publishing node's clock in µs), so ids are the same on
+-- every node, still >= Unix µs, and never go backwards when a failover lands on a server
+-- whose clock is behind (one right clock among Redis's and the nodes' is enough).
+-- Every entry carries the data set's epoch (field `x`); a publish that names another epoch
+-- than the stored one is refused (`epoch changed`): the data set was replaced under it.
 -- Key layout and the calling convention are in src/cluster/keys.rs; nothing else writes
 -- these keys.
 --
@@ -32,35 +36,59 @@ local function stored_number(key)
   return tonumber(redis.call('GET', key) or '0') or 0
 end
 
--- KEYS: stream, last, idempotency key (or a dummy key under the tag), final:<topic>...
+-- KEYS: stream, last, idempotency key (or a dummy key under the tag), epoch,
+--       final:<topic>...
 -- ARGV: max_age_ms, max_stream_events, is_final (0/1), event ('' = none), data,
---       has_key (0/1), topic...
--- Returns the id as a string, or an error reply 'topic <name> is final'.
+--       has_key (0/1), node_now_us, epoch, topic...
+-- Returns the id as a string, or an error reply: 'topic <name> is final', 'key used for a
+-- different event', 'epoch changed'.
 local function publish(keys, args)
-  local stream, last_key, idem_key = keys[1], keys[2], keys[3]
+  local stream, last_key, idem_key, epoch_key = keys[1], keys[2], keys[3], keys[4]
   local max_age_ms = tonumber(args[1]) or 0
   local max_events = tonumber(args[2]) or 0
   local is_final = args[3] == '1'
   local event = args[4]
   local data = args[5]
   local has_key = args[6] == '1'
-  local topic_count = #args - 6
+  local node_now_us = tonumber(args[7]) or 0
+  local epoch = args[8]
+  local topic_count = #args - 8
 
-  -- A retry of a publish that was stored: the same id, nothing appended.
-  if has_key then
-    local seen = redis.call('GET', idem_key)
-    if seen then
-      return seen
-    end
+  if redis.call('GET', epoch_key) ~= epoch then
+    return redis.error_reply('epoch changed')
   end
 
   local topics = {}
   for i = 1, topic_count do
-    local topic = args[6 + i]
-    if redis.call('EXISTS', keys[3 + i]) == 1 then
-      return redis.error_reply('topic ' .. topic .. ' is final')
+    topics[i] = args[8 + i]
+  end
+  -- What the idempotency key stands for: the event's whole content.
+  local digest = ''
+  if has_key then
+    digest = redis.sha1hex(table.concat(topics, ' ') .. '\n' .. event .. '\n' ..
+      args[3] .. '\n' .. data)
+  end
+
+  -- A retry of a publish that was stored: the same id, nothing appended. The same key with
+  -- another event is refused rather than answered with the first event's id.
+  if has_key then
+    local seen = redis.call('GET', idem_key)
+    if seen then
+      local id_s, seen_digest = string.match(seen, '^(%d+) (%x+)$')
+      if not id_s then
+        return seen
+      end
+      if seen_digest ~= digest then
+        return redis.error_reply('key used for a different event')
+      end
+      return id_s
     end
-    topics[i] = topic
+  end
+
+  for i = 1, topic_count do
+    if redis.call('EXISTS', keys[4 + i]) == 1 then
+      return redis.error_reply('topic ' .. topics[i] .. ' is final')
+    end
   end
 
   local time = redis.call('TIME')
@@ -73,6 +101,9 @@ local function publish(keys, args)
   local id = last + 1
   if now_us > id then
     id = now_us
+  end
+  if node_now_us > id then
+    id = node_now_us
   end
   local id_s = id_string(id)
 
@@ -103,6 +134,8 @@ local function publish(keys, args)
   end
   table.insert(xadd, 'm')
   table.insert(xadd, id_string(math.floor(now_us / 1000)))
+  table.insert(xadd, 'x')
+  table.insert(xadd, epoch)
   redis.call(unpack(xadd))
 
   if max_events > 0 then
@@ -111,20 +144,20 @@ local function publish(keys, args)
   redis.call('SET', last_key, id_s)
 
   -- Marks and keys expire with the history they protect (history.max_age).
-  local function remember(key)
+  local function remember(key, value)
     if max_age_ms > 0 then
-      redis.call('SET', key, id_s, 'PX', id_string(max_age_ms))
+      redis.call('SET', key, value, 'PX', id_string(max_age_ms))
     else
-      redis.call('SET', key, id_s)
+      redis.call('SET', key, value)
     end
   end
   if is_final then
     for i = 1, topic_count do
-      remember(keys[3 + i])
+      remember(keys[4 + i], id_s)
     end
   end
   if has_key then
-    remember(idem_key)
+    remember(idem_key, id_s .. ' ' .. digest)
   end
   return id_s
 end

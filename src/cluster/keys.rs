@@ -15,6 +15,8 @@ pub(super) struct Keys {
     pub stream: String,
     /// `<prefix>:{ev}:last`: the last id issued.
     pub last: String,
+    /// `<prefix>:{ev}:epoch`: names the data set (created with `SET NX` when missing).
+    pub epoch: String,
 }
 
 impl Keys {
@@ -22,6 +24,7 @@ impl Keys {
         let stream = format!("{prefix}:{{ev}}");
         Keys {
             last: format!("{stream}:last"),
+            epoch: format!("{stream}:epoch"),
             stream,
         }
     }
@@ -44,17 +47,31 @@ impl Keys {
     }
 }
 
+/// What one publish names besides the request: the data set it was meant for and the
+/// publishing node's clock (ids never fall below it).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stamp<'a> {
+    pub epoch: &'a str,
+    pub node_now_us: u64,
+}
+
 /// `FCALL ssehub_publish` for one request (see `function.lua` for KEYS and ARGV).
-pub(super) fn publish(keys: &Keys, options: &Options, request: &PublishRequest) -> Cmd {
+pub(super) fn publish(
+    keys: &Keys,
+    options: &Options,
+    request: &PublishRequest,
+    stamp: Stamp<'_>,
+) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg("ssehub_publish")
-        .arg(3 + request.topics.len())
+        .arg(4 + request.topics.len())
         .arg(&keys.stream)
         .arg(&keys.last);
     match &request.key {
         Some(key) => cmd.arg(keys.idempotency(key)),
         None => cmd.arg(keys.no_idempotency()),
     };
+    cmd.arg(&keys.epoch);
     for topic in &request.topics {
         cmd.arg(keys.final_mark(topic));
     }
@@ -63,10 +80,20 @@ pub(super) fn publish(keys: &Keys, options: &Options, request: &PublishRequest) 
         .arg(u8::from(request.is_final))
         .arg(request.event.as_deref().unwrap_or(""))
         .arg(&*request.data)
-        .arg(u8::from(request.key.is_some()));
+        .arg(u8::from(request.key.is_some()))
+        .arg(stamp.node_now_us)
+        .arg(stamp.epoch);
     for topic in &request.topics {
         cmd.arg(&**topic);
     }
+    cmd
+}
+
+/// `SET <epoch> <candidate> NX GET`: the data set's epoch, created as `candidate` when it
+/// has none (the reply is then nil).
+pub(super) fn claim_epoch(keys: &Keys, candidate: &str) -> Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(&keys.epoch).arg(candidate).arg("NX").arg("GET");
     cmd
 }
 
@@ -118,7 +145,13 @@ mod tests {
         assert_eq!(k.final_mark("a/b"), "hub:{ev}:final:a/b");
         assert_eq!(k.idempotency("k1"), "hub:{ev}:key:k1");
         assert_eq!(k.no_idempotency(), "hub:{ev}:key");
+        assert_eq!(k.epoch, "hub:{ev}:epoch");
     }
+
+    const STAMP: Stamp<'static> = Stamp {
+        epoch: "e1",
+        node_now_us: 1_800_000_000_000_000,
+    };
 
     #[test]
     fn publish_call_lists_keys_then_arguments() {
@@ -131,14 +164,15 @@ mod tests {
             key: Some("k1".into()),
         };
         assert_eq!(
-            args(&publish(&k, &options(), &req)),
+            args(&publish(&k, &options(), &req, STAMP)),
             [
                 "FCALL",
                 "ssehub_publish",
-                "5",
+                "6",
                 "hub:{ev}",
                 "hub:{ev}:last",
                 "hub:{ev}:key:k1",
+                "hub:{ev}:epoch",
                 "hub:{ev}:final:a",
                 "hub:{ev}:final:b",
                 "3600000",
@@ -147,6 +181,8 @@ mod tests {
                 "ev",
                 "x y",
                 "1",
+                "1800000000000000",
+                "e1",
                 "a",
                 "b"
             ]
@@ -159,14 +195,15 @@ mod tests {
             key: None,
         };
         assert_eq!(
-            args(&publish(&k, &options(), &plain)),
+            args(&publish(&k, &options(), &plain, STAMP)),
             [
                 "FCALL",
                 "ssehub_publish",
-                "4",
+                "5",
                 "hub:{ev}",
                 "hub:{ev}:last",
                 "hub:{ev}:key",
+                "hub:{ev}:epoch",
                 "hub:{ev}:final:a",
                 "3600000",
                 "10",
@@ -174,6 +211,8 @@ mod tests {
                 "",
                 "",
                 "0",
+                "1800000000000000",
+                "e1",
                 "a"
             ]
         );

@@ -8,9 +8,12 @@
 //! # In Redis (all keys share the `{ev}` hash tag)
 //! - `<prefix>:{ev}`: the stream; entry id `<id>-0`, fields `p` (previous id), `t` (topics,
 //!   separated by one space: topic names never hold one), `e` (event type, absent when
-//!   none), `d` (data), `f` (`1` when final), `m` (published, Unix ms of Redis's clock).
+//!   none), `d` (data), `f` (`1` when final), `m` (published, Unix ms of Redis's clock),
+//!   `x` (the epoch).
 //! - `<prefix>:{ev}:last`: the last id issued (raised on every connect to the highest id
 //!   this node has seen, so new ids exceed anything any node delivered).
+//! - `<prefix>:{ev}:epoch`: names the data set; created (`SET NX`) by the first connect
+//!   that finds none, so an emptied or replaced data set has a new one.
 //! - `<prefix>:{ev}:final:<topic>`: final marks, expiring after `history.max_age`.
 //! - `<prefix>:{ev}:key:<key>`: producers' idempotency keys → id, same expiry.
 //!
@@ -23,17 +26,20 @@
 //! - `writer` answers every publish exactly once, `Answered` reports ascending by sequence
 //!   number across reports. While the link is not up (also before the first `Up`), `flush`
 //!   refuses at once (`not stored: redis unavailable: <reason>`) rather than queue.
-//! - `reader` sends `Started` once, then `Entries` and `Gap`s in stream order; a `Gap`
-//!   comes before the entries it concerns. It waits while the queue holds more than
+//! - `reader` sends the start-up fill's `Entries`, then `Started` once, then `Entries` and
+//!   `Gap`s in stream order; a `Gap` comes before the entries it concerns. It waits while the queue holds more than
 //!   `shared::MAX_QUEUED_ENTRIES` entries, so a slow loop slows reading, not memory.
 //! - `Up`/`Down` come from `shared`, once per change; `Down` also when the very first
 //!   connect fails. Answers and entries are not ordered against each other (a publish's
 //!   entry may be polled before or after its answer).
+//! - `probe` looks once a second which server the URL leads to, and makes a side whose
+//!   connection is on another one reconnect.
 //! - `connection` opens sockets (timeouts, backoff), `keys` and `function.lua` are the
 //!   Redis side's names and Function, `reply` reads what Redis sends, never panicking.
 
 mod connection;
 mod keys;
+mod probe;
 mod reader;
 mod reply;
 mod shared;
@@ -105,9 +111,11 @@ pub enum Report {
     /// `Ok(id)`, or `Err(reason)` with the whole one-line reason for the producer
     /// (`topic X is final`, `not stored: redis unavailable: …`, `not confirmed: …`).
     Answered(Vec<(u64, Result<u64, String>)>),
-    /// The first successful read at start-up: this node's history starts here. Sent once,
-    /// before the first `Entries`. `remembers_from`: the first id the stream still holds
-    /// (or `last_id` when it holds none); `last_id`: the last id Redis issued.
+    /// The first successful read at start-up is complete: the entries of the history
+    /// window came before it. Sent once. `remembers_from`: the first id the stream still
+    /// holds (or `last_id` when it holds none, or Redis's clock on an empty data set);
+    /// `last_id`: the last id Redis issued. Until it, the node has nothing to plan a stream
+    /// against.
     Started { remembers_from: u64, last_id: u64 },
     /// Entries in stream order, each following the one before (checked), ids increasing.
     Entries(Vec<Entry>),
@@ -146,23 +154,33 @@ impl Link {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let shared = Arc::new(Shared::new(options, waker));
         let mut rng = crate::rng::Rng::seeded();
+        let mut fork = || crate::rng::Rng::new(rng.next_u64());
         let (batches, batch_rx) = mpsc::channel();
-        let mut threads = Vec::with_capacity(2);
+        let mut threads = Vec::with_capacity(3);
         let writer = writer::Writer::new(
             shared.clone(),
             client.clone(),
-            connection::Backoff::new(crate::rng::Rng::new(rng.next_u64())),
+            connection::Backoff::new(fork()),
+            fork(),
         );
         let reader = reader::Reader::new(
             shared.clone(),
-            client,
-            connection::Backoff::new(crate::rng::Rng::new(rng.next_u64())),
+            client.clone(),
+            connection::Backoff::new(fork()),
+            fork(),
         );
+        let probe_shared = shared.clone();
         let spawned = thread::Builder::new()
             .name("ssehub-redis-w".into())
             .spawn(move || writer.run(batch_rx))
             .and_then(|w| {
                 threads.push(w);
+                thread::Builder::new()
+                    .name("ssehub-redis-p".into())
+                    .spawn(move || probe::run(probe_shared, client))
+            })
+            .and_then(|p| {
+                threads.push(p);
                 thread::Builder::new()
                     .name("ssehub-redis-r".into())
                     .spawn(move || reader.run())
@@ -235,6 +253,13 @@ impl Link {
         Some(report)
     }
 
+    /// Reads that reached the end of the stream so far. When it has grown since a moment
+    /// and the loop has polled every report, the node has read every entry that existed
+    /// then: a resume id it still has not read is not in the stream.
+    pub fn tail_reads(&self) -> u64 {
+        self.shared.tail_reads.load(Ordering::SeqCst)
+    }
+
     /// Whether both connections work now (`ssehub_redis_up`).
     pub fn is_up(&self) -> bool {
         self.shared.is_up()
@@ -248,8 +273,8 @@ impl Link {
 }
 
 impl Drop for Link {
-    /// Stops both threads: the writer ends when its channel closes, the reader within one
-    /// `XREAD BLOCK` (1 s). Waits up to 2 s; a thread still inside a blocking call then
+    /// Stops the threads: the writer ends when its channel closes, the reader within one
+    /// `XREAD BLOCK` (1 s), the probe within its sleep. Waits up to 2 s; a thread still inside a blocking call then
     /// (a connect or a reply that takes its full timeout) is left to end alone: it only
     /// holds its connection and the shared state.
     fn drop(&mut self) {

@@ -1,11 +1,15 @@
 //! The reader thread: fills the node's history from the stream at start-up (`XRANGE` over
 //! `history.max_age`, by Redis's clock), then follows it (`XREAD BLOCK`), checking that
-//! every entry follows the one before (`Chain`). On a reconnect it checks that the node's
-//! last entry is still there with the same predecessor and that the writer's acknowledged
-//! ids were not lost, and reports a `Gap` where it cannot rule one out. It never writes.
+//! every entry follows the one before and belongs to the same data set (`Chain`). On a
+//! reconnect it checks that it reached the same server and data set (`run_id`,
+//! `master_replid`, the epoch), that the node's position is still there (its last entry
+//! with the same predecessor, or `last` at least as high) and that the writer's
+//! acknowledged ids were not lost, and reports a `Gap` where it cannot rule one out —
+//! forgetting up to the highest id anyone may have issued (`Reader::forget_mark`). Its only
+//! write is creating the epoch of an empty data set.
 
-use super::connection::{self, Backoff};
-use super::keys::Keys;
+use super::connection::{self, Backoff, Failure, Identity};
+use super::keys::{self, Keys};
 use super::reply::{self, RawEntry};
 use super::shared::{Shared, Side};
 use super::{Entry, Report};
@@ -30,11 +34,16 @@ enum Stop {
     Shutdown,
     /// The connection failed (or cannot be trusted); reconnect.
     Lost(String),
+    /// A read was interrupted (`Failure::Interrupted`): reconnect at once, not an outage.
+    Interrupted,
 }
 
-impl From<connection::Failure> for Stop {
-    fn from(f: connection::Failure) -> Stop {
-        Stop::Lost(f.into_reason())
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Stop {
+        match f {
+            Failure::Interrupted => Stop::Interrupted,
+            f => Stop::Lost(f.into_reason()),
+        }
     }
 }
 
@@ -66,6 +75,9 @@ pub(super) struct Chain {
     pub cursor: String,
     /// The next entry is not checked (the first of the start-up fill).
     pub exempt_next: bool,
+    /// The data set's epoch: an entry stamped with another one (field `x`) is a gap.
+    /// Empty: not known yet.
+    pub epoch: String,
 }
 
 impl Chain {
@@ -75,6 +87,7 @@ impl Chain {
             last_prev: None,
             cursor: "0-0".into(),
             exempt_next: false,
+            epoch: String::new(),
         }
     }
 
@@ -93,7 +106,23 @@ impl Chain {
             });
             match checked {
                 Ok(entry) => {
-                    if !exempt && entry.prev != self.last {
+                    let epoch = raw.fields.iter().find(|(k, _)| k == b"x").map(|(_, v)| v);
+                    if let Some(epoch) = epoch
+                        && !self.epoch.is_empty()
+                        && epoch.as_slice() != self.epoch.as_bytes()
+                    {
+                        let epoch = String::from_utf8_lossy(epoch).into_owned();
+                        steps.push(Step::Gap {
+                            // The data set was replaced: ids up to this entry's may be gone.
+                            forget_up_to: self.last.max(entry.prev).max(entry.id - 1),
+                            why: format!(
+                                "entry {} belongs to another data set (epoch {epoch}, not {})",
+                                entry.id, self.epoch
+                            ),
+                            malformed: false,
+                        });
+                        self.epoch = epoch;
+                    } else if !exempt && entry.prev != self.last {
                         steps.push(Step::Gap {
                             forget_up_to: self.last.max(entry.prev),
                             why: format!(
@@ -145,10 +174,31 @@ pub(super) struct Reader {
     /// the half-dead check no longer waits for them.
     ack_baseline: u64,
     backoff: Backoff,
+    /// The server this node last read from.
+    server: Identity,
+    rng: crate::rng::Rng,
+}
+
+/// What a (re)connect learns before reading: who the server is, its data set's epoch, its
+/// `last` and the stream's last entry, and its clock.
+struct Position {
+    server: Identity,
+    epoch: String,
+    /// The epoch did not exist: this connect created it (an empty or replaced data set).
+    epoch_created: bool,
+    stored_last: u64,
+    /// The stream's last entry: (id, its `p` when readable).
+    tail: Option<(u64, Option<u64>)>,
+    now_us: u64,
 }
 
 impl Reader {
-    pub fn new(shared: Arc<Shared>, client: Client, backoff: Backoff) -> Reader {
+    pub fn new(
+        shared: Arc<Shared>,
+        client: Client,
+        backoff: Backoff,
+        rng: crate::rng::Rng,
+    ) -> Reader {
         let keys = Keys::new(&shared.options.key_prefix);
         Reader {
             shared,
@@ -158,6 +208,8 @@ impl Reader {
             started: false,
             ack_baseline: 0,
             backoff,
+            server: Identity::default(),
+            rng,
         }
     }
 
@@ -178,8 +230,10 @@ impl Reader {
                 }
                 Err(reason) => Stop::Lost(reason),
             };
+            self.shared.set_server(Side::Reader, None);
             match stop {
                 Stop::Shutdown => return,
+                Stop::Interrupted => log::debug!("cluster: reader: {}", connection::INTERRUPTED),
                 Stop::Lost(reason) => {
                     self.shared.count_error();
                     log::debug!("cluster: reader: {reason}");
@@ -197,16 +251,15 @@ impl Reader {
         self.shared.set_side(Side::Reader, Ok(()));
     }
 
-    /// The first successful connect: `Started`, then the history window in pages.
-    fn start(&mut self, con: &mut Connection) -> Result<(), Stop> {
-        let now_us =
-            reply::time_us(&connection::call(con, &redis::cmd("TIME"))?).map_err(protocol)?;
-        let max_age_us = self.shared.options.max_age.as_micros() as u64;
-        let from_us = if max_age_us == 0 {
-            0
-        } else {
-            now_us.saturating_sub(max_age_us)
-        };
+    /// Learns the server, the epoch (creating it on an empty data set), `last`, the tail
+    /// and the clock, in that order.
+    fn position(&mut self, con: &mut Connection) -> Result<Position, Stop> {
+        let server = connection::identity(con)?;
+        let candidate = format!("{:016x}", self.rng.next_u64());
+        let claimed = connection::call(con, &keys::claim_epoch(&self.keys, &candidate))?;
+        let existing = reply::optional_text(&claimed).map_err(protocol)?;
+        let epoch_created = existing.is_none();
+        let epoch = existing.unwrap_or(candidate);
 
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -217,12 +270,16 @@ impl Reader {
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(1);
-        let replies: Vec<Value> = pipe
-            .query(con)
-            .map_err(|e| Stop::Lost(connection::reason(&e)))?;
-        let [stored_last, tail] = <[Value; 2]>::try_from(replies)
-            .map_err(|r| protocol(format!("start-up transaction gave {} replies", r.len())))?;
+            .arg(1)
+            .cmd("TIME");
+        let replies: Vec<Value> =
+            pipe.query(con)
+                .map_err(|e| match connection::interrupted(&e) {
+                    true => Stop::Interrupted,
+                    false => Stop::Lost(connection::reason(&e)),
+                })?;
+        let [stored_last, tail, time] = <[Value; 3]>::try_from(replies)
+            .map_err(|r| protocol(format!("position transaction gave {} replies", r.len())))?;
         let stored_last = reply::optional_id(&stored_last)
             .map_err(protocol)?
             .unwrap_or(0);
@@ -231,18 +288,53 @@ impl Reader {
             .into_iter()
             .next()
             .map(|raw| (raw.id, reply::entry(&raw).ok().map(|e| e.prev)));
-        let last_id = stored_last.max(tail.map_or(0, |(id, _)| id));
+        let now_us = reply::time_us(&time).map_err(protocol)?;
+        Ok(Position {
+            server,
+            epoch,
+            epoch_created,
+            stored_last,
+            tail,
+            now_us,
+        })
+    }
+
+    /// The highest id anyone may have issued or delivered, as far as this node can tell:
+    /// its own position and what it saw, Redis's `last` and last entry, Redis's clock and
+    /// its own (ids are never below the publishing node's clock or Redis's, so one right
+    /// clock bounds every id issued before now). A gap forgets up to here.
+    fn forget_mark(&self, at: &Position) -> u64 {
+        self.chain
+            .last
+            .max(self.shared.highest_seen.load(Ordering::SeqCst))
+            .max(at.stored_last)
+            .max(at.tail.map_or(0, |(id, _)| id))
+            .max(at.now_us)
+            .max(unix_us())
+    }
+
+    /// The first successful connect: the history window in pages, then `Started`.
+    fn start(&mut self, con: &mut Connection) -> Result<(), Stop> {
+        let at = self.position(con)?;
+        let max_age_us = self.shared.options.max_age.as_micros() as u64;
+        let from_us = if max_age_us == 0 {
+            0
+        } else {
+            at.now_us.saturating_sub(max_age_us)
+        };
+        let last_id = at.stored_last.max(at.tail.map_or(0, |(id, _)| id));
         self.shared.saw(last_id);
+        self.chain.epoch = at.epoch.clone();
 
         let mut page = self.page(con, &format!("{from_us}-0"))?;
-        let remembers_from = page.first().map_or(last_id, |raw| raw.id);
-        self.shared.push(Report::Started {
-            remembers_from,
-            last_id,
-        });
-        self.started = true;
-        self.connected();
-
+        // Resumes from below this cannot be proven complete: the first entry held, or,
+        // with none, Redis's `last` (everything up to it trimmed by age), or, on an empty
+        // data set, now (whatever a client saw before belonged to a data set that is gone).
+        let remembers_from = match page.first() {
+            Some(raw) => raw.id,
+            None if last_id > 0 => last_id,
+            None => at.now_us.max(unix_us()),
+        };
         self.chain.exempt_next = true;
         loop {
             let full = page.len() == PAGE;
@@ -254,8 +346,23 @@ impl Reader {
             page = self.page(con, &format!("({}", self.chain.cursor))?;
         }
         self.chain.exempt_next = false;
-        self.chain.raise_to(last_id, tail);
+        self.chain.raise_to(last_id, at.tail);
+        self.shared.push(Report::Started {
+            remembers_from,
+            last_id,
+        });
+        self.started = true;
+        self.adopt(at);
+        self.connected();
         Ok(())
+    }
+
+    /// This connection's server and data set are the ones the node reads from now.
+    fn adopt(&mut self, at: Position) {
+        self.shared
+            .set_server(Side::Reader, Some(&at.server.run_id));
+        self.chain.epoch = at.epoch;
+        self.server = at.server;
     }
 
     fn page(&self, con: &mut Connection, from: &str) -> Result<Vec<RawEntry>, Stop> {
@@ -268,41 +375,88 @@ impl Reader {
         reply::range(connection::call(con, &cmd)?).map_err(protocol)
     }
 
-    /// A reconnect: is the node's last entry still there, with the same predecessor? Are
-    /// the ids acknowledged to this node's writer and not read yet still there?
+    /// A reconnect: the same server and data set? Is the node's position still there? Are
+    /// the ids acknowledged to this node's writer and not read yet still there? Any doubt is
+    /// a gap up to `forget_mark`.
     fn resume(&mut self, con: &mut Connection) -> Result<(), Stop> {
-        if let Some(why) = self.check_last(con)? {
-            let stored = self.stored_last(con)?;
-            self.report_gap(self.chain.last.max(stored), why);
+        let at = self.position(con)?;
+        let mark = self.forget_mark(&at);
+        if let Some(why) = self.changed(&at) {
+            self.report_gap(mark, why);
+        } else if let Some(why) = self.check_position(con, at.stored_last)? {
+            self.report_gap(mark, why);
+        } else {
+            let acked = self.shared.acked_max.load(Ordering::SeqCst);
+            if acked > self.chain.last && acked > self.ack_baseline && !self.exists(con, acked)? {
+                self.report_gap(
+                    mark,
+                    format!("acknowledged entry {acked} is not in the stream"),
+                );
+                self.ack_baseline = acked;
+            }
         }
-        let acked = self.shared.acked_max.load(Ordering::SeqCst);
-        if acked > self.chain.last && acked > self.ack_baseline && !self.exists(con, acked)? {
-            let stored = self.stored_last(con)?;
-            self.report_gap(
-                acked.max(stored),
-                format!("acknowledged entry {acked} is not in the stream"),
-            );
-            self.ack_baseline = acked;
-        }
+        self.adopt(at);
         self.connected();
         Ok(())
     }
 
-    /// `Some(why)` when the node's last entry is gone or no longer follows what it did.
-    fn check_last(&self, con: &mut Connection) -> Result<Option<String>, Stop> {
+    /// `Some(why)` when the connection reached another server (restarted, or another one
+    /// behind the address), another replication history (a promoted replica), or another
+    /// data set (the epoch is new or different).
+    fn changed(&self, at: &Position) -> Option<String> {
+        let was = &self.server;
+        if at.epoch_created {
+            return Some(format!(
+                "the data set has no epoch (emptied or replaced; was {})",
+                self.chain.epoch
+            ));
+        }
+        if at.epoch != self.chain.epoch {
+            return Some(format!(
+                "the data set's epoch is {} (was {})",
+                at.epoch, self.chain.epoch
+            ));
+        }
+        if at.server.run_id != was.run_id {
+            return Some(format!(
+                "another server process ({}, was {})",
+                at.server.short(),
+                was.short()
+            ));
+        }
+        if at.server.replid != was.replid {
+            return Some(format!(
+                "the server's replication history changed ({} → {}: failover or restart)",
+                was.replid, at.server.replid
+            ));
+        }
+        None
+    }
+
+    /// `Some(why)` when the node's position is gone: its last entry missing or following
+    /// another one, or — when its position is a raised `last`, not an entry — `last` below it.
+    fn check_position(
+        &self,
+        con: &mut Connection,
+        stored_last: u64,
+    ) -> Result<Option<String>, Stop> {
         let last = self.chain.last;
         if last == 0 {
             return Ok(None);
         }
+        let Some(prev) = self.chain.last_prev else {
+            return Ok((stored_last < last)
+                .then(|| format!("last id {stored_last} is below this node's position {last}")));
+        };
         let found = self.entry_at(con, last)?;
-        Ok(match (found, self.chain.last_prev) {
-            (None, _) => Some(format!("entry {last} is no longer in the stream")),
-            (Some(Ok(e)), Some(p)) if e.prev != p => Some(format!(
-                "entry {last} now follows {} instead of {p}",
+        Ok(match found {
+            None => Some(format!("entry {last} is no longer in the stream")),
+            Some(Ok(e)) if e.prev != prev => Some(format!(
+                "entry {last} now follows {} instead of {prev}",
                 e.prev
             )),
-            (Some(Err(why)), Some(_)) => Some(format!("entry {last} is now malformed: {why}")),
-            _ => None,
+            Some(Err(why)) => Some(format!("entry {last} is now malformed: {why}")),
+            Some(Ok(_)) => None,
         })
     }
 
@@ -322,13 +476,6 @@ impl Reader {
         Ok(self.entry_at(con, id)?.is_some())
     }
 
-    fn stored_last(&self, con: &mut Connection) -> Result<u64, Stop> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(&self.keys.last);
-        let v = connection::call(con, &cmd)?;
-        Ok(reply::optional_id(&v).map_err(protocol)?.unwrap_or(0))
-    }
-
     fn report_gap(&self, forget_up_to: u64, why: String) {
         log::debug!("cluster: gap up to {forget_up_to}: {why}");
         self.shared.push(Report::Gap { forget_up_to, why });
@@ -341,11 +488,15 @@ impl Reader {
             if self.shared.is_shutting_down() {
                 return Stop::Shutdown;
             }
+            if self.shared.take_moved(Side::Reader) {
+                return Stop::Lost("the address leads to another server now (failover)".into());
+            }
             let raws = match self.read(con) {
                 Ok(raws) => raws,
                 Err(stop) => return stop,
             };
             if raws.is_empty() {
+                self.shared.tail_reads.fetch_add(1, Ordering::SeqCst);
                 let acked = self.shared.acked_max.load(Ordering::SeqCst);
                 if acked > self.chain.last && acked > self.ack_baseline {
                     let since = *quiet_since.get_or_insert_with(Instant::now);
@@ -362,9 +513,13 @@ impl Reader {
                 continue;
             }
             quiet_since = None;
+            let at_tail = raws.len() < PAGE;
             let steps = self.chain.take(raws);
             if let Err(stop) = self.deliver(steps) {
                 return stop;
+            }
+            if at_tail {
+                self.shared.tail_reads.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -413,6 +568,13 @@ impl Reader {
             Err(Stop::Shutdown)
         }
     }
+}
+
+/// This node's clock, Unix µs.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

@@ -41,6 +41,16 @@ pub(super) fn id(v: &Value) -> Option<u64> {
     }
 }
 
+/// A string value; `None` for nil.
+pub(super) fn optional_text(v: &Value) -> Result<Option<String>, String> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::BulkString(b) => Ok(Some(String::from_utf8_lossy(b).into_owned())),
+        Value::SimpleString(s) => Ok(Some(s.clone())),
+        other => Err(format!("expected a string, got {}", shape(other))),
+    }
+}
+
 /// A string value (`GET`); `None` for nil.
 pub(super) fn optional_id(v: &Value) -> Result<Option<u64>, String> {
     match v {

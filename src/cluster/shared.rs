@@ -15,8 +15,8 @@ pub(super) const MAX_QUEUED_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Side {
-    Writer,
-    Reader,
+    Writer = 0,
+    Reader = 1,
 }
 
 /// The link as last reported to the loop.
@@ -40,6 +40,9 @@ struct State {
     /// Bumped on every failure of either side: the writer checks its connection when it
     /// changed (the reader, blocked in `XREAD`, usually notices a dead server first).
     failures: u64,
+    /// The server (`run_id`) each side's connection reached, `None` without one: the probe
+    /// compares them with the server the URL leads to now.
+    servers: [Option<String>; 2],
 }
 
 pub(super) struct Shared {
@@ -59,6 +62,13 @@ pub(super) struct Shared {
     pub acked_max: AtomicU64,
     /// Publishes handed to the writer and not yet answered.
     pub writer_pending: AtomicUsize,
+    /// Reads that reached the end of the stream (fewer entries than asked for), counted
+    /// after their entries were queued: once it has grown since a moment, every entry
+    /// that existed then is in the queue or was read before (`Link::tail_reads`).
+    pub tail_reads: AtomicU64,
+    /// Set by the probe: the URL now leads to another server than this side's connection
+    /// (a failover behind a fixed address); the side reconnects.
+    moved: [AtomicBool; 2],
 }
 
 impl Shared {
@@ -74,6 +84,7 @@ impl Shared {
                 health: Health::Starting,
                 reason: "connecting".into(),
                 failures: 0,
+                servers: [None, None],
             }),
             changed: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -82,7 +93,29 @@ impl Shared {
             highest_seen: AtomicU64::new(0),
             acked_max: AtomicU64::new(0),
             writer_pending: AtomicUsize::new(0),
+            tail_reads: AtomicU64::new(0),
+            moved: [AtomicBool::new(false), AtomicBool::new(false)],
         }
+    }
+
+    /// The server (`run_id`) `side`'s connection reached; `None` when it has none.
+    pub fn set_server(&self, side: Side, run_id: Option<&str>) {
+        self.lock().servers[side as usize] = run_id.map(str::to_string);
+    }
+
+    /// The servers both sides' connections reached (writer, reader).
+    pub fn servers(&self) -> [Option<String>; 2] {
+        self.lock().servers.clone()
+    }
+
+    /// The probe found the URL leading elsewhere than `side`'s connection.
+    pub fn mark_moved(&self, side: Side) {
+        self.moved[side as usize].store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `side` must reconnect because the URL leads elsewhere now (clears it).
+    pub fn take_moved(&self, side: Side) -> bool {
+        self.moved[side as usize].swap(false, Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -199,12 +199,11 @@ impl Node {
                     last_id,
                 } => {
                     assert!(self.started.is_none(), "Started is sent once");
-                    assert!(self.entries.is_empty(), "Started comes before Entries");
+                    // Entries before it are the start-up fill.
                     self.log.push("started".into());
                     self.started = Some((remembers_from, last_id));
                 }
                 Report::Entries(entries) => {
-                    assert!(self.started.is_some(), "Entries after Started");
                     self.log.push(format!("entries {}", entries.len()));
                     for e in entries {
                         if let Some(prev) = self.entries.last() {
@@ -294,8 +293,12 @@ fn fields(con: &mut redis::Connection, id: u64) -> BTreeMap<String, String> {
 fn ids_are_increasing_and_at_least_unix_micros() {
     let redis = RedisServer::start();
     let mut node = Node::start(options(&redis.unix_url()));
+    let before = unix_us();
     node.wait_up(1);
-    assert_eq!(node.started, Some((0, 0)), "an empty stream");
+    // An empty data set: nothing before now can be vouched for.
+    let (remembers_from, last) = node.started.expect("started");
+    assert_eq!(last, 0, "an empty stream");
+    assert!(remembers_from >= before, "{remembers_from} < {before}");
     assert!(node.link.is_up());
 
     let before = unix_us();
@@ -431,9 +434,11 @@ fn an_idempotency_key_returns_the_same_id_and_appends_once() {
     assert_eq!(con.xlen::<_, u64>(STREAM).unwrap(), 2);
     let ttl: i64 = con.pttl("t:{ev}:key:k1").unwrap();
     assert!(ttl > 0 && ttl <= 3_600_000, "{ttl}");
+    // The key stands for the event's content too (`"key" … was used for a different event`).
+    let stored = con.get::<_, String>("t:{ev}:key:k1").unwrap();
     assert_eq!(
-        con.get::<_, String>("t:{ev}:key:k1").unwrap(),
-        id.to_string()
+        stored.split_once(' ').map(|(i, _)| i),
+        Some(&*id.to_string())
     );
 }
 
@@ -766,19 +771,23 @@ fn a_reader_left_on_a_server_that_gets_no_writes_reconnects() {
     let moved = node.publish_ok(vec![req(&["a"], "on the new server")])[0];
     assert!(moved > first);
 
-    // Within ~3 s of XREAD returning nothing while `moved` was acknowledged, the reader
-    // reconnects (to the new server), finds its last entry gone, and reads on.
+    // Within ~1 s the probe finds the address leading to the new server (or, at the
+    // latest ~3 s after XREAD returned nothing while `moved` was acknowledged, the reader
+    // presumes its connection half-dead); the reader reconnects there, finds another data
+    // set, and reads on.
     node.wait("the reader to move", Duration::from_secs(8), |n| {
         n.entries.last().is_some_and(|e| e.id == moved)
     });
     assert!(
-        node.downs.iter().any(|d| d.contains("half-dead")),
+        node.downs
+            .iter()
+            .any(|d| d.contains("another server") || d.contains("half-dead")),
         "{:?}",
         node.log
     );
     assert_eq!(node.gaps.len(), 1, "{:?}", node.log);
     assert!(
-        node.gaps[0].1.contains("no longer in the stream"),
+        node.gaps[0].1.contains("epoch") && node.gaps[0].0 >= moved,
         "{:?}",
         node.gaps
     );

@@ -1,12 +1,17 @@
 //! The writer thread: runs each batch the loop flushed as one pipeline (one `FCALL
 //! ssehub_publish` per publish, then `WAIT` when `min_replicas > 0`) and answers every
-//! publish exactly once, in order. On every connect it loads the Function library and
-//! raises Redis's `last` to the highest id this node has seen. It never reads the stream
-//! and never waits for a reconnect while publishes queue up: without a connection, batches
-//! are refused at once (`not stored: …`).
+//! publish exactly once, in order. On every connect it makes sure it talks to a primary
+//! (`INFO`: role `master`), loads the Function library, learns the data set's epoch
+//! (creating it on an empty one) and raises Redis's `last` to the highest id this node has
+//! seen. After an error reply other than a refusal of the event itself (`READONLY` from a
+//! demoted primary, `epoch changed`, a flushed Function, …), after a failure elsewhere and
+//! when the probe finds the URL leading to another server, it checks or replaces its
+//! connection, and the link is down meanwhile. It never reads the stream and never waits
+//! for a reconnect while publishes queue up: without a connection, batches are refused at
+//! once (`not stored: …`).
 
-use super::connection::{self, Backoff, Failure};
-use super::keys::{self, Keys};
+use super::connection::{self, Backoff, Identity};
+use super::keys::{self, Keys, Stamp};
 use super::reply;
 use super::shared::{Shared, Side};
 use super::{PublishRequest, Report};
@@ -38,10 +43,19 @@ pub(super) struct Writer {
     next_attempt: Instant,
     /// `Shared::failures` when this connection was last known good.
     failures_seen: u64,
+    /// The server the connection reached and the data set's epoch there.
+    server: Identity,
+    epoch: String,
+    rng: crate::rng::Rng,
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, client: Client, backoff: Backoff) -> Writer {
+    pub fn new(
+        shared: Arc<Shared>,
+        client: Client,
+        backoff: Backoff,
+        rng: crate::rng::Rng,
+    ) -> Writer {
         let keys = Keys::new(&shared.options.key_prefix);
         Writer {
             shared,
@@ -51,6 +65,9 @@ impl Writer {
             backoff,
             next_attempt: Instant::now(),
             failures_seen: 0,
+            server: Identity::default(),
+            epoch: String::new(),
+            rng,
         }
     }
 
@@ -58,6 +75,9 @@ impl Writer {
         loop {
             if self.shared.is_shutting_down() {
                 return;
+            }
+            if self.shared.take_moved(Side::Writer) && self.con.is_some() {
+                self.lost("the address leads to another server now (failover)");
             }
             self.verify();
             let now = Instant::now();
@@ -88,8 +108,14 @@ impl Writer {
     fn connect(&mut self) {
         let failures_before = self.shared.failures();
         match self.try_connect() {
-            Ok(con) => {
+            Ok((con, server, epoch)) => {
+                if !self.epoch.is_empty() && self.epoch != epoch {
+                    log::info!("cluster: writer: the data set's epoch is now {epoch}");
+                }
                 self.con = Some(con);
+                self.shared.set_server(Side::Writer, Some(&server.run_id));
+                self.server = server;
+                self.epoch = epoch;
                 self.backoff.reset();
                 self.failures_seen = failures_before;
                 self.shared.set_side(Side::Writer, Ok(()));
@@ -103,11 +129,25 @@ impl Writer {
         }
     }
 
-    fn try_connect(&self) -> Result<Connection, String> {
+    fn try_connect(&mut self) -> Result<(Connection, Identity, String), String> {
         let o = &self.shared.options;
         let mut con = connection::open(&self.client, o.connect_timeout, self.io_timeout())?;
+        let server =
+            connection::identity(&mut con).map_err(|f| format!("INFO: {}", f.into_reason()))?;
+        if !server.is_primary() {
+            return Err(format!(
+                "the server is not a primary (role {}); waiting for one",
+                server.role
+            ));
+        }
         connection::call(&mut con, &keys::load_library())
             .map_err(|f| format!("FUNCTION LOAD: {}", f.into_reason()))?;
+        let candidate = format!("{:016x}", self.rng.next_u64());
+        let claimed = connection::call(&mut con, &keys::claim_epoch(&self.keys, &candidate))
+            .map_err(|f| format!("epoch: {}", f.into_reason()))?;
+        let epoch = reply::optional_text(&claimed)
+            .map_err(|why| format!("epoch: {why}"))?
+            .unwrap_or(candidate);
         let highest = self.shared.highest_seen.load(Ordering::SeqCst);
         if highest > 0 {
             let raised = connection::call(&mut con, &keys::raise(&self.keys, highest))
@@ -117,12 +157,13 @@ impl Writer {
                 reply::id(&raised)
             );
         }
-        Ok(con)
+        Ok((con, server, epoch))
     }
 
     /// After a failure elsewhere (usually the reader seeing the server go), the writer
-    /// makes sure its connection still works before the link is reported up again, so it
-    /// does not sit on a dead one and turn the next publishes into `not confirmed`.
+    /// makes sure its connection still reaches the same server, still a primary, before the
+    /// link is reported up again, so it does not sit on a dead or demoted one and turn the
+    /// next publishes into `not confirmed` or `READONLY`.
     fn verify(&mut self) {
         let Some(con) = self.con.as_mut() else {
             return;
@@ -131,18 +172,25 @@ impl Writer {
         if failures == self.failures_seen {
             return;
         }
-        match connection::call(con, &redis::cmd("PING")) {
-            Ok(_) | Err(Failure::Refused(_)) => {
+        match connection::identity(con) {
+            Ok(id) if id.is_primary() && id.run_id == self.server.run_id => {
                 self.failures_seen = failures;
                 self.shared.set_side(Side::Writer, Ok(()));
             }
-            Err(Failure::Lost(reason)) => self.lost(&reason),
+            Ok(id) => self.lost(&format!(
+                "the server {} is now a {} (was the primary {})",
+                id.short(),
+                id.role,
+                self.server.short()
+            )),
+            Err(f) => self.lost(&f.into_reason()),
         }
     }
 
     /// The connection is gone: count it, report it, try again at once.
     fn lost(&mut self, reason: &str) {
         self.con = None;
+        self.shared.set_server(Side::Writer, None);
         self.shared.count_error();
         log::debug!("cluster: writer: {reason}");
         self.shared.set_side(Side::Writer, Err(reason));
@@ -178,9 +226,13 @@ impl Writer {
     fn publish(&mut self, batch: Batch) -> Vec<Answer> {
         let options = &self.shared.options;
         let min_replicas = options.min_replicas;
+        let stamp = Stamp {
+            epoch: &self.epoch,
+            node_now_us: unix_us(),
+        };
         let mut pipe = redis::pipe();
         for (_, request) in &batch {
-            pipe.add_command(keys::publish(&self.keys, options, request));
+            pipe.add_command(keys::publish(&self.keys, options, request, stamp));
         }
         // WAIT 0 would wait forever.
         let wait_ms = (options.replica_timeout.as_millis() as u64).max(1);
@@ -196,15 +248,18 @@ impl Writer {
 
         let mut replies = replies.into_iter();
         let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-        for (seq, _) in &batch {
+        for (seq, request) in &batch {
             let result = match replies.next() {
                 Some(Value::ServerError(e)) => {
                     let text = reply::error_text(&e);
-                    if text.starts_with("Function not found") {
-                        // Flushed by someone: reconnect, which loads it again.
-                        drop_connection.get_or_insert_with(|| text.clone());
+                    let refused = refusal(text, request.key.as_deref());
+                    if let Refusal::Server(why) = &refused {
+                        // `READONLY` (a demoted primary), `epoch changed` (the data set was
+                        // replaced), a flushed Function, …: the connection is replaced, and
+                        // the reconnect checks the server is a primary and reloads.
+                        drop_connection.get_or_insert_with(|| why.clone());
                     }
-                    Err(refusal(text))
+                    Err(refused.into_answer())
                 }
                 Some(v) => reply::id(&v).ok_or_else(|| {
                     drop_connection.get_or_insert_with(|| "unexpected reply to FCALL".into());
@@ -243,8 +298,15 @@ impl Writer {
                 }
             }
         }
-        if let Some(reason) = drop_connection {
-            self.lost(&reason);
+        match drop_connection {
+            // Not an outage: the process was stopped and continued mid-reply.
+            Some(reason) if reason == connection::INTERRUPTED => {
+                self.con = None;
+                self.shared.set_server(Side::Writer, None);
+                self.next_attempt = Instant::now();
+            }
+            Some(reason) => self.lost(&reason),
+            None => {}
         }
         answers
     }
@@ -254,27 +316,61 @@ impl Writer {
 /// (a timed-out or closed connection is not read again: each further read would wait out
 /// the timeout once more).
 fn exchange(con: &mut Connection, packed: &[u8], expected: usize) -> (Vec<Value>, Option<String>) {
+    let why = |e: &redis::RedisError| match connection::interrupted(e) {
+        true => connection::INTERRUPTED.to_string(),
+        false => connection::reason(e),
+    };
     if let Err(e) = con.send_packed_command(packed) {
-        return (Vec::new(), Some(connection::reason(&e)));
+        return (Vec::new(), Some(why(&e)));
     }
     let mut replies = Vec::with_capacity(expected);
     while replies.len() < expected {
         match con.recv_response() {
             Ok(v) => replies.push(v),
-            Err(e) => return (replies, Some(connection::reason(&e))),
+            Err(e) => return (replies, Some(why(&e))),
         }
     }
     (replies, None)
 }
 
-/// An error reply from the Function: `topic X is final` as it is; anything else (the
-/// append failed, nothing stored) as `not stored: redis error: …`.
-fn refusal(text: String) -> String {
-    if text.starts_with("topic ") && text.ends_with(" is final") {
-        text
-    } else {
-        format!("not stored: redis error: {text}")
+/// What an error reply to a publish means.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The event itself is refused (the answer as it is); the connection is fine.
+    Event(String),
+    /// The server refused (nothing stored): `READONLY`, `epoch changed`, …
+    Server(String),
+}
+
+impl Refusal {
+    fn into_answer(self) -> String {
+        match self {
+            Refusal::Event(answer) => answer,
+            Refusal::Server(why) => format!("not stored: redis error: {why}"),
+        }
     }
+}
+
+/// An error reply from the Function: `topic X is final` as it is, a key used for another
+/// event named, anything else (nothing stored) a refusal by the server.
+fn refusal(text: String, key: Option<&str>) -> Refusal {
+    if text.starts_with("topic ") && text.ends_with(" is final") {
+        Refusal::Event(text)
+    } else if text == "key used for a different event" {
+        let key = key.unwrap_or("");
+        Refusal::Event(format!("\"key\" {key} was used for a different event"))
+    } else if text == "epoch changed" {
+        Refusal::Server("the data set changed (epoch); reconnecting".into())
+    } else {
+        Refusal::Server(text)
+    }
+}
+
+/// This node's clock, Unix µs (ids never fall below the publishing node's clock).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// `500ms`, `2s`, `1500ms`.
@@ -293,11 +389,25 @@ mod tests {
 
     #[test]
     fn refusals_and_durations_read_as_one_line() {
-        assert_eq!(refusal("topic a/b is final".into()), "topic a/b is final");
         assert_eq!(
-            refusal("OOM command not allowed".into()),
+            refusal("topic a/b is final".into(), None),
+            Refusal::Event("topic a/b is final".into())
+        );
+        assert_eq!(
+            refusal("key used for a different event".into(), Some("k1")).into_answer(),
+            "\"key\" k1 was used for a different event"
+        );
+        assert_eq!(
+            refusal("OOM command not allowed".into(), None).into_answer(),
             "not stored: redis error: OOM command not allowed"
         );
+        assert!(matches!(
+            refusal(
+                "READONLY You can't write against a read only replica.".into(),
+                None
+            ),
+            Refusal::Server(_)
+        ));
         assert_eq!(duration_text(Duration::from_millis(500)), "500ms");
         assert_eq!(duration_text(Duration::from_secs(2)), "2s");
         assert_eq!(duration_text(Duration::from_millis(1500)), "1500ms");

@@ -7,14 +7,19 @@
 use super::*;
 use crate::cluster::{self, Entry, Link, Report};
 use crate::commit::FromRedis;
+use crate::http::route::CatchUp;
 
-/// A request whose resume id is above this node's last id: routed again once the node has
-/// read up to `until`, or at `deadline`.
+/// A stream request waiting for the node's reader: its resume id `until` is above the
+/// node's last id (`u64::MAX`: the node has not read Redis yet). Routed again once the node
+/// has read up to `until`, or to the end of the stream after it was parked (`tail_reads`
+/// grew: the id is not coming), or at `deadline` (then told to come back).
 pub(super) struct Parked {
     pub key: u32,
     pub request: Request,
     pub until: u64,
     pub deadline: Millis,
+    /// `Link::tail_reads` when it was parked.
+    pub tail_reads: u64,
 }
 
 /// Starts the link's threads with what they need from the configuration.
@@ -36,6 +41,10 @@ impl Server {
     /// Applies everything the link reported since the last turn, in order.
     pub(super) fn poll_redis(&mut self) {
         let mut answered = false;
+        // Before draining: a tail read counted now had its entries queued before it.
+        if let Some(link) = self.commit.link() {
+            self.tail_reads_seen = link.tail_reads();
+        }
         while let Some(report) = self.commit.poll_remote() {
             match report {
                 FromRedis::Answers(answers) => {
@@ -62,6 +71,7 @@ impl Server {
                     info!("redis: history starts at id {remembers_from}, last id {last_id}");
                     self.hub.set_remembers_from(remembers_from);
                     self.hub.raise_last(last_id);
+                    self.cluster_ready = true;
                 }
                 FromRedis::Report(Report::Entries(entries)) => self.commit_entries(&entries),
                 FromRedis::Report(Report::Gap { forget_up_to, why }) => {
@@ -129,14 +139,16 @@ impl Server {
         }
     }
 
-    /// Parks a request whose resume id is ahead of this node (`Decision::CatchUp`).
+    /// Parks a stream request the node cannot decide yet (`Decision::CatchUp`).
     pub(super) fn park(&mut self, key: u32, request: Request, until: u64) {
         let deadline = self.now + self.config.cluster.catch_up.as_millis() as Millis;
+        let tail_reads = self.commit.link().map_or(0, Link::tail_reads);
         self.catching_up.push(Parked {
             key,
             request,
             until,
             deadline,
+            tail_reads,
         });
     }
 
@@ -145,20 +157,39 @@ impl Server {
     }
 
     /// Routes again the parked requests that the node has caught up with, and (with
-    /// `timers`) those whose wait is over.
+    /// `timers`) those whose wait is over, which are told to come back.
     pub(super) fn resume_parked(&mut self, timers: bool) {
         if self.catching_up.is_empty() {
             return;
         }
-        let last = self.hub.last_id();
-        let now = self.now;
-        let (due, waiting): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut self.catching_up)
-            .into_iter()
-            .partition(|p| p.until <= last || (timers && p.deadline <= now));
-        self.catching_up = waiting;
-        for p in due {
+        let (ready, last, tail_reads, now) = (
+            self.cluster_ready,
+            self.hub.last_id(),
+            self.tail_reads_seen,
+            self.now,
+        );
+        let next = |p: &Parked| -> Option<CatchUp> {
+            if ready && p.until == u64::MAX {
+                // Ready now: a first look, as if it had just come.
+                Some(CatchUp::MayWait { ready: true })
+            } else if ready && (p.until <= last || tail_reads > p.tail_reads) {
+                Some(CatchUp::Decide)
+            } else if timers && p.deadline <= now {
+                Some(CatchUp::GiveUp)
+            } else {
+                None
+            }
+        };
+        let mut due = Vec::new();
+        for p in std::mem::take(&mut self.catching_up) {
+            match next(&p) {
+                Some(how) => due.push((p, how)),
+                None => self.catching_up.push(p),
+            }
+        }
+        for (p, how) in due {
             if self.streams.get(p.key).is_some() {
-                self.handle_request(p.key, p.request, false);
+                self.handle_request(p.key, p.request, how);
                 self.process_requests(p.key);
             }
         }

@@ -55,9 +55,21 @@ pub struct Ctx<'a> {
     pub hub: &'a Hub,
     /// Unix milliseconds, read once per loop turn by the caller (token expiry).
     pub wall_ms: u64,
-    /// Cluster mode, first look at this request: a resume from an id above the hub's last
-    /// id waits for the node to read it (`Decision::CatchUp`) instead of being decided.
-    pub catch_up: bool,
+    /// Cluster mode: whether a stream request may wait for the node to read Redis.
+    pub catch_up: CatchUp,
+}
+
+/// Cluster mode (protocol 7): what a stream request may do while the node has not read
+/// what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Decide now: single node, or the node has read Redis since the request came.
+    Decide,
+    /// First look: wait (`Decision::CatchUp`) when the node has not read Redis yet
+    /// (`ready` false), or when the resume id is above its last id.
+    MayWait { ready: bool },
+    /// The wait is over and the node is still behind: `Decision::ComeBack`.
+    GiveUp,
 }
 
 /// Which connection cap a refused request is over.
@@ -106,9 +118,17 @@ pub enum Decision<'r> {
     /// Open a stream.
     Stream(StreamPlan<'r>),
     /// Cluster mode: the resume id `until` is above this node's last id (another node saw
-    /// it first). Route the request again once the node has read up to it, or once
-    /// `cluster.catch_up` has passed (then without `Ctx::catch_up`).
+    /// it first), or the node has not read Redis yet (`until` is `u64::MAX`). Route the
+    /// request again once the node has read up to it or to the end of the stream, or once
+    /// `cluster.catch_up` has passed (then with `CatchUp::GiveUp`).
     CatchUp { until: u64 },
+    /// Cluster mode, a stream request the node could not catch up with in time (it has
+    /// not read Redis yet, or is behind): the stream head with `headers`, then only
+    /// `retry:`, then close — the client comes back with the same `Last-Event-ID`, and is
+    /// neither told `reset` nor sent a replay the node cannot vouch for.
+    ComeBack {
+        headers: Vec<(&'static str, &'r str)>,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -370,10 +390,16 @@ fn route_public<'r>(
         .last_event_id
         .as_deref()
         .or(query.last_event_id.as_deref());
-    if ctx.catch_up
-        && let Some(until) = ctx.hub.ahead_of_last(resume)
-    {
-        return Decision::CatchUp { until };
+    match ctx.catch_up {
+        CatchUp::Decide => {}
+        CatchUp::MayWait { ready: false } => return Decision::CatchUp { until: u64::MAX },
+        CatchUp::MayWait { ready: true } => {
+            if let Some(until) = ctx.hub.ahead_of_last(resume) {
+                return Decision::CatchUp { until };
+            }
+        }
+        CatchUp::GiveUp if head_only => return Decision::StreamHead { headers },
+        CatchUp::GiveUp => return Decision::ComeBack { headers },
     }
     let (cursor, reset, replay) = match ctx.hub.plan_resume_names(&query.topics, resume) {
         Resume::Finished => return answer(204, "", after, headers, false),
@@ -531,7 +557,7 @@ mod tests {
                 cors: &self.cors,
                 hub: &self.hub,
                 wall_ms: now_s() * 1000,
-                catch_up: false,
+                catch_up: CatchUp::Decide,
             }
         }
     }
@@ -1112,7 +1138,7 @@ mod tests {
     fn cluster_resumes_ahead_of_the_node_wait_to_catch_up() {
         let w = World::new();
         let ctx = Ctx {
-            catch_up: true,
+            catch_up: CatchUp::MayWait { ready: true },
             ..w.ctx()
         };
         let last = *w.ids.last().unwrap();
@@ -1121,7 +1147,7 @@ mod tests {
         assert_eq!(decide(&r, &ctx), Decision::CatchUp { until: last + 5 });
         // The second look (catch-up over or timed out) decides: an id never seen: reset.
         let again = Ctx {
-            catch_up: false,
+            catch_up: CatchUp::Decide,
             ..w.ctx()
         };
         let plan = stream(decide(&r, &again));
@@ -1140,6 +1166,32 @@ mod tests {
         // Auth and CORS are decided before any wait.
         let r = http("GET", "/events?topic=secret/x", &ahead);
         assert!(matches!(decide(&r, &ctx), Decision::Answer(a) if a.status == 401));
+        // Before the node has read Redis, every stream request waits, even a fresh one.
+        let unready = Ctx {
+            catch_up: CatchUp::MayWait { ready: false },
+            ..w.ctx()
+        };
+        let fresh = http("GET", "/events?topic=a", "");
+        assert_eq!(
+            decide(&fresh, &unready),
+            Decision::CatchUp { until: u64::MAX }
+        );
+        // The wait is over and the node still behind: only `retry:`, with the CORS headers.
+        let late = Ctx {
+            catch_up: CatchUp::GiveUp,
+            ..w.ctx()
+        };
+        let r = http(
+            "GET",
+            "/events?topic=a",
+            &format!("Origin: {ORIGIN}\r\n{ahead}"),
+        );
+        assert_eq!(
+            decide(&r, &late),
+            Decision::ComeBack {
+                headers: CORS.to_vec()
+            }
+        );
     }
 
     #[test]
