@@ -797,3 +797,88 @@ fn a_reader_left_on_a_server_that_gets_no_writes_reconnects() {
         "B's last was raised"
     );
 }
+
+#[test]
+fn a_key_reused_for_another_event_is_refused_and_nothing_is_appended() {
+    let redis = RedisServer::start();
+    let mut node = Node::start(options(&redis.unix_url()));
+    node.wait_up(1);
+    let id = node.publish_ok(vec![keyed("a", "one", "k1")])[0];
+    let mut final_one = keyed("a", "one", "k1");
+    final_one.is_final = true;
+    let answers = node.publish(vec![
+        keyed("a", "two", "k1"),
+        keyed("b", "one", "k1"),
+        final_one,
+        keyed("a", "one", "k1"),
+    ]);
+    let refused = Err("\"key\" k1 was used for a different event".to_string());
+    assert_eq!(
+        answers,
+        [refused.clone(), refused.clone(), refused, Ok(id)],
+        "other data, other topics, final: refused; the same event: its id"
+    );
+    assert!(
+        node.link.is_up(),
+        "a refused event is not a failure of the link"
+    );
+    assert_eq!(redis.con().xlen::<_, u64>(STREAM).unwrap(), 1);
+}
+
+/// Every entry names the data set's epoch; a node whose position is a raised `last` (no
+/// entry of its own) reconnects to the same server without a gap; a flushed data set is a
+/// gap as soon as the next entry, of the new epoch, arrives.
+#[test]
+fn epochs_and_positions_across_reconnects() {
+    let redis = RedisServer::start();
+    let mut first = Node::start(options(&redis.unix_url()));
+    first.wait_up(1);
+    let id = first.publish_ok(vec![req(&["a"], "x")])[0];
+    let mut con = redis.con();
+    let epoch: String = con.get("t:{ev}:epoch").unwrap();
+    assert_eq!(epoch.len(), 16, "{epoch}");
+    assert_eq!(fields(&mut con, id).get("x"), Some(&epoch));
+    // An empty stream whose `last` stays: the next node's position is that `last`.
+    let _: () = redis::cmd("XTRIM")
+        .arg(STREAM)
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut con)
+        .unwrap();
+    let mut node = Node::start(options(&redis.unix_url()));
+    node.wait_up(1);
+    assert_eq!(node.started, Some((id, id)));
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut con)
+        .unwrap();
+    assert!(killed >= 2, "the links' connections were cut ({killed})");
+    node.wait_up(2);
+    let next = node.publish_ok(vec![req(&["a"], "after the cut")])[0];
+    node.wait_entries(1);
+    assert_eq!(node.entries[0].id, next);
+    assert!(node.gaps.is_empty(), "{:?}", node.log);
+
+    // FLUSHALL under the nodes: the writer's next publish names an epoch that is gone.
+    let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+    let refused = node.publish(vec![req(&["a"], "into a flushed data set")]);
+    assert!(
+        refused[0]
+            .as_ref()
+            .is_err_and(|e| e.contains("the data set changed")),
+        "{refused:?}"
+    );
+    node.wait_up(3);
+    let after = node.publish_ok(vec![req(&["a"], "new epoch")])[0];
+    assert!(after > next);
+    node.wait("a gap", Duration::from_secs(5), |n| !n.gaps.is_empty());
+    assert!(
+        node.gaps[0].0 >= next && node.entries.last().is_some_and(|e| e.id == after),
+        "{:?}",
+        node.log
+    );
+}
