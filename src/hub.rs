@@ -401,9 +401,13 @@ impl Hub {
     }
 
     /// The resume id, when it is a decimal id above the last id (cluster mode: another
-    /// node may have delivered it before this node read it).
+    /// node may have delivered it before this node read it) that the hub cannot already
+    /// tell is gone (below where its memory starts, or inside forgotten ids: `reset` now,
+    /// whatever the node reads later).
     pub fn ahead_of_last(&self, resume: Option<&str>) -> Option<u64> {
-        resume.and_then(parse_id).filter(|&id| id > self.last_id())
+        resume.and_then(parse_id).filter(|&id| {
+            id > self.last_id() && id >= self.remembers_from && id >= self.forgotten_up_to
+        })
     }
 
     /// Cluster mode: ids up to `id` were issued elsewhere (Redis's last id at start-up, or
@@ -813,6 +817,25 @@ mod tests {
         assert_eq!(calls, [3_000, 3_000, 3_000, 1_000]);
         assert_eq!(hub.retained_events(), 0);
         assert_eq!(hub.topic_count(), 0, "quiet topics forgotten at the end");
+    }
+
+    /// Cluster mode: an id above the last id waits for the node only when the node cannot
+    /// already tell it is gone.
+    #[test]
+    fn only_ids_the_node_may_still_read_are_ahead() {
+        let mut hub = Hub::new(limits(1000, 1 << 20), 0, 5_000);
+        hub.raise_last(6_000);
+        assert_eq!(hub.ahead_of_last(Some("7000")), Some(7_000));
+        assert_eq!(hub.ahead_of_last(Some("6000")), None, "not above the last id");
+        assert_eq!(hub.ahead_of_last(Some("x")), None);
+        // An empty data set at start-up: ids from before it are gone, whatever comes.
+        let mut empty = Hub::new(limits(1000, 1 << 20), 0, 5_000);
+        empty.set_remembers_from(9_000);
+        assert_eq!(empty.ahead_of_last(Some("7000")), None);
+        assert_eq!(empty.ahead_of_last(Some("9500")), Some(9_500));
+        hub.note_forgotten(8_000);
+        assert_eq!(hub.ahead_of_last(Some("7000")), None, "inside a gap");
+        assert_eq!(hub.ahead_of_last(Some("8000")), Some(8_000));
     }
 
     #[test]

@@ -74,11 +74,19 @@ impl Failure {
 /// The reason of `Failure::Interrupted`.
 pub(super) const INTERRUPTED: &str = "interrupted by a stop and continue of the process";
 
-/// Whether `e` is `EINTR`.
+/// Whether `e` is `EINTR`. The crate keeps an I/O error as an
+/// `Arc<dyn Error + Send + Sync>`, which is what `source()` hands out.
 pub(super) fn interrupted(e: &RedisError) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let Some(source) = std::error::Error::source(e) else {
+        return false;
+    };
+    let io = source.downcast_ref::<std::io::Error>().or_else(|| {
+        source
+            .downcast_ref::<Shared>()
+            .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+    });
+    io.is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
 }
 
 /// Which server a connection reached, and as what (`INFO server replication`).
@@ -197,6 +205,16 @@ mod tests {
         assert!(delays[9] >= BACKOFF_MAX / 2);
         b.reset();
         assert!(b.delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn eintr_is_told_apart_from_other_io_errors() {
+        let eintr = RedisError::from(std::io::Error::from(std::io::ErrorKind::Interrupted));
+        assert!(interrupted(&eintr));
+        let raw = RedisError::from(std::io::Error::from_raw_os_error(4));
+        assert!(interrupted(&raw), "{raw}");
+        let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!interrupted(&reset));
     }
 
     #[test]
