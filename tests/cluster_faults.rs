@@ -62,6 +62,17 @@ fn finish(p: &mut Publisher, recs: &mut [&mut Recorder], acks: &AckLog, context:
         for s in &subs {
             eprintln!("{context}: {}", summary(s));
         }
+        let mut answers: Vec<String> = acks
+            .all()
+            .iter()
+            .filter(|a| parse_ok(&a.answer).is_none())
+            .map(|a| a.answer.clone())
+            .collect();
+        answers.dedup();
+        eprintln!(
+            "{context}: {} ok; other answers: {answers:?}",
+            acks.count(|a| matches!(a.outcome, Outcome::Ok(_)))
+        );
     }
     if !problems.is_empty() {
         let shown: Vec<String> = problems
