@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod faults;
 pub mod prom;
 pub mod redis;
 

@@ -21,6 +21,8 @@ pub struct Redis {
     /// Its working directory: a replica writes the RDB of its full sync there, and any
     /// Redis loads `dump.rdb` from it at start; never the test's own directory.
     dir: tempfile::TempDir,
+    /// Extra environment of the `redis-server` process (e.g. `LD_PRELOAD` of a clock shim).
+    env: Vec<(String, String)>,
 }
 
 /// A free loopback port (bound and released).
@@ -33,11 +35,21 @@ impl Redis {
     /// Starts an empty Redis (no RDB, no AOF) with `extra` config arguments
     /// (`["--replicaof", "127.0.0.1", "6379"]`).
     pub fn start(extra: &[&str]) -> Redis {
+        Redis::start_with_env(extra, &[])
+    }
+
+    /// `start` with extra environment variables for the `redis-server` process (kept for
+    /// `restart`), e.g. `[("LD_PRELOAD", shim), ("SHIM_OFFSET_US", "-30000000")]`.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Redis {
         let mut r = Redis {
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             dir: tempfile::tempdir().expect("temp dir"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         r.restart();
         r
@@ -58,6 +70,7 @@ impl Redis {
             .args(["--stream-node-max-entries", "4"])
             .args(["--loglevel", "warning"])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -273,6 +286,15 @@ pub fn node_on(url: &str, port: u16, extra: &[(&str, &str)]) -> Server {
         s.log_text()
     );
     s
+}
+
+/// `node`, but without waiting for `ssehub_redis_up 1` (a node started while Redis is
+/// unreachable); waits only for it to listen.
+pub fn node_unchecked(url: &str, extra: &[(&str, &str)]) -> Server {
+    let cluster = format!("redis = {url:?}\nconnect_timeout = \"500ms\"");
+    let mut sections: Vec<(&str, &str)> = vec![("cluster", cluster.as_str())];
+    sections.extend_from_slice(extra);
+    Server::start_with(&sections)
 }
 
 /// `ssehub_redis_up` of a node (None: not in its /metrics).
