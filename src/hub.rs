@@ -826,7 +826,11 @@ mod tests {
         let mut hub = Hub::new(limits(1000, 1 << 20), 0, 5_000);
         hub.raise_last(6_000);
         assert_eq!(hub.ahead_of_last(Some("7000")), Some(7_000));
-        assert_eq!(hub.ahead_of_last(Some("6000")), None, "not above the last id");
+        assert_eq!(
+            hub.ahead_of_last(Some("6000")),
+            None,
+            "not above the last id"
+        );
         assert_eq!(hub.ahead_of_last(Some("x")), None);
         // An empty data set at start-up: ids from before it are gone, whatever comes.
         let mut empty = Hub::new(limits(1000, 1 << 20), 0, 5_000);

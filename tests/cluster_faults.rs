@@ -260,7 +260,7 @@ fn checker_accepts_a_gap_with_a_reset_between() {
 }
 
 #[test]
-fn checker_accepts_a_late_reset_for_ids_issued_below_what_was_delivered() {
+fn checker_flags_ids_issued_below_what_was_delivered_even_with_a_later_reset() {
     let acks = AckLog::new();
     acks.push("t", "d15", r#"{"ok":true,"id":"15"}"#);
     // 15 appeared after the subscriber had passed it (10 then 20).
@@ -281,11 +281,15 @@ fn checker_accepts_a_late_reset_for_ids_issued_below_what_was_delivered() {
         vec![open(None), ev(10), ev(20), closed(), open(Some(20)), ev(30)],
     );
     let v = check(&[late, never], &acks.all());
-    assert_eq!(v.len(), 1, "{v:#?}");
-    assert!(
-        v[0].starts_with("never: silent gap between #1 Event(10) and #2 Event(20): missing 1 [15"),
-        "{v:#?}"
-    );
+    assert_eq!(v.len(), 2, "{v:#?}");
+    for (line, name) in v.iter().zip(["late", "never"]) {
+        assert!(
+            line.starts_with(&format!(
+                "{name}: silent gap between #1 Event(10) and #2 Event(20): missing 1 [15"
+            )),
+            "{v:#?}"
+        );
+    }
 }
 
 #[test]

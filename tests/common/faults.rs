@@ -555,9 +555,7 @@ pub struct SubRecord {
 ///     subscriber without a `reset` between them; likewise one above its last delivery
 ///     (the tail: run after a sentinel everyone got). An event that appears later with an
 ///     id the subscriber had already passed (a failover that issued lower ids) is missed
-///     too; a `reset` delivered after the earlier of the two deliveries excuses it when
-///     the first event after that reset is above it (the reset said: you may have missed
-///     events before this one);
+///     too, whatever comes after: no later `reset` excuses it;
 /// (b) ids not strictly increasing (a duplicate or reordering) between resets, and after a
 ///     `reset` a first id not above the `Last-Event-ID` sent on that connection;
 /// (c) one id known with two different data.
@@ -599,24 +597,6 @@ pub fn check(subs: &[SubRecord], acks: &[Ack]) -> Vec<String> {
     let empty = BTreeMap::new();
     for s in subs {
         let known = exists.get(&s.topic).unwrap_or(&empty);
-        // (position of each reset, the id of the first event after it or MAX).
-        let resets: Vec<(usize, u64)> = s
-            .deliveries
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| **d == Delivery::Reset)
-            .map(|(r, _)| {
-                let cover = s.deliveries[r..]
-                    .iter()
-                    .find_map(|d| match d {
-                        Delivery::Event(id, _) => Some(*id),
-                        _ => None,
-                    })
-                    .unwrap_or(u64::MAX);
-                (r, cover)
-            })
-            .collect();
-        let excused = |m: u64, after: usize| resets.iter().any(|(r, c)| *r > after && *c > m);
         let mut resume: Option<u64> = None;
         // The last event since the last reset (gap check), and the floor for order.
         let mut prev: Option<(u64, usize)> = None;
@@ -651,7 +631,6 @@ pub fn check(subs: &[SubRecord], acks: &[Ack]) -> Vec<String> {
                     if let Some((a, ai)) = prev.filter(|(a, _)| *a < *id) {
                         let missing: Vec<String> = known
                             .range(a + 1..*id)
-                            .filter(|(m, _)| !excused(**m, ai))
                             .map(|(m, (md, from))| format!("{m} {md:?} ({from})"))
                             .collect();
                         if !missing.is_empty() {
@@ -673,7 +652,6 @@ pub fn check(subs: &[SubRecord], acks: &[Ack]) -> Vec<String> {
         if let Some((a, ai)) = prev {
             let missing: Vec<String> = known
                 .range(a + 1..)
-                .filter(|(m, _)| !excused(**m, ai))
                 .map(|(m, (md, from))| format!("{m} {md:?} ({from})"))
                 .collect();
             if !missing.is_empty() {
