@@ -388,11 +388,11 @@ impl SseStream {
             );
         }
         // A lone `retry:` line may precede the first event without its own blank line.
-        if self.buf.starts_with(b"retry:") {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..i + 1).collect();
-                return Block::Lines(vec![String::from_utf8_lossy(&line).trim_end().into()]);
-            }
+        if self.buf.starts_with(b"retry:")
+            && let Some(i) = self.buf.iter().position(|&b| b == b'\n')
+        {
+            let line: Vec<u8> = self.buf.drain(..i + 1).collect();
+            return Block::Lines(vec![String::from_utf8_lossy(&line).trim_end().into()]);
         }
         if self.eof {
             return Block::Eof;
