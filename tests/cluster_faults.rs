@@ -419,6 +419,84 @@ fn held_redis_paused_for_3s_while_publishing_no_silent_gap() {
     finish(&mut pa, &mut [&mut ra, &mut rb], &acks, "redis paused 3 s");
 }
 
+/// Publishes on `pa` and `pb` in turn, one every 50 ms, for `until`.
+fn publish_for(until: Duration, pa: &mut Publisher, pb: &mut Publisher, k: &mut usize) {
+    let end = Instant::now() + until;
+    while Instant::now() < end {
+        let p = if *k % 2 == 0 { &mut *pa } else { &mut *pb };
+        p.publish("t", &format!("e{k}"));
+        *k += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Redis with `appendonly` (fsync every second) is killed and restarted from its AOF while
+/// two nodes publish: what the AOF kept comes back, what it lost is announced.
+#[test]
+fn held_redis_with_appendonly_killed_and_restarted_no_silent_gap() {
+    let mut redis = Redis::start(&["--appendonly", "yes", "--appendfsync", "everysec"]);
+    let (a, b) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let acks = AckLog::new();
+    let mut ra = Recorder::on("sub@A", &a, "t");
+    let mut rb = Recorder::on("sub@B", &b, "t");
+    wait_open(&[&ra, &rb]);
+    let (mut pa, mut pb) = (Publisher::new(&a, &acks), Publisher::new(&b, &acks));
+    let mut k = 0;
+    publish_for(Duration::from_millis(1500), &mut pa, &mut pb, &mut k);
+    redis.restart();
+    publish_for(Duration::from_secs(3), &mut pa, &mut pb, &mut k);
+    finish(&mut pa, &mut [&mut ra, &mut rb], &acks, "appendonly redis killed");
+}
+
+/// Hand edits an operator might make: `FUNCTION DELETE` (the writer reloads it),
+/// `XTRIM MAXLEN 0` and `XTRIM MINID` past what the nodes delivered.
+#[test]
+fn held_function_delete_and_trims_by_hand_no_silent_gap() {
+    let redis = Redis::start(&[]);
+    let (a, b) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let acks = AckLog::new();
+    let mut ra = Recorder::on("sub@A", &a, "t");
+    let mut rb = Recorder::on("sub@B", &b, "t");
+    wait_open(&[&ra, &rb]);
+    let (mut pa, mut pb) = (Publisher::new(&a, &acks), Publisher::new(&b, &acks));
+    let mut k = 0;
+    publish_for(Duration::from_millis(500), &mut pa, &mut pb, &mut k);
+    assert_eq!(redis.cli(&["FUNCTION", "DELETE", "ssehub"]), "OK");
+    publish_for(Duration::from_secs(1), &mut pa, &mut pb, &mut k);
+    redis.cli(&["XTRIM", "ssehub:{ev}", "MAXLEN", "0"]);
+    publish_for(Duration::from_secs(1), &mut pa, &mut pb, &mut k);
+    let minid = format!("{}-0", now_us());
+    redis.cli(&["XTRIM", "ssehub:{ev}", "MINID", &minid]);
+    publish_for(Duration::from_secs(1), &mut pa, &mut pb, &mut k);
+    finish(&mut pa, &mut [&mut ra, &mut rb], &acks, "function delete and trims");
+}
+
+/// Node B is paused for longer than `history.max_age` while A publishes (the stream is
+/// trimmed by age past B's position).
+#[test]
+fn held_node_paused_past_max_age_no_silent_gap() {
+    let redis = Redis::start(&[]);
+    let short = [("history", "max_age = \"2s\"")];
+    let (a, b) = (node(&redis.url(), &short), node(&redis.url(), &short));
+    let acks = AckLog::new();
+    let mut ra = Recorder::on("sub@A", &a, "t");
+    let mut rb = Recorder::on("sub@B", &b, "t");
+    wait_open(&[&ra, &rb]);
+    let mut pa = Publisher::new(&a, &acks);
+    publish_ok(&mut pa, 5, "before", Duration::from_secs(5));
+    b.signal("STOP");
+    let end = Instant::now() + Duration::from_secs(3);
+    let mut i = 0;
+    while Instant::now() < end {
+        pa.publish("t", &format!("while B sleeps {i}"));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.signal("CONT");
+    publish_ok(&mut pa, 5, "after", Duration::from_secs(5));
+    finish(&mut pa, &mut [&mut ra, &mut rb], &acks, "node paused past max_age");
+}
+
 // ---- Scenarios found by the review (fail before the fixes) -----------------------------------
 
 /// 1. Node A is paused while B publishes 50 events and Redis is then restarted empty; A
