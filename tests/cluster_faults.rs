@@ -443,9 +443,19 @@ fn held_redis_with_appendonly_killed_and_restarted_no_silent_gap() {
     let (mut pa, mut pb) = (Publisher::new(&a, &acks), Publisher::new(&b, &acks));
     let mut k = 0;
     publish_for(Duration::from_millis(1500), &mut pa, &mut pb, &mut k);
+    let before = redis.stream_len("ssehub");
     redis.restart();
+    assert!(
+        redis.stream_len("ssehub") > 0 && before > 0,
+        "the AOF brought the stream back ({before} entries before)"
+    );
     publish_for(Duration::from_secs(3), &mut pa, &mut pb, &mut k);
-    finish(&mut pa, &mut [&mut ra, &mut rb], &acks, "appendonly redis killed");
+    finish(
+        &mut pa,
+        &mut [&mut ra, &mut rb],
+        &acks,
+        "appendonly redis killed",
+    );
 }
 
 /// Hand edits an operator might make: `FUNCTION DELETE` (the writer reloads it),
@@ -463,12 +473,21 @@ fn held_function_delete_and_trims_by_hand_no_silent_gap() {
     publish_for(Duration::from_millis(500), &mut pa, &mut pb, &mut k);
     assert_eq!(redis.cli(&["FUNCTION", "DELETE", "ssehub"]), "OK");
     publish_for(Duration::from_secs(1), &mut pa, &mut pb, &mut k);
+    assert!(
+        acks.count(|a| a.answer.contains("Function not found")) > 0,
+        "a publish met the deleted Function"
+    );
     redis.cli(&["XTRIM", "ssehub:{ev}", "MAXLEN", "0"]);
     publish_for(Duration::from_secs(1), &mut pa, &mut pb, &mut k);
     let minid = format!("{}-0", now_us());
     redis.cli(&["XTRIM", "ssehub:{ev}", "MINID", &minid]);
     publish_for(Duration::from_secs(1), &mut pa, &mut pb, &mut k);
-    finish(&mut pa, &mut [&mut ra, &mut rb], &acks, "function delete and trims");
+    finish(
+        &mut pa,
+        &mut [&mut ra, &mut rb],
+        &acks,
+        "function delete and trims",
+    );
 }
 
 /// Node B is paused for longer than `history.max_age` while A publishes (the stream is
@@ -494,7 +513,17 @@ fn held_node_paused_past_max_age_no_silent_gap() {
     }
     b.signal("CONT");
     publish_ok(&mut pa, 5, "after", Duration::from_secs(5));
-    finish(&mut pa, &mut [&mut ra, &mut rb], &acks, "node paused past max_age");
+    assert!(
+        wait_for(Duration::from_secs(5), || b.log_contains("possible gap")),
+        "B's position was trimmed by age while it slept: {}",
+        b.log_text()
+    );
+    finish(
+        &mut pa,
+        &mut [&mut ra, &mut rb],
+        &acks,
+        "node paused past max_age",
+    );
 }
 
 // ---- Scenarios found by the review (fail before the fixes) -----------------------------------
