@@ -423,7 +423,11 @@ fn held_redis_paused_for_3s_while_publishing_no_silent_gap() {
 fn publish_for(until: Duration, pa: &mut Publisher, pb: &mut Publisher, k: &mut usize) {
     let end = Instant::now() + until;
     while Instant::now() < end {
-        let p = if *k % 2 == 0 { &mut *pa } else { &mut *pb };
+        let p = if k.is_multiple_of(2) {
+            &mut *pa
+        } else {
+            &mut *pb
+        };
         p.publish("t", &format!("e{k}"));
         *k += 1;
         std::thread::sleep(Duration::from_millis(50));
