@@ -3,7 +3,7 @@
 //! `size_of::<Conn>()` is pinned by a test so that growth is a visible decision.
 
 pub mod out_queue;
-mod record;
+pub mod record;
 pub mod table;
 pub mod tls;
 

@@ -24,7 +24,9 @@ pub const CLOSE_NOTIFY: u8 = 0;
 pub const UNEXPECTED_MESSAGE: u8 = 10;
 pub const BAD_RECORD_MAC: u8 = 20;
 pub const RECORD_OVERFLOW: u8 = 22;
+pub const ILLEGAL_PARAMETER: u8 = 47;
 pub const DECODE_ERROR: u8 = 50;
+pub const USER_CANCELED: u8 = 90;
 pub const NO_RENEGOTIATION: u8 = 100;
 
 const TAG: usize = 16;
@@ -38,6 +40,12 @@ const EXPLICIT_NONCE: usize = 8;
 const MAX_RECORDS_PER_KEY: u64 = 1 << 23;
 /// KeyUpdates a client may send on one connection (an hourly one for half a year).
 const MAX_KEY_UPDATES: u16 = 4096;
+/// Empty records (no plaintext: an empty application-data record, or in TLS 1.3 one of
+/// padding only) accepted in a row; one more is fatal. rustls's limit, from BoringSSL.
+pub const MAX_EMPTY_IN_A_ROW: u8 = 32;
+/// Warning alerts ignored on one connection (TLS 1.2's, and TLS 1.3's `user_canceled`);
+/// one more is fatal. rustls's limit.
+const MAX_WARNING_ALERTS: u8 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Alg {
@@ -133,6 +141,10 @@ pub struct Traffic {
     limit: u64,
     /// KeyUpdates received, each costing two key derivations: bounded.
     key_updates: u16,
+    /// Empty records received since the last one with plaintext (`MAX_EMPTY_IN_A_ROW`).
+    empty_in_a_row: u8,
+    /// Warning alerts received and ignored (`MAX_WARNING_ALERTS`).
+    warnings: u8,
 }
 
 fn invalid(msg: &'static str) -> io::Error {
@@ -155,7 +167,34 @@ impl Traffic {
             kernel: tls13.then(|| Box::new(kernel)),
             limit: MAX_RECORDS_PER_KEY,
             key_updates: 0,
+            empty_in_a_row: 0,
+            warnings: 0,
         })
+    }
+
+    /// Fuzzing and tests: a session with fixed keys and no key schedule (a KeyUpdate is
+    /// refused), of suite `suite % 3` (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305).
+    /// `peer` gives the other end: its sending keys are this end's receiving keys.
+    #[doc(hidden)]
+    pub fn with_test_keys(suite: u8, tls13: bool, peer: bool) -> Traffic {
+        let alg = [Alg::Aes128Gcm, Alg::Aes256Gcm, Alg::Chacha20][usize::from(suite % 3)];
+        let keys = |seed: u8| Keys {
+            alg,
+            key: [seed; 32],
+            iv: [seed ^ 0x5a; 12],
+            seq: 0,
+        };
+        let (tx, rx) = if peer { (2, 1) } else { (1, 2) };
+        Traffic {
+            tls13,
+            tx: keys(tx),
+            rx: keys(rx),
+            kernel: None,
+            limit: MAX_RECORDS_PER_KEY,
+            key_updates: 0,
+            empty_in_a_row: 0,
+            warnings: 0,
+        }
     }
 
     /// Lowers the records sealed per key, so that tests reach the renewal.
@@ -330,12 +369,45 @@ impl Traffic {
             (outer, start..start + plain_len)
         };
         self.rx.seq += 1;
+        if range.is_empty() {
+            // Free to send, so bounded: an empty application-data record (or in TLS 1.3
+            // one of padding only) a few times in a row; never an empty handshake message
+            // or alert (RFC 8446 §5.1, RFC 5246 §6.2.1).
+            if content_type != APPLICATION_DATA {
+                return Err((
+                    DECODE_ERROR,
+                    invalid("TLS: empty handshake or alert record"),
+                ));
+            }
+            self.empty_in_a_row += 1;
+            if self.empty_in_a_row > MAX_EMPTY_IN_A_ROW {
+                return Err((
+                    UNEXPECTED_MESSAGE,
+                    invalid("TLS: too many empty records in a row"),
+                ));
+            }
+        } else {
+            self.empty_in_a_row = 0;
+        }
         match content_type {
             APPLICATION_DATA => Ok(Record::Data(range)),
             ALERT => {
                 let alert = &record[range];
                 match alert {
                     [_, CLOSE_NOTIFY] => Ok(Record::Closed),
+                    // Warnings are ignored in TLS 1.2, and `user_canceled` in TLS 1.3
+                    // (it precedes a close_notify), a few per connection.
+                    [1, description] if !self.tls13 || *description == USER_CANCELED => {
+                        self.warnings += 1;
+                        if self.warnings > MAX_WARNING_ALERTS {
+                            return Err((
+                                UNEXPECTED_MESSAGE,
+                                invalid("TLS: too many warning alerts"),
+                            ));
+                        }
+                        Ok(Record::Nothing)
+                    }
+                    [1, _] => Err((DECODE_ERROR, invalid("TLS 1.3: a warning alert"))),
                     [_, _] => Err((CLOSE_NOTIFY, invalid("TLS: the peer sent an alert"))),
                     _ => Err((DECODE_ERROR, invalid("TLS: malformed alert"))),
                 }
@@ -358,6 +430,13 @@ impl Traffic {
                             }
                             self.key_update(request == 1, out)
                                 .map_err(|e| (UNEXPECTED_MESSAGE, e))?;
+                        }
+                        // RFC 8446 §4.6.3: any other request value is illegal_parameter.
+                        [24, 0, 0, 1, _, ..] => {
+                            return Err((
+                                ILLEGAL_PARAMETER,
+                                invalid("TLS 1.3: KeyUpdate with an invalid request"),
+                            ));
                         }
                         _ => {
                             return Err((
@@ -414,21 +493,15 @@ mod tests {
 
     /// A server-side sealer and the matching opener (its tx keys as their rx keys).
     fn pair(alg: Alg, tls13: bool) -> (Traffic, Traffic) {
-        let keys = |seed: u8| Keys {
-            alg,
-            key: [seed; 32],
-            iv: [seed ^ 0x5a; 12],
-            seq: 0,
+        let suite = match alg {
+            Alg::Aes128Gcm => 0,
+            Alg::Aes256Gcm => 1,
+            Alg::Chacha20 => 2,
         };
-        let make = |tx: u8, rx: u8| Traffic {
-            tls13,
-            tx: keys(tx),
-            rx: keys(rx),
-            kernel: None,
-            limit: MAX_RECORDS_PER_KEY,
-            key_updates: 0,
-        };
-        (make(1, 2), make(2, 1))
+        (
+            Traffic::with_test_keys(suite, tls13, false),
+            Traffic::with_test_keys(suite, tls13, true),
+        )
     }
 
     const ALL: [(Alg, bool); 6] = [
@@ -466,6 +539,74 @@ mod tests {
             );
             assert!(out.is_empty());
             assert_eq!((a.tx.seq, b.rx.seq), (3, 3));
+        }
+    }
+
+    /// Seals `plain` as `content_type` on `a` and opens it on `b`: the outcome.
+    fn one(a: &mut Traffic, b: &mut Traffic, content_type: u8, plain: &[u8]) -> Result<(), u8> {
+        let mut wire = Vec::new();
+        a.seal_raw(content_type, plain, &mut wire).unwrap();
+        b.open(&mut wire, &mut Vec::new())
+            .map(|_| ())
+            .map_err(|(alert, _)| alert)
+    }
+
+    #[test]
+    fn empty_records_are_bounded_in_a_row_and_never_handshake_or_alert() {
+        for (alg, tls13) in ALL {
+            let (mut a, mut b) = pair(alg, tls13);
+            for round in 0..3 {
+                for _ in 0..MAX_EMPTY_IN_A_ROW {
+                    assert_eq!(one(&mut a, &mut b, APPLICATION_DATA, b""), Ok(()));
+                }
+                // Data in between starts the count again.
+                if round < 2 {
+                    assert_eq!(one(&mut a, &mut b, APPLICATION_DATA, b"x"), Ok(()));
+                }
+            }
+            assert_eq!(
+                one(&mut a, &mut b, APPLICATION_DATA, b""),
+                Err(UNEXPECTED_MESSAGE),
+                "{alg:?} {tls13}: one empty record too many"
+            );
+            for content_type in [HANDSHAKE, ALERT] {
+                let (mut a, mut b) = pair(alg, tls13);
+                assert_eq!(
+                    one(&mut a, &mut b, content_type, b""),
+                    Err(DECODE_ERROR),
+                    "{alg:?} {tls13} empty {content_type}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn warning_alerts_and_invalid_key_updates() {
+        for (alg, tls13) in ALL {
+            let (mut a, mut b) = pair(alg, tls13);
+            // user_canceled is ignored in both versions, a few times.
+            for _ in 0..MAX_WARNING_ALERTS {
+                assert_eq!(one(&mut a, &mut b, ALERT, &[1, USER_CANCELED]), Ok(()));
+            }
+            assert_eq!(
+                one(&mut a, &mut b, ALERT, &[1, USER_CANCELED]),
+                Err(UNEXPECTED_MESSAGE)
+            );
+            // Any other warning: ignored in TLS 1.2, fatal in TLS 1.3.
+            let (mut a, mut b) = pair(alg, tls13);
+            let other = one(&mut a, &mut b, ALERT, &[1, 42]);
+            assert_eq!(other, if tls13 { Err(DECODE_ERROR) } else { Ok(()) });
+            // A fatal alert ends without an answer; close_notify at either level closes.
+            let (mut a, mut b) = pair(alg, tls13);
+            assert_eq!(one(&mut a, &mut b, ALERT, &[2, 40]), Err(CLOSE_NOTIFY));
+            if tls13 {
+                let (mut a, mut b) = pair(alg, tls13);
+                assert_eq!(
+                    one(&mut a, &mut b, HANDSHAKE, &[24, 0, 0, 1, 2]),
+                    Err(ILLEGAL_PARAMETER),
+                    "RFC 8446 4.6.3"
+                );
+            }
         }
     }
 
