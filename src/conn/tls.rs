@@ -329,7 +329,23 @@ impl Session {
     }
 }
 
+/// The end of the first TLS record at or after `at` in `buf`: its header's length, or the
+/// end of `buf` when the record is not all there.
+fn record_end(buf: &[u8], at: usize) -> usize {
+    match buf.get(at + 3..at + 5) {
+        Some(&[hi, lo]) => (at + 5 + usize::from(u16::from_be_bytes([hi, lo]))).min(buf.len()),
+        _ => buf.len(),
+    }
+}
+
 /// Handshake records in `buf` through rustls (see `Session::process`).
+///
+/// rustls sees the records one more at a time, never past the one that ends the
+/// handshake: whatever the client sent after its Finished (a KeyUpdate, its request) is
+/// left for our record layer. Otherwise rustls would answer a KeyUpdate by switching its
+/// own sending key and keep the KeyUpdate it owes the peer until its next write, which
+/// never comes once the keys are taken over (the kernel-TLS crates hand records over the
+/// same way for the same reason).
 fn handshake(
     conn: &mut UnbufferedServerConnection,
     output: &mut Vec<u8>,
@@ -337,8 +353,13 @@ fn handshake(
     sink: &mut dyn FnMut(&[u8]),
 ) -> io::Result<(usize, Next)> {
     let mut start = 0;
+    // rustls may keep a handshake message that spans records in place (not discarded
+    // until whole), so the window grows from `start` record by record.
+    let mut window = record_end(buf, 0);
+    let total = buf.len();
     loop {
-        let status = conn.process_tls_records(&mut buf[start..]);
+        let mut grow = false;
+        let status = conn.process_tls_records(&mut buf[start..window]);
         let mut discard = status.discard;
         let state = match status.state {
             Ok(state) => state,
@@ -366,10 +387,24 @@ fn handshake(
                 None
             }
             ConnectionState::PeerClosed | ConnectionState::Closed => Some(Next::Closed),
+            // rustls needs more than the window holds: one more record, if there is one.
+            ConnectionState::BlockedHandshake if window < total => {
+                grow = true;
+                None
+            }
             // BlockedHandshake, WriteTraffic, and early data (never enabled).
             _ => Some(Next::Idle),
         };
         start += discard;
+        if !conn.is_handshaking() {
+            // Done: nothing after this goes to rustls (`Session::process` takes the keys
+            // over), but what rustls still has to send (session tickets) is encoded first.
+            window = start;
+        } else if grow {
+            window = record_end(buf, window.max(start));
+        } else {
+            window = window.max(start);
+        }
         if let Some(next) = next {
             return Ok((start, next));
         }
