@@ -804,7 +804,9 @@ enum ReadOutcome {
     Closed,
 }
 
-/// Reads until `WouldBlock` or until `buf` holds `limit` bytes.
+/// Reads until `WouldBlock` or until `buf` holds `limit` bytes. Over TLS, what the
+/// records cost (plaintext plus `tls::RECORD_COST` each) is bounded too: a client that
+/// sends many records for few bytes is closed rather than read on.
 fn read_into(
     sock: &mut TcpStream,
     mut tls: Option<&mut tls::Session>,
@@ -812,7 +814,12 @@ fn read_into(
     limit: usize,
     scratch: &mut [u8],
 ) -> ReadOutcome {
+    let budget = 2 * limit + 64 * tls::RECORD_COST;
+    let mut spent = 0;
     while buf.len() < limit {
+        if spent > budget {
+            return ReadOutcome::Closed;
+        }
         let room = (limit - buf.len()).min(scratch.len());
         let read = match tls.as_deref_mut() {
             // Plaintext comes a record at a time: `buf` may pass `limit` by one record.
@@ -823,7 +830,7 @@ fn read_into(
         };
         match read {
             Ok(0) => return ReadOutcome::Closed,
-            Ok(_) => {}
+            Ok(n) => spent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return ReadOutcome::Closed,

@@ -7,6 +7,17 @@
 //!
 //! Keys are stored as bytes; ring's key schedule (AES round keys, the GHASH table) is
 //! built for each record sealed or opened, which costs far less than the write itself.
+//! What is wiped: our key and IV bytes, when a session ends or a KeyUpdate replaces them
+//! (`Keys`'s `Drop`); rustls's secrets it hands over (`AeadKey`) and its TLS 1.3 key
+//! schedule zero themselves. What is not: ring's per-record key schedule on the loop's
+//! stack (ring does not zero it; the next record's overwrites it). Acceptable because it
+//! only shortens how long keys linger in freed memory: nothing here defends against a
+//! reader of the live process (protocol 4, "Record-layer limits").
+//!
+//! Limits kept from rustls's own record layer: at most `MAX_EMPTY_IN_A_ROW` empty
+//! records in a row and no empty handshake or alert record, a few ignored warning alerts,
+//! `MAX_KEY_UPDATES`, records per key; `tls.rs` adds the hand-over right after the
+//! Finished, the per-record input cost and the bounds on incomplete records.
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::ConnectionTrafficSecrets;

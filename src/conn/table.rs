@@ -570,6 +570,18 @@ impl StreamTable {
                 return self.close(key);
             }
             ConnState::Streaming { .. } => {
+                if conn
+                    .tls
+                    .as_deref_mut()
+                    .is_some_and(|t| t.incomplete_too_long(now, keepalive))
+                {
+                    debug!("closing stream: a TLS record left incomplete for too long");
+                    if let Some(tls) = conn.tls.as_deref_mut() {
+                        tls.send_close_notify();
+                        let _ = tls::write_pending(&mut conn.sock, tls);
+                    }
+                    return self.close(key);
+                }
                 if let Some(out) = &conn.out {
                     if now >= out.since + write_timeout {
                         debug!(
@@ -659,9 +671,14 @@ impl StreamTable {
                     }
                 }
                 Ok(n) => {
-                    conn.discarded = conn.discarded.saturating_add(n as u16);
+                    // TLS: plaintext plus a cost per record (`tls::RECORD_COST`).
+                    conn.discarded = conn.discarded.saturating_add(n.min(u16::MAX.into()) as u16);
                     if conn.discarded > MAX_DISCARDED {
                         debug!("closing stream: client keeps sending");
+                        if let Some(tls) = conn.tls.as_deref_mut() {
+                            tls.send_close_notify();
+                            let _ = tls::write_pending(&mut conn.sock, tls);
+                        }
                         return self.close(key);
                     }
                 }

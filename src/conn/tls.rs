@@ -36,6 +36,25 @@ const RECORD_PLAINTEXT: usize = 16 * 1024;
 /// protocol error: a TLS record is at most 2^14 + 256 bytes of payload plus a 5-byte header.
 const MAX_HELD_INPUT: usize = 32 * 1024;
 
+/// What one record costs against a connection's input budget besides its plaintext
+/// (`read` returns plaintext plus this per record): records are counted, not only bytes,
+/// so empty or tiny records cannot be sent for free.
+pub const RECORD_COST: usize = 32;
+
+/// Incomplete records held by all sessions together (bytes of buffer): past it, a session
+/// that would hold more is ended. 1,024 connections each holding a whole record.
+const MAX_HELD_TOTAL: usize = 1024 * (MAX_HELD_INPUT / 2);
+
+thread_local! {
+    /// Bytes of incomplete input held by the loop's sessions (`MAX_HELD_TOTAL`).
+    static HELD_TOTAL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes of incomplete TLS input all sessions on this thread hold (`/metrics`, tests).
+pub fn held_input_bytes() -> usize {
+    HELD_TOTAL.get()
+}
+
 /// Loads the certificate chain and key (PEM) into a server configuration; the error names
 /// the file and the problem, for a clear start-up failure.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -81,6 +100,16 @@ pub struct Session {
     peer_closed: bool,
     /// We sent close_notify (or a fatal alert): nothing more goes out.
     closed: bool,
+    /// The incomplete record held now was already held at an `incomplete_too_long` check
+    /// (a stream's timer), first at `held_since_ms` (the loop's clock, truncated).
+    held_at_check: bool,
+    held_since_ms: u32,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        HELD_TOTAL.set(HELD_TOTAL.get().saturating_sub(self.input.capacity()));
+    }
 }
 
 enum Phase {
@@ -114,6 +143,8 @@ pub fn new_session(config: &Arc<rustls::ServerConfig>) -> io::Result<Box<Session
         output: Vec::new(),
         peer_closed: false,
         closed: false,
+        held_at_check: false,
+        held_since_ms: 0,
     }))
 }
 
@@ -207,6 +238,43 @@ impl Session {
         matches!(self.phase, Phase::Traffic(_))
     }
 
+    /// Called from a stream's timer (at least every keepalive interval) with the loop's
+    /// clock: true when the same incomplete record has been held since a check at least
+    /// `limit_ms` ago. A client that starts a record must finish it within one to two
+    /// intervals; it cannot park up to 16 KiB per stream for as long as it stays connected.
+    pub fn incomplete_too_long(&mut self, now_ms: u64, limit_ms: u64) -> bool {
+        if self.input.is_empty() {
+            self.held_at_check = false;
+            return false;
+        }
+        // Truncated: only differences below 49 days matter.
+        let now = now_ms as u32;
+        if !std::mem::replace(&mut self.held_at_check, true) {
+            self.held_since_ms = now;
+            return false;
+        }
+        u64::from(now.wrapping_sub(self.held_since_ms)) >= limit_ms
+    }
+
+    /// Sets `input` to `rest` (what follows the last whole record), keeping the count of
+    /// held bytes; `Err` when all sessions together hold too much.
+    fn hold(&mut self, rest: &[u8]) -> io::Result<()> {
+        let before = self.input.capacity();
+        if rest.is_empty() {
+            self.input = Vec::new();
+        } else {
+            self.input.clear();
+            self.input.extend_from_slice(rest);
+        }
+        let after = self.input.capacity();
+        let total = HELD_TOTAL.get().saturating_sub(before) + after;
+        HELD_TOTAL.set(total);
+        if total > MAX_HELD_TOTAL && !rest.is_empty() {
+            return Err(invalid("TLS: incomplete records held over the budget"));
+        }
+        Ok(())
+    }
+
     /// Processes the records in `buf` (front first), passing application data to `sink`
     /// and queuing what must be sent; returns how many bytes of `buf` were consumed and
     /// whether the peer closed. On a protocol error the alert to send is queued before the
@@ -215,6 +283,7 @@ impl Session {
         &mut self,
         buf: &mut [u8],
         sink: &mut dyn FnMut(&[u8]),
+        records: &mut usize,
     ) -> io::Result<(usize, Next)> {
         let mut start = 0;
         if let Phase::Handshake(conn) = &mut self.phase {
@@ -243,6 +312,7 @@ impl Session {
                 }
             };
             let record = &mut rest[..len];
+            *records += 1;
             match traffic.open(record, &mut self.output) {
                 Ok(Record::Data(range)) => {
                     if !range.is_empty() {
@@ -329,7 +399,23 @@ impl Session {
     }
 }
 
+/// The end of the first TLS record at or after `at` in `buf`: its header's length, or the
+/// end of `buf` when the record is not all there.
+fn record_end(buf: &[u8], at: usize) -> usize {
+    match buf.get(at + 3..at + 5) {
+        Some(&[hi, lo]) => (at + 5 + usize::from(u16::from_be_bytes([hi, lo]))).min(buf.len()),
+        _ => buf.len(),
+    }
+}
+
 /// Handshake records in `buf` through rustls (see `Session::process`).
+///
+/// rustls sees the records one more at a time, never past the one that ends the
+/// handshake: whatever the client sent after its Finished (a KeyUpdate, its request) is
+/// left for our record layer. Otherwise rustls would answer a KeyUpdate by switching its
+/// own sending key and keep the KeyUpdate it owes the peer until its next write, which
+/// never comes once the keys are taken over (the kernel-TLS crates hand records over the
+/// same way for the same reason).
 fn handshake(
     conn: &mut UnbufferedServerConnection,
     output: &mut Vec<u8>,
@@ -337,8 +423,13 @@ fn handshake(
     sink: &mut dyn FnMut(&[u8]),
 ) -> io::Result<(usize, Next)> {
     let mut start = 0;
+    // rustls may keep a handshake message that spans records in place (not discarded
+    // until whole), so the window grows from `start` record by record.
+    let mut window = record_end(buf, 0);
+    let total = buf.len();
     loop {
-        let status = conn.process_tls_records(&mut buf[start..]);
+        let mut grow = false;
+        let status = conn.process_tls_records(&mut buf[start..window]);
         let mut discard = status.discard;
         let state = match status.state {
             Ok(state) => state,
@@ -366,10 +457,24 @@ fn handshake(
                 None
             }
             ConnectionState::PeerClosed | ConnectionState::Closed => Some(Next::Closed),
+            // rustls needs more than the window holds: one more record, if there is one.
+            ConnectionState::BlockedHandshake if window < total => {
+                grow = true;
+                None
+            }
             // BlockedHandshake, WriteTraffic, and early data (never enabled).
             _ => Some(Next::Idle),
         };
         start += discard;
+        if !conn.is_handshaking() {
+            // Done: nothing after this goes to rustls (`Session::process` takes the keys
+            // over), but what rustls still has to send (session tickets) is encoded first.
+            window = start;
+        } else if grow {
+            window = record_end(buf, window.max(start));
+        } else {
+            window = window.max(start);
+        }
         if let Some(next) = next {
             return Ok((start, next));
         }
@@ -438,9 +543,10 @@ fn with_writer<T>(
 }
 
 /// Reads ciphertext into `scratch` (after any incomplete record kept from before),
-/// answers handshake messages and passes application data to `sink`. Returns the
-/// plaintext bytes passed (> 0), Ok(0) at the end (close_notify or EOF), or `WouldBlock`
-/// when the socket has nothing more. `scratch` must hold a whole record (> 17 KiB).
+/// answers handshake messages and passes application data to `sink`. Returns what the
+/// records read cost (> 0: their plaintext plus `RECORD_COST` each), Ok(0) at the end
+/// (close_notify or EOF), or `WouldBlock` when the socket has nothing more. `scratch`
+/// must hold a whole record (> 17 KiB).
 pub fn read(
     sock: &mut TcpStream,
     s: &mut Session,
@@ -462,10 +568,15 @@ pub fn read(
             Err(e) => return Err(e),
         };
         let mut got = 0;
-        let processed = s.process(&mut scratch[..end], &mut |p| {
-            got += p.len();
-            sink(p)
-        });
+        let mut records = 0;
+        let processed = s.process(
+            &mut scratch[..end],
+            &mut |p| {
+                got += p.len();
+                sink(p)
+            },
+            &mut records,
+        );
         let (used, next) = match processed {
             Ok(v) => v,
             Err(e) => {
@@ -474,18 +585,18 @@ pub fn read(
                 return Err(e);
             }
         };
-        if used < end {
-            s.input.clear();
-            s.input.extend_from_slice(&scratch[used..end]);
-        } else {
-            s.input = Vec::new();
+        if used > 0 {
+            // Whatever was held is complete now; a new incomplete record starts afresh.
+            s.held_at_check = false;
         }
+        s.hold(&scratch[used..end])?;
         write_pending(sock, s)?;
         if matches!(next, Next::Closed) {
             s.peer_closed = true;
         }
-        if got > 0 {
-            return Ok(got);
+        let cost = got + records * RECORD_COST;
+        if cost > 0 {
+            return Ok(cost);
         }
     }
 }
