@@ -24,7 +24,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const TARGETS: [&str; 3] = ["http_request", "ingest_line", "sse_encoder"];
+const TARGETS: [&str; 4] = ["http_request", "ingest_line", "sse_encoder", "tls_record"];
 
 /// The files of `fuzz/regressions/<target>/`, sorted by name.
 fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -91,6 +91,11 @@ fn http_request_regressions() {
 #[test]
 fn ingest_line_regressions() {
     replay("ingest_line", checks::ingest_line);
+}
+
+#[test]
+fn tls_record_regressions() {
+    replay("tls_record", checks::tls_record);
 }
 
 #[test]

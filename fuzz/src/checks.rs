@@ -3,12 +3,16 @@
 //! regression replay `tests/fuzz_regressions.rs` (which includes this file with `#[path]`),
 //! so CI checks every saved input against exactly what the fuzzer checked, without
 //! cargo-fuzz or a nightly toolchain. Uses only crates the main `ssehub` package already
-//! depends on (`ssehub`, `serde_json`, `mio`), never `arbitrary` or `libfuzzer-sys`.
+//! depends on (`ssehub`, `serde_json`, `mio`, `ring`), never `arbitrary` or `libfuzzer-sys`.
 //!
 //! Every function panics (the fuzzer's finding) when a property does not hold.
 
 use crate::event_stream::{self, Event};
+use ring::aead;
 use serde_json::Value;
+use ssehub::conn::record::{
+    ALERT, APPLICATION_DATA, HANDSHAKE, MAX_EMPTY_IN_A_ROW, MAX_PLAINTEXT, Record, Traffic,
+};
 use ssehub::http::request::{self, Parsed, Request};
 use ssehub::ingest::line::{self, Admin, Line, LineError};
 use ssehub::ingest::{Flow, InputLine, Producer};
@@ -561,5 +565,584 @@ fn check_ingest_accepts(event: Option<&str>, data: &str) {
             assert_eq!(&*p.data, data);
         }
         other => panic!("ingest refused {l:?}: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// tls_record
+
+/// The largest record body (after the 5-byte header) RFC 8446 §5.2 / RFC 5246 §6.2.3 allow.
+fn max_body(tls13: bool) -> usize {
+    if tls13 {
+        MAX_PLAINTEXT + 256
+    } else {
+        MAX_PLAINTEXT + 2048
+    }
+}
+
+/// An independent sealer (ring directly, RFC 8446 §5.2-5.3 and RFC 5288/7905) with the
+/// sending keys of `Traffic::with_test_keys(suite, tls13, true)` (key bytes 2, IV bytes
+/// 2 ^ 0x5a), so that it can make what `Traffic::seal` cannot: records past the size limit
+/// and TLS 1.3 records with any padding. Where `Traffic::seal` can make the same record the
+/// bytes are compared.
+pub struct TestSealer {
+    tls13: bool,
+    alg: &'static aead::Algorithm,
+    iv: [u8; 12],
+    seq: u64,
+}
+
+impl TestSealer {
+    pub fn new(suite: u8, tls13: bool) -> TestSealer {
+        let alg = [
+            &aead::AES_128_GCM,
+            &aead::AES_256_GCM,
+            &aead::CHACHA20_POLY1305,
+        ][usize::from(suite % 3)];
+        TestSealer {
+            tls13,
+            alg,
+            iv: [2 ^ 0x5a; 12],
+            seq: 0,
+        }
+    }
+
+    /// One record: `plain` of `content_type` (TLS 1.3: inner type and `padding` zeros).
+    pub fn seal(&mut self, content_type: u8, plain: &[u8], padding: usize) -> Vec<u8> {
+        let key = aead::LessSafeKey::new(
+            aead::UnboundKey::new(self.alg, &[2u8; 32][..self.alg.key_len()]).expect("key"),
+        );
+        let mut nonce = self.iv;
+        for (b, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        let seq = self.seq;
+        self.seq += 1;
+        let mut out;
+        if self.tls13 {
+            let mut inner = plain.to_vec();
+            inner.push(content_type);
+            inner.resize(inner.len() + padding, 0);
+            let len = u16::try_from(inner.len() + 16).expect("record length fits");
+            out = vec![APPLICATION_DATA, 3, 3];
+            out.extend_from_slice(&len.to_be_bytes());
+            let aad = aead::Aad::from(<[u8; 5]>::try_from(&out[..]).expect("header"));
+            key.seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aad,
+                &mut inner,
+            )
+            .expect("seal");
+            out.extend_from_slice(&inner);
+        } else {
+            let explicit = !std::ptr::eq(self.alg, &aead::CHACHA20_POLY1305);
+            let len = plain.len() + 16 + if explicit { 8 } else { 0 };
+            out = vec![content_type, 3, 3];
+            out.extend_from_slice(&u16::try_from(len).expect("length").to_be_bytes());
+            if explicit {
+                out.extend_from_slice(&nonce[4..]);
+            }
+            let mut aad = [0u8; 13];
+            aad[..8].copy_from_slice(&seq.to_be_bytes());
+            aad[8] = content_type;
+            aad[9] = 3;
+            aad[10] = 3;
+            aad[11..].copy_from_slice(&u16::try_from(plain.len()).expect("len").to_be_bytes());
+            let mut body = plain.to_vec();
+            key.seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                &mut body,
+            )
+            .expect("seal");
+            out.extend_from_slice(&body);
+        }
+        out
+    }
+}
+
+/// How a record was changed on the wire after sealing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tamper {
+    /// A byte after the header flipped.
+    Flip,
+    /// The end cut off, the header's length fixed to match.
+    Truncate,
+    /// The header's length changed (the stream's framing moves).
+    Length,
+    /// The header's content type changed.
+    Type,
+    /// The header's version changed (authenticated in TLS 1.3 only: see `expect`).
+    Version,
+}
+
+#[derive(Clone, Debug)]
+struct Sent {
+    bytes: Vec<u8>,
+    /// The sequence number it was sealed with.
+    seq: u64,
+    content_type: u8,
+    plain: Vec<u8>,
+    padding: usize,
+    tamper: Option<Tamper>,
+}
+
+/// What the receiver must make of the next record.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Data(Vec<u8>),
+    /// Handled in the record layer (an ignored warning alert).
+    Nothing,
+    Closed,
+    /// An error with one of these alerts (0: the peer's own fatal alert, answer nothing).
+    Alert(&'static [u8]),
+    /// Any error with an alert to send (not 0): a forged, changed or misplaced record.
+    Refused,
+    /// `record_len` refuses the header (longer than the RFC allows).
+    TooLong,
+}
+
+/// The receiver's state the rules depend on.
+#[derive(Default)]
+struct Model {
+    /// Records opened so far (the receiving sequence number).
+    seq: u64,
+    empty_in_a_row: u32,
+    warnings: u32,
+}
+
+impl Model {
+    /// RFC 8446 §5, RFC 5246 §6 and the limits ssehub shares with rustls
+    /// (`MAX_EMPTY_IN_A_ROW`, four warning alerts), for a record sealed unchanged and in order.
+    fn expect_valid(&mut self, tls13: bool, s: &Sent) -> Outcome {
+        let (content_type, content): (u8, &[u8]) = if tls13 {
+            let inner_len = s.plain.len() + 1 + s.padding;
+            if inner_len + 16 > max_body(true) {
+                return Outcome::TooLong;
+            }
+            if inner_len > MAX_PLAINTEXT + 1 {
+                return Outcome::Alert(&[22]);
+            }
+            // The real type is the last non-zero byte of plain ‖ type ‖ zeros.
+            let mut inner = s.plain.clone();
+            inner.push(s.content_type);
+            match inner.iter().rposition(|&b| b != 0) {
+                None => return Outcome::Alert(&[10]),
+                Some(i) => (inner[i], &s.plain[..i.min(s.plain.len())]),
+            }
+        } else {
+            if !matches!(s.content_type, ALERT | HANDSHAKE | APPLICATION_DATA) {
+                return Outcome::Alert(&[10]);
+            }
+            if s.plain.len() > MAX_PLAINTEXT {
+                return Outcome::Alert(&[22]);
+            }
+            (s.content_type, &s.plain[..])
+        };
+        if content.is_empty() {
+            match content_type {
+                APPLICATION_DATA => {
+                    self.empty_in_a_row += 1;
+                    if self.empty_in_a_row > u32::from(MAX_EMPTY_IN_A_ROW) {
+                        return Outcome::Alert(&[10]);
+                    }
+                }
+                // RFC 8446 §5.1 / RFC 5246 §6.2.1: never an empty handshake or alert record.
+                ALERT | HANDSHAKE => return Outcome::Alert(&[50]),
+                _ => return Outcome::Alert(&[10, 50]),
+            }
+        } else {
+            self.empty_in_a_row = 0;
+        }
+        match content_type {
+            APPLICATION_DATA => Outcome::Data(content.to_vec()),
+            ALERT => match content {
+                [_, 0] => Outcome::Closed,
+                [1, d] if !tls13 || *d == 90 => {
+                    self.warnings += 1;
+                    if self.warnings > 4 {
+                        Outcome::Alert(&[10])
+                    } else {
+                        Outcome::Nothing
+                    }
+                }
+                [1, _] => Outcome::Alert(&[50]),
+                [_, _] => Outcome::Alert(&[0]),
+                _ => Outcome::Alert(&[50]),
+            },
+            // RFC 8446 §4.6.3: a request other than 0/1 is illegal_parameter. A valid
+            // KeyUpdate is refused with the test keys (no key schedule): unexpected_message.
+            HANDSHAKE if tls13 => match content {
+                [24, 0, 0, 1, r, ..] if *r > 1 => Outcome::Alert(&[47]),
+                [24, 0, 0, 1, _, ..] => Outcome::Alert(&[10]),
+                _ => Outcome::Alert(&[10, 50]),
+            },
+            // TLS 1.2: renegotiation refused.
+            HANDSHAKE => Outcome::Alert(&[100, 10]),
+            _ => Outcome::Alert(&[10]),
+        }
+    }
+}
+
+/// The script's bytes, 0 once they run out.
+struct Script<'a>(&'a [u8]);
+
+impl Script<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+}
+
+/// Records sealed and bytes on the wire in one script at most (a few KiB of input).
+const MAX_RECORDS: usize = 300;
+const MAX_WIRE: usize = 1 << 20;
+
+/// Target `tls_record`: a script of records sealed by the client end of a test session and
+/// read by the other end as the connection does (bytes accumulated in chunks, whole records
+/// taken by `record_len`, each `open`ed). Byte 0: suite (`% 3`: AES-128-GCM, AES-256-GCM,
+/// ChaCha20-Poly1305) and version (bit 7 set: TLS 1.2). Then operations (`op % 8`):
+/// 0-4 seal one record (type: `t % 8` 0-2 application data, 3 alert, 4 handshake, 5
+/// change_cipher_spec, 6 type 0, 7 the next byte; length 0..=16386; its first 8 bytes from
+/// the script; TLS 1.3 padding 0..=32 KiB; then possibly changed: a body byte flipped,
+/// truncated, header length/type/version changed, sent twice, or held back behind the next
+/// record), 5 a burst of 1-40 empty application-data records (TLS 1.3: padding only, if
+/// asked), 6 a chunk size for splitting the stream (1-32 KiB, cycled; default: all at once),
+/// 7 release a held-back record.
+///
+/// Properties: no panic; the independent sealer and `Traffic::seal` make the same bytes;
+/// `record_len` says `None` exactly while the header or body is incomplete and otherwise
+/// the header's length, never more than the bytes there, and refuses only headers past the
+/// RFC's limit; every record sealed, unchanged and in order, opens as the rules say
+/// (`Model::expect_valid`: its exact plaintext, an ignored warning, close_notify, or the
+/// alert the rule names), and the first error or close ends the script; a changed, replayed
+/// or reordered record is refused with an alert to send (never accepted, never alert 0);
+/// never more than `MAX_EMPTY_IN_A_ROW` empty records in a row are accepted.
+pub fn tls_record(input: &[u8]) {
+    let Some((&first, rest)) = input.split_first() else {
+        return;
+    };
+    let suite = first % 3;
+    let tls13 = first & 0x80 == 0;
+    let mut script = Script(rest);
+    let mut sealer = TestSealer::new(suite, tls13);
+    let mut peer = Traffic::with_test_keys(suite, tls13, true);
+    let mut wire: Vec<Sent> = Vec::new();
+    let mut held: Option<Sent> = None;
+    let mut chunks: Vec<usize> = Vec::new();
+    let mut wire_bytes = 0usize;
+
+    // One record sealed by both sealers (when `Traffic::seal` can make it).
+    let mut seal = |content_type: u8, plain: Vec<u8>, padding: usize| -> Sent {
+        let seq = sealer.seq;
+        let bytes = sealer.seal(content_type, &plain, padding);
+        let mut theirs = Vec::new();
+        let same = if !tls13 || padding == 0 {
+            (plain.len() <= MAX_PLAINTEXT).then(|| (content_type, plain.clone()))
+        } else {
+            // Padding through `seal`: type 0, the real type and padding - 1 zeros inside.
+            (plain.len() + padding <= MAX_PLAINTEXT).then(|| {
+                let mut p = plain.clone();
+                p.push(content_type);
+                p.resize(p.len() + padding - 1, 0);
+                (0, p)
+            })
+        };
+        match same {
+            Some((t, p)) => {
+                peer.seal(t, &p, &mut theirs).expect("Traffic::seal");
+                assert_eq!(theirs, bytes, "Traffic::seal and the RFC's record differ");
+            }
+            // Keep the sequence numbers in step.
+            None => peer.seal(APPLICATION_DATA, b"", &mut theirs).expect("seal"),
+        }
+        Sent {
+            bytes,
+            seq,
+            content_type,
+            plain,
+            padding,
+            tamper: None,
+        }
+    };
+
+    while !script.0.is_empty() && wire.len() < MAX_RECORDS && wire_bytes < MAX_WIRE {
+        let op = script.byte();
+        match op % 8 {
+            0..=4 => {
+                let t = script.byte();
+                let content_type = match t % 8 {
+                    0..=2 => APPLICATION_DATA,
+                    3 => ALERT,
+                    4 => HANDSHAKE,
+                    5 => 20,
+                    6 => 0,
+                    _ => script.byte(),
+                };
+                let l = script.byte();
+                let len = match l {
+                    0..=0x7f => usize::from(l),
+                    0x80..=0xfb => {
+                        (usize::from(l & 0x7f) << 8 | usize::from(script.byte()))
+                            % (MAX_PLAINTEXT + 3)
+                    }
+                    _ => MAX_PLAINTEXT - 1 + usize::from(l - 0xfc),
+                };
+                let mut plain: Vec<u8> = (0..len.min(8)).map(|_| script.byte()).collect();
+                plain.extend((plain.len()..len).map(|i| (i % 251) as u8 + 1));
+                let padding = if tls13 {
+                    match script.byte() {
+                        p @ 0..=0xbf => usize::from(p & 0x0f),
+                        p => usize::from(p - 0xbf) * 512,
+                    }
+                } else {
+                    0
+                };
+                let mut sent = seal(content_type, plain, padding);
+                let body = sent.bytes.len() - 5;
+                let m = script.byte();
+                match m % 16 {
+                    9 => {
+                        let pos = usize::from(u16::from_be_bytes([script.byte(), script.byte()]));
+                        sent.bytes[5 + pos % body] ^= script.byte() | 1;
+                        sent.tamper = Some(Tamper::Flip);
+                    }
+                    10 => {
+                        let cut = usize::from(script.byte()) % body + 1;
+                        sent.bytes.truncate(sent.bytes.len() - cut);
+                        let len = u16::try_from(body - cut).expect("length");
+                        sent.bytes[3..5].copy_from_slice(&len.to_be_bytes());
+                        sent.tamper = Some(Tamper::Truncate);
+                    }
+                    11 => {
+                        let d = script.byte();
+                        let old = u16::from_be_bytes([sent.bytes[3], sent.bytes[4]]);
+                        let new = match d {
+                            0xff => u16::MAX,
+                            0x80..=0xfe => old.saturating_sub(u16::from(d & 0x7f) + 1),
+                            _ => old.saturating_add(u16::from(d) + 1),
+                        };
+                        if new != old {
+                            sent.bytes[3..5].copy_from_slice(&new.to_be_bytes());
+                            sent.tamper = Some(Tamper::Length);
+                        }
+                    }
+                    12 => {
+                        let mut t = script.byte();
+                        if t == sent.bytes[0] {
+                            t ^= 0x80;
+                        }
+                        sent.bytes[0] = t;
+                        sent.tamper = Some(Tamper::Type);
+                    }
+                    13 => {
+                        let v = [script.byte(), script.byte()];
+                        if v != [3, 3] {
+                            sent.bytes[1..3].copy_from_slice(&v);
+                            sent.tamper = Some(Tamper::Version);
+                        }
+                    }
+                    _ => {}
+                }
+                wire_bytes += sent.bytes.len();
+                match m % 16 {
+                    // Sent twice: the copy is a replay.
+                    14 => {
+                        wire.push(sent.clone());
+                        wire.push(sent);
+                    }
+                    // Held back behind the next record.
+                    15 => {
+                        if let Some(h) = held.replace(sent) {
+                            wire.push(h);
+                        }
+                        continue;
+                    }
+                    _ => wire.push(sent),
+                }
+                if let Some(h) = held.take() {
+                    wire.push(h);
+                }
+            }
+            5 => {
+                let n = script.byte() % 40 + 1;
+                let p = script.byte();
+                let padding = if tls13 && p & 4 != 0 {
+                    usize::from(p % 4) + 1
+                } else {
+                    0
+                };
+                for _ in 0..n {
+                    let sent = seal(APPLICATION_DATA, Vec::new(), padding);
+                    wire_bytes += sent.bytes.len();
+                    wire.push(sent);
+                }
+                if let Some(h) = held.take() {
+                    wire.push(h);
+                }
+            }
+            6 => {
+                let c = script.byte();
+                chunks.push(if c & 0x80 == 0 {
+                    usize::from(c) + 1
+                } else {
+                    (usize::from(c & 0x7f) + 1) * 256
+                });
+            }
+            _ => {
+                if let Some(h) = held.take() {
+                    wire.push(h);
+                }
+            }
+        }
+    }
+    wire.extend(held);
+    read_records(suite, tls13, &wire, &chunks);
+}
+
+/// The reading end: the stream of `wire` fed in `chunks` (cycled), records framed by
+/// `record_len` and opened, each checked against the model.
+fn read_records(suite: u8, tls13: bool, wire: &[Sent], chunks: &[usize]) {
+    let stream: Vec<u8> = wire.iter().flat_map(|s| s.bytes.iter().copied()).collect();
+    let mut rx = Traffic::with_test_keys(suite, tls13, false);
+    let mut model = Model::default();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut next = 0usize; // index in `wire` of the record at the front of `buf`
+    let mut fed = 0usize;
+    let mut empties = 0u32;
+    let mut chunk_sizes = chunks.iter().copied().cycle();
+    while fed < stream.len() {
+        let n = chunk_sizes
+            .next()
+            .unwrap_or(stream.len())
+            .min(stream.len() - fed);
+        buf.extend_from_slice(&stream[fed..fed + n]);
+        fed += n;
+        while !buf.is_empty() {
+            let header_len =
+                (buf.len() >= 5).then(|| usize::from(u16::from_be_bytes([buf[3], buf[4]])));
+            let claim = rx.record_len(&buf);
+            let sent = wire
+                .get(next)
+                .expect("a record starts at the front of the buffer");
+            let length_changed = sent.tamper == Some(Tamper::Length);
+            match claim {
+                Err(_) => {
+                    let h = header_len.expect("record_len refused a short buffer");
+                    assert!(h > max_body(tls13), "record_len refused a length of {h}");
+                    // Past the limit as sealed (not made so by a change): the model agrees.
+                    if sent.seq == model.seq && sent.tamper.is_none() {
+                        let expected = model.expect_valid(tls13, sent);
+                        assert_eq!(expected, Outcome::TooLong, "record_len refused {sent:?}");
+                    }
+                    return;
+                }
+                Ok(None) => {
+                    if let Some(h) = header_len {
+                        assert!(h <= max_body(tls13), "record_len took a length of {h}");
+                        assert!(buf.len() < 5 + h, "a whole record not taken");
+                    }
+                    break;
+                }
+                Ok(Some(n)) => {
+                    let h = header_len.expect("a record without a header");
+                    assert!(h <= max_body(tls13), "record_len took a length of {h}");
+                    assert_eq!(n, 5 + h, "record_len is not the header's length");
+                    assert!(
+                        n <= buf.len(),
+                        "record_len claims {n} of {} bytes",
+                        buf.len()
+                    );
+                    let mut record: Vec<u8> = buf.drain(..n).collect();
+                    next += 1;
+                    let expected = if length_changed {
+                        Outcome::Refused
+                    } else {
+                        assert_eq!(record, sent.bytes, "framing moved without a length change");
+                        model.expect_valid_or_refused(tls13, sent)
+                    };
+                    let got = rx.open(&mut record, &mut Vec::new());
+                    let ok = match (&expected, &got) {
+                        (Outcome::Data(want), Ok(Record::Data(r))) => *want == record[r.clone()],
+                        (Outcome::Nothing, Ok(Record::Nothing)) => true,
+                        (Outcome::Closed, Ok(Record::Closed)) => true,
+                        (Outcome::Alert(allowed), Err((a, _))) => allowed.contains(a),
+                        (Outcome::Refused, Err((a, _))) => *a != 0,
+                        _ => false,
+                    };
+                    // A TLS 1.2 header's version is not authenticated (the additional data
+                    // holds the negotiated version, as in rustls): changed, the record opens
+                    // as sealed (`expected`) or is refused.
+                    let lenient = !tls13 && sent.tamper == Some(Tamper::Version);
+                    let ok = ok || (lenient && matches!(&got, Err((a, _)) if *a != 0));
+                    assert!(
+                        ok,
+                        "record {} (sealed as {}, tamper {:?}): expected {expected:?}, got {}",
+                        next - 1,
+                        sent.seq,
+                        sent.tamper,
+                        describe(&got, &record)
+                    );
+                    match got {
+                        Ok(Record::Data(r)) => {
+                            if r.is_empty() {
+                                empties += 1;
+                                assert!(
+                                    empties <= u32::from(MAX_EMPTY_IN_A_ROW),
+                                    "{empties} empty records accepted in a row"
+                                );
+                            } else {
+                                empties = 0;
+                            }
+                            model.seq += 1;
+                        }
+                        Ok(Record::Nothing) => model.seq += 1,
+                        Ok(Record::Closed) | Err(_) => return,
+                    }
+                }
+            }
+        }
+    }
+    // The stream ended without an error or a close: every record was taken, or the one at
+    // the front is incomplete because its header's length was changed.
+    if !buf.is_empty() {
+        let sent = &wire[next];
+        assert_eq!(
+            sent.tamper,
+            Some(Tamper::Length),
+            "record {next} never taken: {sent:?}"
+        );
+    } else {
+        assert_eq!(next, wire.len(), "records left over");
+    }
+}
+
+impl Model {
+    /// `expect_valid` for a record sealed unchanged and in order; `Refused` otherwise (a
+    /// TLS 1.2 record whose header's version alone changed: `expect_valid`, see the caller).
+    fn expect_valid_or_refused(&mut self, tls13: bool, s: &Sent) -> Outcome {
+        let unchanged = s.tamper.is_none() || (!tls13 && s.tamper == Some(Tamper::Version));
+        if s.seq != self.seq || !unchanged {
+            return Outcome::Refused;
+        }
+        self.expect_valid(tls13, s)
+    }
+}
+
+fn describe(got: &Result<Record, (u8, std::io::Error)>, record: &[u8]) -> String {
+    match got {
+        Ok(Record::Data(r)) => format!(
+            "Data({} bytes: {:?})",
+            r.len(),
+            &record[r.clone()][..r.len().min(16)]
+        ),
+        Ok(Record::Nothing) => "Nothing".into(),
+        Ok(Record::Closed) => "Closed".into(),
+        Err((a, e)) => format!("alert {a} ({e})"),
     }
 }

@@ -15,6 +15,7 @@ pub mod certs;
 pub mod faults;
 pub mod prom;
 pub mod redis;
+pub mod tls_client;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
