@@ -99,7 +99,8 @@ fn rustls_client(ca: &Path) -> Arc<rustls::ClientConfig> {
 fn healthz(t: &Tls, config: &Arc<rustls::ClientConfig>) -> Duration {
     let started = Instant::now();
     let sock = std::net::TcpStream::connect(t.server.addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
@@ -205,7 +206,10 @@ fn a_key_update_sent_with_the_finished_is_answered_in_every_tls13_suite() {
                     content_type: HANDSHAKE,
                     plain,
                 } if plain.first() == Some(&24) => {
-                    assert!(answer.is_empty(), "{suite:?}: KeyUpdate after the answer began");
+                    assert!(
+                        answer.is_empty(),
+                        "{suite:?}: KeyUpdate after the answer began"
+                    );
                     assert_eq!(plain, [24, 0, 0, 1, 0], "{suite:?}: not requested back");
                     saw_key_update = true;
                 }
@@ -214,7 +218,10 @@ fn a_key_update_sent_with_the_finished_is_answered_in_every_tls13_suite() {
                     plain,
                 } => answer.extend_from_slice(&plain),
                 Recv::Record { .. } => {}
-                other => panic!("{suite:?}: {other:?} after {:?}", String::from_utf8_lossy(&answer)),
+                other => panic!(
+                    "{suite:?}: {other:?} after {:?}",
+                    String::from_utf8_lossy(&answer)
+                ),
             }
         }
         assert!(saw_key_update, "{suite:?}");
