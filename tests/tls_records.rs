@@ -113,7 +113,7 @@ fn healthz(t: &Tls, config: &Arc<rustls::ClientConfig>) -> Duration {
     started.elapsed()
 }
 
-/// 1. Empty records are not free: the 33rd in a row ends the connection (with
+/// Defect 1, empty records are not free: the 33rd in a row ends the connection (with
 /// `unexpected_message`), whatever follows it, on TLS 1.3 (empty and padding-only records)
 /// and TLS 1.2; an empty handshake record ends it at once (`decode_error`). Meanwhile a
 /// new client's handshake and `/healthz` are served without waiting for the flood.
@@ -177,7 +177,7 @@ fn an_empty_record_flood_is_ended_after_a_bounded_number_of_records() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
-/// 2. A client's Finished and a KeyUpdate(update_requested) in one flight, then its
+/// Defect 2, a client's Finished and a KeyUpdate(update_requested) in one flight, then its
 /// request under its next key: the server answers with its own KeyUpdate (under its old
 /// key) before switching, so the answer opens with the server's next key. In every TLS 1.3
 /// suite.
@@ -232,7 +232,7 @@ fn a_key_update_sent_with_the_finished_is_answered_in_every_tls13_suite() {
     }
 }
 
-/// 3. A stream whose client sends the first 10,000 bytes of a 16 KiB record and stops is
+/// Defect 3, a stream whose client sends the first 10,000 bytes of a 16 KiB record and stops is
 /// closed within two keepalive intervals (here 300 ms), on TLS 1.3 and 1.2, instead of
 /// holding the bytes for as long as it stays connected.
 #[test]
