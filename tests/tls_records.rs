@@ -3,7 +3,8 @@
 //! (`tests/common/tls_client.rs`, keys derived in the test): an empty-record flood is
 //! ended after a bounded number of records and never holds up another client; a KeyUpdate
 //! sent together with the client's Finished is answered; an incomplete record is not held
-//! for long; a stream that keeps sending is closed with a close_notify.
+//! for long (and a stream never buffers a large one); a stream that keeps sending is closed
+//! with a close_notify.
 mod common;
 use common::tls_client::{APPLICATION_DATA, HANDSHAKE, RawTls, Recv};
 use common::*;
@@ -123,16 +124,24 @@ fn an_empty_record_flood_is_ended_after_a_bounded_number_of_records() {
     let config = rustls_client(&t.ca);
     let quiet = (0..5).map(|_| healthz(&t, &config)).min().unwrap();
     for (label, tls13, padding) in [
-        ("TLS 1.3 empty", Some(TLS13[0]), 0),
-        ("TLS 1.3 padding only", Some(TLS13[2]), 16 * 1024),
-        ("TLS 1.2 empty", None, 0),
+        ("TLS 1.3 empty, on a stream", Some(TLS13[0]), 0),
+        (
+            "TLS 1.3 padding only, before the request",
+            Some(TLS13[2]),
+            16 * 1024,
+        ),
+        ("TLS 1.2 empty, on a stream", None, 0),
     ] {
-        let mut c = stream(&t, tls13);
+        // Padding-only records are large: a stream refuses any large record at its header,
+        // so they are sent where records of any size are read, before the request.
+        let mut c = match (tls13, padding) {
+            (Some(suite), 1..) => RawTls::connect13(t.server.addr, &t.ca, suite),
+            _ => stream(&t, tls13),
+        };
         // 2,000 records at once (up to 32 MiB with padding): the server reads the first
         // 33 and ends the connection.
-        let one = c.seal(APPLICATION_DATA, b"", padding);
-        let mut flood = one.clone();
-        for _ in 1..2000 {
+        let mut flood = Vec::new();
+        for _ in 0..2000 {
             flood.extend_from_slice(&c.seal(APPLICATION_DATA, b"", padding));
         }
         let sender = {
@@ -232,16 +241,35 @@ fn a_key_update_sent_with_the_finished_is_answered_in_every_tls13_suite() {
     }
 }
 
-/// Defect 3, a stream whose client sends the first 10,000 bytes of a 16 KiB record and stops is
-/// closed within two keepalive intervals (here 300 ms), on TLS 1.3 and 1.2, instead of
-/// holding the bytes for as long as it stays connected.
+/// Defect 3, incomplete records are not held for long: on a stream (which takes only tiny
+/// records) a record announcing 16 KiB is refused at its header, before its body is held;
+/// a small record left incomplete is closed within two keepalive intervals (here 300 ms);
+/// before the request, the request timeout (1 s) bounds it. TLS 1.3 and 1.2.
 #[test]
-fn an_incomplete_record_is_not_held_past_two_keepalive_intervals() {
-    let t = start(&[("streams", "keepalive = \"300ms\"")]);
+fn an_incomplete_record_is_not_held_for_long() {
+    let t = start(&[
+        ("streams", "keepalive = \"300ms\""),
+        ("http", "request_timeout = \"1s\""),
+    ]);
     for tls13 in [Some(TLS13[0]), None] {
         let mut c = stream(&t, tls13);
         let record = c.seal(APPLICATION_DATA, &[b'x'; 16 * 1024], 0);
         c.send(&record[..10_000]);
+        let started = Instant::now();
+        assert_eq!(
+            alert_then_end(&mut c, Duration::from_secs(5)),
+            Some(CLOSE_NOTIFY),
+            "{tls13:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{tls13:?}: a large record on a stream is refused at once, not after {:?}",
+            started.elapsed()
+        );
+
+        let mut c = stream(&t, tls13);
+        let record = c.seal(APPLICATION_DATA, &[b'x'; 900], 0);
+        c.send(&record[..500]);
         let started = Instant::now();
         let alert = alert_then_end(&mut c, Duration::from_secs(5));
         let took = started.elapsed();
@@ -250,8 +278,23 @@ fn an_incomplete_record_is_not_held_past_two_keepalive_intervals() {
             took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
             "{tls13:?}: closed after {took:?}"
         );
+
+        // Before the request: 10,000 bytes of a 16 KiB record, then nothing.
+        let mut c = match tls13 {
+            Some(suite) => RawTls::connect13(t.server.addr, &t.ca, suite),
+            None => RawTls::connect12(t.server.addr, &t.ca, TLS12),
+        };
+        let record = c.seal(APPLICATION_DATA, &[b'x'; 16 * 1024], 0);
+        c.send(&record[..10_000]);
+        let started = Instant::now();
+        let _ = alert_then_end(&mut c, Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_millis(1800),
+            "{tls13:?}: held {:?} before the request",
+            started.elapsed()
+        );
     }
-    // A record that completes in time keeps the stream: the same bytes, then the rest.
+    // A small record that completes in time keeps the stream.
     let mut c = stream(&t, Some(TLS13[0]));
     let record = c.seal(APPLICATION_DATA, b"", 0);
     let (a, b) = record.split_at(3);
@@ -267,13 +310,25 @@ fn an_incomplete_record_is_not_held_past_two_keepalive_intervals() {
     }
 }
 
-/// A stream takes no input: a client that keeps sending is closed after its 4 KiB
-/// allowance, with a close_notify first; records count too (an empty one costs 32 bytes).
+/// A stream takes no input: a record of more than 1 KiB is refused at its header, and a
+/// client that keeps sending smaller ones is closed after its 4 KiB allowance, with a
+/// close_notify first either way; records count too (an empty one costs 32 bytes).
 #[test]
 fn a_stream_that_keeps_sending_is_closed_with_a_close_notify() {
     let t = start(&[]);
     let mut c = stream(&t, Some(TLS13[0]));
     c.send_record(APPLICATION_DATA, &[b'x'; 5000]);
+    assert_eq!(
+        alert_then_end(&mut c, Duration::from_secs(5)),
+        Some(CLOSE_NOTIFY)
+    );
+    // 5,000 bytes in records a stream accepts (up to 1 KiB each): closed at 4 KiB.
+    let mut c = stream(&t, Some(TLS13[0]));
+    let mut big = Vec::new();
+    for _ in 0..5 {
+        big.extend_from_slice(&c.seal(APPLICATION_DATA, &[b'x'; 1000], 0));
+    }
+    c.send(&big);
     assert_eq!(
         alert_then_end(&mut c, Duration::from_secs(5)),
         Some(CLOSE_NOTIFY)
