@@ -157,6 +157,9 @@ fn an_empty_record_flood_is_ended_after_a_bounded_number_of_records() {
             "{label}"
         );
         sender.join().unwrap();
+        eprintln!(
+            "{label}: another client's handshake + /healthz took {during:?} (quiet: {quiet:?})"
+        );
         assert!(
             during < quiet + Duration::from_millis(200),
             "{label}: another client waited {during:?} (quiet: {quiet:?})"
