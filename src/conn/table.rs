@@ -269,6 +269,10 @@ impl StreamTable {
             conn.discarded = buf.len().min(usize::from(u16::MAX)) as u16;
         }
         conn.state = ConnState::Streaming { topics };
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            // A stream takes no input but close_notify, KeyUpdates and alerts: tiny records.
+            tls.limit_records_to_stream_input();
+        }
         conn.wrote_at(now);
         match start.replay {
             Some((cursor, reset)) => {

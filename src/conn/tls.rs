@@ -36,6 +36,11 @@ const RECORD_PLAINTEXT: usize = 16 * 1024;
 /// protocol error: a TLS record is at most 2^14 + 256 bytes of payload plus a 5-byte header.
 const MAX_HELD_INPUT: usize = 32 * 1024;
 
+/// The largest record a stream accepts (its length field): a stream takes no input but
+/// close_notify, KeyUpdates and alerts, a few dozen bytes each, so an incomplete record can
+/// never make an idle stream hold much (a client that sends more data is closed anyway).
+const STREAM_RECORD_MAX: usize = 1024;
+
 /// What one record costs against a connection's input budget besides its plaintext
 /// (`read` returns plaintext plus this per record): records are counted, not only bytes,
 /// so empty or tiny records cannot be sent for free.
@@ -100,6 +105,9 @@ pub struct Session {
     peer_closed: bool,
     /// We sent close_notify (or a fatal alert): nothing more goes out.
     closed: bool,
+    /// A stream: a record announcing more than `STREAM_RECORD_MAX` bytes is refused at its
+    /// header, before any of its body is held.
+    stream_input: bool,
     /// The incomplete record held now was already held at an `incomplete_too_long` check
     /// (a stream's timer), first at `held_since_ms` (the loop's clock, truncated).
     held_at_check: bool,
@@ -143,6 +151,7 @@ pub fn new_session(config: &Arc<rustls::ServerConfig>) -> io::Result<Box<Session
         output: Vec::new(),
         peer_closed: false,
         closed: false,
+        stream_input: false,
         held_at_check: false,
         held_since_ms: 0,
     }))
@@ -236,6 +245,12 @@ impl Session {
     /// The handshake is over and rustls has handed the keys over.
     pub fn is_established(&self) -> bool {
         matches!(self.phase, Phase::Traffic(_))
+    }
+
+    /// The connection became a stream: from now on records longer than
+    /// `STREAM_RECORD_MAX` are refused (see there).
+    pub fn limit_records_to_stream_input(&mut self) {
+        self.stream_input = true;
     }
 
     /// Called from a stream's timer (at least every keepalive interval) with the loop's
@@ -589,7 +604,18 @@ pub fn read(
             // Whatever was held is complete now; a new incomplete record starts afresh.
             s.held_at_check = false;
         }
-        s.hold(&scratch[used..end])?;
+        let rest = &scratch[used..end];
+        let announced = match rest.get(3..5) {
+            Some(&[hi, lo]) => usize::from(u16::from_be_bytes([hi, lo])),
+            _ => 0,
+        };
+        if s.stream_input && announced > STREAM_RECORD_MAX {
+            // Refused at its header: a stream never buffers a large record.
+            s.send_close_notify();
+            let _ = write_pending(sock, s);
+            return Err(invalid("TLS: a record too large for a stream"));
+        }
+        s.hold(rest)?;
         write_pending(sock, s)?;
         if matches!(next, Next::Closed) {
             s.peer_closed = true;

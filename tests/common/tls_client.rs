@@ -496,6 +496,11 @@ impl RawTls {
         self.tx.seal(content_type, plain, padding)
     }
 
+    /// Another handle on the socket (to write from a second thread while this one reads).
+    pub fn try_clone_socket(&self) -> TcpStream {
+        self.sock.try_clone().expect("clone the socket")
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         // The server may already have closed: a failed write shows in what `recv` reads.
         let _ = self.sock.write_all(bytes);
