@@ -159,6 +159,9 @@ pub struct Server {
     cluster_ready: bool,
     /// Cluster mode: `Link::tail_reads` as read before the last drain of the link's queue.
     tail_reads_seen: u64,
+    /// The last write or sync of the on-disk log failed (why), and none has succeeded
+    /// since: `/readyz` says not ready.
+    log_failing: Option<String>,
     scratch: Box<[u8]>,
     max_connections: usize,
     /// Producers connected at once (`ingest.max_producers`, or derived).
@@ -285,6 +288,7 @@ impl Server {
             catching_up: Vec::new(),
             cluster_ready: false,
             tail_reads_seen: 0,
+            log_failing: None,
             producers_waiting: Vec::new(),
             to_fan_out: Vec::new(),
             auth,
@@ -539,10 +543,15 @@ impl Server {
             true => conn.sock.peer_addr().ok().map(|a| a.ip()),
             false => None,
         };
+        let not_ready = match req.path == "/readyz" {
+            true => self.not_ready(),
+            false => None,
+        };
         let ctx = route::Ctx {
             on_admin: conn.has(flags::ADMIN),
             admin_split: self.ops.admin_configured,
             peer,
+            not_ready: not_ready.as_deref(),
             per_client: &self.per_client,
             via_proxy: self.streams.counted_as(key) == Some(Counted::ViaProxy),
             over_cap,
@@ -606,6 +615,24 @@ impl Server {
             }
             Decision::CatchUp { until } => self.park(key, req, until),
         }
+    }
+
+    /// Why the hub cannot accept and commit now (`/readyz`, protocol 5); `None`: ready.
+    fn not_ready(&self) -> Option<String> {
+        if self.draining_until.is_some() {
+            return Some("draining (shutting down)".into());
+        }
+        if let Some(link) = self.commit.link() {
+            if !link.is_up() {
+                return Some(format!("redis unavailable: {}", link.down_reason()));
+            }
+            if !self.cluster_ready {
+                return Some("redis not read yet".into());
+            }
+        }
+        self.log_failing
+            .as_ref()
+            .map(|why| format!("the log is failing writes: {why}"))
     }
 
     /// The `retry:` value of a stream's start: `retry_base` plus up to `retry_jitter`.

@@ -27,6 +27,14 @@ fn ids(events: &[(u64, String)]) -> Vec<u64> {
     events.iter().map(|(id, _)| *id).collect()
 }
 
+/// `GET /readyz`: status and body.
+fn readyz(s: &Server) -> (u16, String) {
+    let mut c = Client::connect(s.addr);
+    c.send("GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (status, _, body) = c.read_response();
+    (status, body.trim_end().to_string())
+}
+
 /// Publishes `{"topics":[..],"data":..}` and returns the answer line.
 fn publish_to(p: &mut Producer, topics: &[&str], data: &str) -> String {
     let topics: Vec<String> = topics.iter().map(|t| json_str(t)).collect();
@@ -273,8 +281,15 @@ fn unreachable_redis_refuses_publishes_keeps_streams_and_recovers() {
     let mut c = a.subscribe("topic=t");
     let before = p.publish("t", "before");
     assert_eq!(ids(&read_events(&mut c, 1)), [before]);
+    assert_eq!(readyz(&a), (200, "ready".to_string()));
     fwd.set_mode(Mode::Refuse);
     assert!(wait_for(Duration::from_secs(10), || redis_up(&a) == Some(false)));
+    let (status, reason) = readyz(&a);
+    assert_eq!(status, 503, "{reason}");
+    assert!(
+        reason.starts_with("not ready: redis unavailable: "),
+        "{reason}"
+    );
     let started = Instant::now();
     let answer = publish_to(&mut p, &["t"], "while down");
     assert!(
@@ -291,6 +306,7 @@ fn unreachable_redis_refuses_publishes_keeps_streams_and_recovers() {
     assert!(metric(&a, "ssehub_redis_errors_total").unwrap_or(0) > 0);
     fwd.set_mode(Mode::Pass);
     assert!(wait_for(Duration::from_secs(15), || redis_up(&a) == Some(true)));
+    assert_eq!(readyz(&a).0, 200);
     let after = p.publish("t", "after");
     assert_eq!(ids(&read_events(&mut c, 1)), [after], "not the refused one");
 }

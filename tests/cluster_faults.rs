@@ -101,6 +101,14 @@ fn finish(p: &mut Publisher, recs: &mut [&mut Recorder], acks: &AckLog, context:
     }
 }
 
+/// `GET /readyz` of a node: status and body.
+fn readyz(s: &Server) -> (u16, String) {
+    let mut c = Client::connect(s.addr);
+    c.send("GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (status, _, body) = c.read_response();
+    (status, body.trim_end().to_string())
+}
+
 /// Waits until every recorder has a stream open (so that it sees what is published next).
 fn wait_open(recs: &[&Recorder]) {
     for r in recs {
@@ -725,8 +733,13 @@ fn s4_a_node_that_has_not_read_redis_does_not_deliver_old_history_as_live() {
     let c = node_unchecked(&fc.url(), &[]);
     let mut rc = Recorder::on("sub@C", &c, "t");
     std::thread::sleep(Duration::from_millis(300));
+    // Alive but not ready: it has not read Redis.
+    let (status, body) = readyz(&c);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: redis"), "{body}");
     fc.set_mode(Mode::Pass);
     assert!(wait_for(Duration::from_secs(15), || redis_up(&c) == Some(true)));
+    assert!(wait_for(Duration::from_secs(5), || readyz(&c).0 == 200));
     // The subscriber may be between two connections (a node that holds or closes streams
     // until it has read Redis): publish once its stream is open and stays open.
     assert!(

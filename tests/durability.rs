@@ -311,6 +311,14 @@ fn write_errors_refuse_events_and_live_streaming_goes_on() {
     let mut h = Client::connect(server.addr);
     h.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(h.read_response().0, 200);
+    // Alive, but not ready: the log is failing writes.
+    h.send("GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (status, _, body) = h.read_response();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: the log is failing writes: "),
+        "{body}"
+    );
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
 }

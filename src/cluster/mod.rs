@@ -260,6 +260,11 @@ impl Link {
         self.shared.tail_reads.load(Ordering::SeqCst)
     }
 
+    /// Why the link is not up (its latest failure).
+    pub fn down_reason(&self) -> String {
+        self.shared.down_reason()
+    }
+
     /// Whether both connections work now (`ssehub_redis_up`).
     pub fn is_up(&self) -> bool {
         self.shared.is_up()

@@ -176,6 +176,7 @@ impl Server {
                 }
             }
             BatchEnd::Written(seq) => {
+                self.log_failing = None;
                 if let Some(p) = self.producers.get_mut(key) {
                     p.answers.batch_written(Some(seq));
                 }
@@ -183,6 +184,7 @@ impl Server {
             }
             BatchEnd::Failed { reason, refused } => {
                 warn!("log write failed, events refused: {reason}");
+                self.log_failing = Some(reason.clone());
                 if let Some(p) = self.producers.get_mut(key) {
                     p.answers.refuse_unwritten(&reason);
                     p.answers.release(durable);
@@ -236,6 +238,7 @@ impl Server {
                     refused,
                 } => {
                     error!("log sync failed, unsynced events refused: {reason}");
+                    self.log_failing = Some(reason.clone());
                     for event in &refused {
                         self.hub.abandon(event);
                     }

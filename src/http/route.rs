@@ -37,6 +37,9 @@ pub struct Ctx<'a> {
     pub admin_split: bool,
     /// The TCP peer; `None` when unknown (then not a loopback client).
     pub peer: Option<IpAddr>,
+    /// `/readyz`: why the hub cannot accept and commit now (`None`: ready). The loop fills
+    /// it for `/readyz` requests only.
+    pub not_ready: Option<&'a str>,
     /// The per-client cap: its trusted proxies, and whether a forwarded client has room.
     pub per_client: &'a PerClient,
     /// The connection comes from a trusted proxy and is not counted yet
@@ -211,6 +214,20 @@ fn answer<'r>(
     })
 }
 
+/// `/readyz` (protocol 5): `200 ready` when the hub accepts and can commit, else `503`
+/// with the reason.
+fn readiness<'r>(
+    ctx: &Ctx<'_>,
+    after: After,
+    headers: Vec<(&'static str, &'r str)>,
+    head_only: bool,
+) -> Decision<'r> {
+    match ctx.not_ready {
+        None => answer(200, "ready", after, headers, head_only),
+        Some(why) => answer(503, format!("not ready: {why}"), after, headers, head_only),
+    }
+}
+
 /// With an admin listener, `/metrics` and `/healthz` are served only there; without one,
 /// `/metrics` on the public listener answers loopback clients only, since it tells anyone
 /// who asks about topics, traffic and capacity. `None`: a public route.
@@ -222,10 +239,12 @@ fn route_admin<'r>(
 ) -> Option<Decision<'r>> {
     let on_admin = ctx.on_admin;
     Some(match req.path.as_str() {
-        "/metrics" | "/healthz" if ctx.admin_split && !on_admin => {
+        "/metrics" | "/healthz" | "/readyz" if ctx.admin_split && !on_admin => {
             answer(404, "not found", after, Vec::new(), head_only)
         }
-        "/metrics" | "/healthz" if !matches!(req.method, Method::Get | Method::Head) => {
+        "/metrics" | "/healthz" | "/readyz"
+            if !matches!(req.method, Method::Get | Method::Head) =>
+        {
             let allow = vec![("Allow", ALLOW_GET_HEAD)];
             answer(405, "method not allowed", after, allow, false)
         }
@@ -234,6 +253,7 @@ fn route_admin<'r>(
         }
         "/metrics" => Decision::Metrics { after, head_only },
         "/healthz" if on_admin => answer(200, "ok", after, Vec::new(), head_only),
+        "/readyz" if on_admin => readiness(ctx, after, Vec::new(), head_only),
         _ if on_admin => answer(404, "not found", after, Vec::new(), head_only),
         _ => return None,
     })
@@ -337,9 +357,12 @@ fn route_public<'r>(
                 return answer(405, "method not allowed", after, headers, false);
             }
         },
-        "/healthz" => {
+        "/healthz" | "/readyz" => {
             return match req.method {
-                Method::Get | Method::Head => answer(200, "ok", after, headers, head_only),
+                Method::Get | Method::Head if req.path == "/healthz" => {
+                    answer(200, "ok", after, headers, head_only)
+                }
+                Method::Get | Method::Head => readiness(ctx, after, headers, head_only),
                 _ => {
                     headers.push(("Allow", ALLOW_GET_HEAD));
                     answer(405, "method not allowed", after, headers, false)
@@ -548,6 +571,7 @@ mod tests {
                 on_admin: false,
                 admin_split: false,
                 peer: Some(ip("198.51.100.7")),
+                not_ready: None,
                 per_client: &self.per_client,
                 via_proxy: false,
                 over_cap: None,
@@ -1192,6 +1216,37 @@ mod tests {
                 headers: CORS.to_vec()
             }
         );
+    }
+
+    /// `/readyz` is served where `/healthz` is: `200 ready`, or `503` with the reason.
+    #[test]
+    fn readiness_answers_where_healthz_does() {
+        let w = World::new();
+        let r = http("GET", "/readyz", "");
+        assert_eq!(decide(&r, &w.ctx()), plain(200, "ready", KEEP, &[], false));
+        let draining = Ctx {
+            not_ready: Some("draining"),
+            ..w.ctx()
+        };
+        assert_eq!(
+            decide(&r, &draining),
+            plain(503, "not ready: draining", KEEP, &[], false)
+        );
+        // With an admin listener: only there.
+        let split = Ctx {
+            admin_split: true,
+            ..w.ctx()
+        };
+        assert!(matches!(decide(&r, &split), Decision::Answer(a) if a.status == 404));
+        let admin = Ctx {
+            admin_split: true,
+            on_admin: true,
+            not_ready: Some("redis unavailable"),
+            ..w.ctx()
+        };
+        assert!(matches!(decide(&r, &admin), Decision::Answer(a) if a.status == 503));
+        let post = http("POST", "/readyz", "Content-Length: 0\r\n");
+        assert!(matches!(decide(&post, &w.ctx()), Decision::Answer(a) if a.status == 405));
     }
 
     #[test]
