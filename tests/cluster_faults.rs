@@ -391,25 +391,10 @@ fn held_no_fault_hopping_subscriber_sees_everything_once_without_reset() {
 #[test]
 fn held_redis_paused_for_3s_while_publishing_no_silent_gap() {
     let redis = Redis::start(&[]);
-    let (a, b) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
-    let acks = AckLog::new();
-    let mut ra = Recorder::on("sub@A", &a, "t");
-    let mut rb = Recorder::on("sub@B", &b, "t");
-    wait_open(&[&ra, &rb]);
-    let mut pa = Publisher::new(&a, &acks);
-    let mut pb = Publisher::new(&b, &acks);
+    let mut t = two_nodes(&redis, &[]);
     let pid = redis.pid().to_string();
     let mut k = 0;
-    let mut phase = |until: Duration, pa: &mut Publisher, pb: &mut Publisher| {
-        let end = Instant::now() + until;
-        while Instant::now() < end {
-            let p = if k % 2 == 0 { &mut *pa } else { &mut *pb };
-            p.publish("t", &format!("e{k}"));
-            k += 1;
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    phase(Duration::from_secs(1), &mut pa, &mut pb);
+    t.publish_for(Duration::from_secs(1), &mut k);
     let stop = std::process::Command::new("kill")
         .args(["-STOP", &pid])
         .status()
@@ -421,10 +406,10 @@ fn held_redis_paused_for_3s_while_publishing_no_silent_gap() {
             .args(["-CONT", &pid])
             .status();
     });
-    phase(Duration::from_secs(5), &mut pa, &mut pb);
+    t.publish_for(Duration::from_secs(5), &mut k);
     resume.join().unwrap();
-    phase(Duration::from_secs(1), &mut pa, &mut pb);
-    finish(&mut pa, &mut [&mut ra, &mut rb], &acks, "redis paused 3 s");
+    t.publish_for(Duration::from_secs(1), &mut k);
+    t.finish("redis paused 3 s");
 }
 
 /// Publishes on `pa` and `pb` in turn, one every 50 ms, for `until`.
@@ -442,32 +427,70 @@ fn publish_for(until: Duration, pa: &mut Publisher, pb: &mut Publisher, k: &mut 
     }
 }
 
+/// Two nodes on one Redis, each with a recording subscriber on `t` (streams open) and a
+/// publisher, all answers in one log.
+struct Two {
+    /// Kept so that node A runs as long as the test.
+    _a: Server,
+    b: Server,
+    acks: AckLog,
+    ra: Recorder,
+    rb: Recorder,
+    pa: Publisher,
+    pb: Publisher,
+}
+
+fn two_nodes(redis: &Redis, extra: &[(&str, &str)]) -> Two {
+    let (a, b) = (node(&redis.url(), extra), node(&redis.url(), extra));
+    let acks = AckLog::new();
+    let ra = Recorder::on("sub@A", &a, "t");
+    let rb = Recorder::on("sub@B", &b, "t");
+    wait_open(&[&ra, &rb]);
+    let (pa, pb) = (Publisher::new(&a, &acks), Publisher::new(&b, &acks));
+    Two {
+        _a: a,
+        b,
+        acks,
+        ra,
+        rb,
+        pa,
+        pb,
+    }
+}
+
+impl Two {
+    /// Publishes on A and B in turn, one every 50 ms, for `until`.
+    fn publish_for(&mut self, until: Duration, k: &mut usize) {
+        publish_for(until, &mut self.pa, &mut self.pb, k);
+    }
+
+    /// `finish` with A's publisher and both recorders.
+    fn finish(&mut self, context: &str) {
+        finish(
+            &mut self.pa,
+            &mut [&mut self.ra, &mut self.rb],
+            &self.acks,
+            context,
+        );
+    }
+}
+
 /// Redis with `appendonly` (fsync every second) is killed and restarted from its AOF while
 /// two nodes publish: what the AOF kept comes back, what it lost is announced.
 #[test]
 fn held_redis_with_appendonly_killed_and_restarted_no_silent_gap() {
     let mut redis = Redis::start(&["--appendonly", "yes", "--appendfsync", "everysec"]);
-    let (a, b) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
-    let acks = AckLog::new();
-    let mut ra = Recorder::on("sub@A", &a, "t");
-    let mut rb = Recorder::on("sub@B", &b, "t");
-    wait_open(&[&ra, &rb]);
-    let (mut pa, mut pb) = (Publisher::new(&a, &acks), Publisher::new(&b, &acks));
+    let mut t = two_nodes(&redis, &[]);
     let mut k = 0;
-    publish_for(Duration::from_millis(1500), &mut pa, &mut pb, &mut k);
+    t.publish_for(Duration::from_millis(1500), &mut k);
     let before = redis.stream_len("ssehub");
     redis.restart();
     assert!(
         redis.stream_len("ssehub") > 0 && before > 0,
         "the AOF brought the stream back ({before} entries before)"
     );
-    publish_for(Duration::from_secs(3), &mut pa, &mut pb, &mut k);
-    finish(
-        &mut pa,
-        &mut [&mut ra, &mut rb],
-        &acks,
-        "appendonly redis killed",
-    );
+    t.publish_for(Duration::from_secs(3), &mut k);
+    t.finish("appendonly redis killed");
 }
 
 /// Hand edits an operator might make: `FUNCTION DELETE` (the writer reloads it),
@@ -475,31 +498,21 @@ fn held_redis_with_appendonly_killed_and_restarted_no_silent_gap() {
 #[test]
 fn held_function_delete_and_trims_by_hand_no_silent_gap() {
     let redis = Redis::start(&[]);
-    let (a, b) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
-    let acks = AckLog::new();
-    let mut ra = Recorder::on("sub@A", &a, "t");
-    let mut rb = Recorder::on("sub@B", &b, "t");
-    wait_open(&[&ra, &rb]);
-    let (mut pa, mut pb) = (Publisher::new(&a, &acks), Publisher::new(&b, &acks));
+    let mut t = two_nodes(&redis, &[]);
     let mut k = 0;
-    publish_for(Duration::from_millis(500), &mut pa, &mut pb, &mut k);
+    t.publish_for(Duration::from_millis(500), &mut k);
     assert_eq!(redis.cli(&["FUNCTION", "DELETE", "ssehub"]), "OK");
-    publish_for(Duration::from_secs(1), &mut pa, &mut pb, &mut k);
+    t.publish_for(Duration::from_secs(1), &mut k);
     assert!(
-        acks.count(|a| a.answer.contains("Function not found")) > 0,
+        t.acks.count(|a| a.answer.contains("Function not found")) > 0,
         "a publish met the deleted Function"
     );
     redis.cli(&["XTRIM", "ssehub:{ev}", "MAXLEN", "0"]);
-    publish_for(Duration::from_secs(1), &mut pa, &mut pb, &mut k);
+    t.publish_for(Duration::from_secs(1), &mut k);
     let minid = format!("{}-0", now_us());
     redis.cli(&["XTRIM", "ssehub:{ev}", "MINID", &minid]);
-    publish_for(Duration::from_secs(1), &mut pa, &mut pb, &mut k);
-    finish(
-        &mut pa,
-        &mut [&mut ra, &mut rb],
-        &acks,
-        "function delete and trims",
-    );
+    t.publish_for(Duration::from_secs(1), &mut k);
+    t.finish("function delete and trims");
 }
 
 /// Node B is paused for longer than `history.max_age` while A publishes (the stream is
@@ -507,35 +520,24 @@ fn held_function_delete_and_trims_by_hand_no_silent_gap() {
 #[test]
 fn held_node_paused_past_max_age_no_silent_gap() {
     let redis = Redis::start(&[]);
-    let short = [("history", "max_age = \"2s\"")];
-    let (a, b) = (node(&redis.url(), &short), node(&redis.url(), &short));
-    let acks = AckLog::new();
-    let mut ra = Recorder::on("sub@A", &a, "t");
-    let mut rb = Recorder::on("sub@B", &b, "t");
-    wait_open(&[&ra, &rb]);
-    let mut pa = Publisher::new(&a, &acks);
-    publish_ok(&mut pa, 5, "before", Duration::from_secs(5));
-    b.signal("STOP");
+    let mut t = two_nodes(&redis, &[("history", "max_age = \"2s\"")]);
+    publish_ok(&mut t.pa, 5, "before", Duration::from_secs(5));
+    t.b.signal("STOP");
     let end = Instant::now() + Duration::from_secs(3);
     let mut i = 0;
     while Instant::now() < end {
-        pa.publish("t", &format!("while B sleeps {i}"));
+        t.pa.publish("t", &format!("while B sleeps {i}"));
         i += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
-    b.signal("CONT");
-    publish_ok(&mut pa, 5, "after", Duration::from_secs(5));
+    t.b.signal("CONT");
+    publish_ok(&mut t.pa, 5, "after", Duration::from_secs(5));
     assert!(
-        wait_for(Duration::from_secs(5), || b.log_contains("possible gap")),
+        wait_for(Duration::from_secs(5), || t.b.log_contains("possible gap")),
         "B's position was trimmed by age while it slept: {}",
-        b.log_text()
+        t.b.log_text()
     );
-    finish(
-        &mut pa,
-        &mut [&mut ra, &mut rb],
-        &acks,
-        "node paused past max_age",
-    );
+    t.finish("node paused past max_age");
 }
 
 // ---- Scenarios found by the review (fail before the fixes) -----------------------------------
