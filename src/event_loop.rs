@@ -539,7 +539,7 @@ impl Server {
             _ => Some(route::Cap::Global),
         };
         // The peer address (a syscall) matters only to `/metrics` (loopback clients only).
-        let peer = match req.path == "/metrics" {
+        let peer = match req.path == "/metrics" || req.path.starts_with("/topics/") {
             true => conn.sock.peer_addr().ok().map(|a| a.ip()),
             false => None,
         };
@@ -579,6 +579,19 @@ impl Server {
                 self.streams
                     .queue(key, bytes.into(), after == After::Close, self.now);
             }
+            Decision::TopicInfo {
+                name,
+                after,
+                head_only,
+            } => match self.hub.topic_info(&name) {
+                Some(info) => {
+                    let body = info.json(&name);
+                    let bytes = crate::metrics::json_response(&body, after, head_only);
+                    self.streams
+                        .queue(key, bytes.into(), after == After::Close, self.now);
+                }
+                None => self.answer(key, 404, "unknown topic", after, &[], head_only),
+            },
             Decision::RetryOnly { status } => {
                 // A capped stream request with overload_as_retry: a `200` stream carrying
                 // only a jittered `retry:` (at least `Retry-After`), so browsers come back

@@ -47,6 +47,34 @@ pub struct Pruned {
     pub more: bool,
 }
 
+/// What `/topics/NAME` tells of a topic (protocol 5): this node's view.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Streams on this node subscribed to it.
+    pub subscribers: usize,
+    /// Events in its history.
+    pub retained: usize,
+    /// Its last event's id (0: none yet).
+    pub last_id: u64,
+    pub is_final: bool,
+}
+
+impl TopicInfo {
+    /// `{"topic":…,"subscribers":…,"retained":…,"last_id":…,"final":…}`; `last_id` is a
+    /// string like every id in answers, `null` before the first event. Topic names need no
+    /// JSON escaping (their alphabet has no `"` or `\\`).
+    pub fn json(&self, name: &str) -> String {
+        let last = match self.last_id {
+            0 => "null".to_string(),
+            id => format!("\"{id}\""),
+        };
+        format!(
+            "{{\"topic\":\"{name}\",\"subscribers\":{},\"retained\":{},\"last_id\":{last},\"final\":{}}}\n",
+            self.subscribers, self.retained, self.is_final
+        )
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct Reset {
     /// The oldest retained id on the requested topics.
@@ -105,6 +133,17 @@ impl Hub {
     /// know; only a topic created later (its past may be in those segments) is affected.
     pub fn note_log_trimmed(&mut self, id: u64) {
         self.forgotten_up_to = self.forgotten_up_to.max(id);
+    }
+
+    /// `/topics/NAME`: what this node knows of the topic `name`, `None` when it knows none.
+    pub fn topic_info(&self, name: &str) -> Option<TopicInfo> {
+        let topic = self.topics.get(self.topics.lookup(name)?);
+        Some(TopicInfo {
+            subscribers: topic.subscribers.len(),
+            retained: topic.history.len(),
+            last_id: topic.history.last_id,
+            is_final: topic.history.is_final(),
+        })
     }
 
     /// Topics known (with history, metadata or subscribers).

@@ -494,8 +494,17 @@ fn float(v: f64) -> String {
 
 /// The `200` answer carrying `body` (or only its head for `HEAD`).
 pub fn http_response(body: &str, after: After, head_only: bool) -> Vec<u8> {
+    ok_response(CONTENT_TYPE, body, after, head_only)
+}
+
+/// A `200` JSON answer (`/topics/NAME`), not cached.
+pub fn json_response(body: &str, after: After, head_only: bool) -> Vec<u8> {
+    ok_response("application/json", body, after, head_only)
+}
+
+fn ok_response(content_type: &str, body: &str, after: After, head_only: bool) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
         body.len()
     );
     match after {

@@ -29,6 +29,10 @@ const ALLOW_GET_HEAD: &str = "GET, HEAD";
 const METRICS_NOT_LOOPBACK: &str =
     "metrics are served to loopback clients only (set http.admin_listen)";
 
+/// `/topics/NAME` refused to a client that is not on this host (no admin listener).
+const TOPICS_NOT_LOOPBACK: &str =
+    "topics are served to loopback clients only (set http.admin_listen)";
+
 /// What the router reads. Built by the loop for each request; nothing here is changed.
 pub struct Ctx<'a> {
     /// The connection was accepted on the admin listener.
@@ -110,6 +114,13 @@ pub enum Decision<'r> {
     Answer(Answer<'r>),
     /// `/metrics`: the loop renders the body (`metrics::http_response`).
     Metrics { after: After, head_only: bool },
+    /// `GET /topics/NAME` (a valid name): the loop answers with what the hub knows of it
+    /// (protocol 5), or `404` for a topic it does not know.
+    TopicInfo {
+        name: Box<str>,
+        after: After,
+        head_only: bool,
+    },
     /// A `GET /events` past a cap with `overload_as_retry`: the `200` stream head (no extra
     /// headers), then only `retry:` of `RETRY_AFTER_MS` plus the loop's jitter, then close.
     /// The loop counts `status` in the rejected requests.
@@ -238,6 +249,9 @@ fn route_admin<'r>(
     head_only: bool,
 ) -> Option<Decision<'r>> {
     let on_admin = ctx.on_admin;
+    if let Some(raw) = req.path.strip_prefix("/topics/") {
+        return Some(topic_info(raw, req, ctx, after, head_only));
+    }
     Some(match req.path.as_str() {
         "/metrics" | "/healthz" | "/readyz" if ctx.admin_split && !on_admin => {
             answer(404, "not found", after, Vec::new(), head_only)
@@ -257,6 +271,37 @@ fn route_admin<'r>(
         _ if on_admin => answer(404, "not found", after, Vec::new(), head_only),
         _ => return None,
     })
+}
+
+/// `GET /topics/NAME`: served where `/metrics` is (the admin listener, or loopback clients
+/// without one), since it tells who listens to what.
+fn topic_info<'r>(
+    raw: &str,
+    req: &'r Request,
+    ctx: &Ctx<'_>,
+    after: After,
+    head_only: bool,
+) -> Decision<'r> {
+    if ctx.admin_split && !ctx.on_admin {
+        return answer(404, "not found", after, Vec::new(), head_only);
+    }
+    if !matches!(req.method, Method::Get | Method::Head) {
+        let allow = vec![("Allow", ALLOW_GET_HEAD)];
+        return answer(405, "method not allowed", after, allow, false);
+    }
+    if !ctx.on_admin && !client_is_loopback(req, ctx) {
+        return answer(403, TOPICS_NOT_LOOPBACK, after, Vec::new(), head_only);
+    }
+    let name = crate::http::request::percent_decode(raw)
+        .filter(|n| crate::topic_name::validate(n).is_ok());
+    match name.and_then(|n| String::from_utf8(n).ok()) {
+        Some(name) => Decision::TopicInfo {
+            name: name.into(),
+            after,
+            head_only,
+        },
+        None => answer(400, "invalid topic name", after, Vec::new(), head_only),
+    }
 }
 
 /// Whether the client is on this host: the peer, or the `X-Forwarded-For` entry of a
@@ -1216,6 +1261,46 @@ mod tests {
                 headers: CORS.to_vec()
             }
         );
+    }
+
+    /// `/topics/NAME` is served where `/metrics` is: loopback clients, or the admin listener.
+    #[test]
+    fn topic_info_is_served_where_metrics_is() {
+        let w = World::new();
+        let local = Ctx {
+            peer: Some(ip("127.0.0.1")),
+            ..w.ctx()
+        };
+        let r = http("GET", "/topics/a%2Fb", "");
+        assert_eq!(
+            decide(&r, &local),
+            Decision::TopicInfo {
+                name: "a/b".into(),
+                after: KEEP,
+                head_only: false
+            }
+        );
+        let refused = decide(&r, &w.ctx());
+        assert!(matches!(refused, Decision::Answer(a) if a.status == 403));
+        let split = Ctx {
+            admin_split: true,
+            ..local
+        };
+        assert!(matches!(decide(&r, &split), Decision::Answer(a) if a.status == 404));
+        let admin = Ctx {
+            admin_split: true,
+            on_admin: true,
+            ..w.ctx()
+        };
+        assert!(matches!(decide(&r, &admin), Decision::TopicInfo { .. }));
+        let local = Ctx {
+            peer: Some(ip("127.0.0.1")),
+            ..w.ctx()
+        };
+        let bad = http("GET", "/topics/a%20b", "");
+        assert!(matches!(decide(&bad, &local), Decision::Answer(a) if a.status == 400));
+        let post = http("POST", "/topics/a", "Content-Length: 0\r\n");
+        assert!(matches!(decide(&post, &local), Decision::Answer(a) if a.status == 405));
     }
 
     /// `/readyz` is served where `/healthz` is: `200 ready`, or `503` with the reason.
