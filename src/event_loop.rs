@@ -539,7 +539,7 @@ impl Server {
             _ => Some(route::Cap::Global),
         };
         // The peer address (a syscall) matters only to `/metrics` (loopback clients only).
-        let peer = match req.path == "/metrics" || req.path.starts_with("/topics/") {
+        let peer = match req.path == "/metrics" || req.path.starts_with("/topics") {
             true => conn.sock.peer_addr().ok().map(|a| a.ip()),
             false => None,
         };
@@ -576,6 +576,18 @@ impl Server {
             Decision::Metrics { after, head_only } => {
                 let body = self.render_metrics();
                 let bytes = crate::metrics::http_response(&body, after, head_only);
+                self.streams
+                    .queue(key, bytes.into(), after == After::Close, self.now);
+            }
+            Decision::TopicList {
+                query,
+                after,
+                head_only,
+            } => {
+                let body = self
+                    .hub
+                    .topics_json(&query.prefix, query.after.as_deref(), query.limit);
+                let bytes = crate::metrics::json_response(&body, after, head_only);
                 self.streams
                     .queue(key, bytes.into(), after == After::Close, self.now);
             }

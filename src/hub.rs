@@ -137,13 +137,47 @@ impl Hub {
 
     /// `/topics/NAME`: what this node knows of the topic `name`, `None` when it knows none.
     pub fn topic_info(&self, name: &str) -> Option<TopicInfo> {
-        let topic = self.topics.get(self.topics.lookup(name)?);
-        Some(TopicInfo {
+        Some(self.info_of(self.topics.lookup(name)?))
+    }
+
+    fn info_of(&self, t: TopicId) -> TopicInfo {
+        let topic = self.topics.get(t);
+        TopicInfo {
             subscribers: topic.subscribers.len(),
             retained: topic.history.len(),
             last_id: topic.history.last_id,
             is_final: topic.history.is_final(),
-        })
+        }
+    }
+
+    /// `/topics`: up to `limit` topics named `prefix…` after the name `after`, in name
+    /// order, as one JSON object `{"topics":[…],"next":NAME|null}` (`next`: the cursor of
+    /// the following page, `null` on the last). O(log topics + limit).
+    pub fn topics_json(&self, prefix: &str, after: Option<&str>, limit: usize) -> String {
+        // One more than asked: whether a next page exists.
+        let ids = self.topics.page(prefix, after, limit + 1);
+        let more = ids.len() > limit;
+        let mut out = String::from("{\"topics\":[");
+        let mut last = None;
+        for (i, &t) in ids.iter().take(limit).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let name = &self.topics.get(t).name;
+            out.push_str(self.info_of(t).json(name).trim_end());
+            last = Some(name);
+        }
+        out.push_str("],\"next\":");
+        match last.filter(|_| more) {
+            Some(name) => {
+                out.push('"');
+                out.push_str(name);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str("}\n");
+        out
     }
 
     /// Topics known (with history, metadata or subscribers).

@@ -7,7 +7,7 @@
 
 use crate::history::{Histories, Retained, TopicId, TopicRef};
 use slab::Slab;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
@@ -24,16 +24,19 @@ pub struct Topic {
 }
 
 /// Bookkeeping of one topic beyond its name bytes: the `Topic` in the slab (136 bytes, up
-/// to twice that with growth), its name-index entry (~40 with hashbrown's load factor and
-/// growth) and the name's `Rc` header and malloc rounding (~32). Measured with a million
-/// unique topics: bench-results/2026-11-28-issue16-data-safety.md. Counted against
+/// to twice that with growth), its name-index entry (a B-tree in name order since
+/// 2026-12-07, ~50 bytes more per topic than the hash index was) and the name's `Rc`
+/// header and malloc rounding (~32). Measured with a million unique topics:
+/// bench-results/2026-11-28-issue16-data-safety.md, bench-results/2026-12-07-topics.md
+/// (724 real against 764 counted bytes per topic with its one event). Counted against
 /// `history.max_bytes` with the retained events while the topic has no subscriber (it is
 /// kept for its history); a topic streams hold is counted apart (`subscribed_bytes`).
 pub const TOPIC_OVERHEAD: usize = 320;
 
 #[derive(Default)]
 pub struct Topics {
-    by_name: HashMap<Rc<str>, TopicId>,
+    /// In name order, so that `/topics` pages through it with a cursor.
+    by_name: BTreeMap<Rc<str>, TopicId>,
     topics: Slab<Topic>,
     /// The generation the next topic created gets (wrapping: an event waits for its
     /// fan-out one turn at most, far fewer than 2^32 topics are created meanwhile).
@@ -77,6 +80,22 @@ impl Topics {
 
     pub fn lookup(&self, name: &str) -> Option<TopicId> {
         self.by_name.get(name).copied()
+    }
+
+    /// Up to `limit` topics whose names start with `prefix`, in name order, after the name
+    /// `after` (a cursor: the last name of the previous page). O(log topics + limit).
+    pub fn page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<TopicId> {
+        use std::ops::Bound;
+        let from: Bound<&str> = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        self.by_name
+            .range::<str, _>((from, Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .take(limit)
+            .map(|(_, &id)| id)
+            .collect()
     }
 
     /// The topic named `name`, created when first used. A created topic treats resumes from
@@ -179,10 +198,7 @@ impl Topics {
         }
         self.by_name.remove(&topic.name);
         // Give back what a flood of short-lived topics grew (the slab cannot move its
-        // entries, so it only shrinks once empty).
-        if self.by_name.capacity() > 4 * self.by_name.len() + 1024 {
-            self.by_name.shrink_to(2 * self.by_name.len());
-        }
+        // entries, so it only shrinks once empty; the B-tree frees its nodes as it goes).
         if self.topics.is_empty() {
             self.topics.shrink_to_fit();
         }

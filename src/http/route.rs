@@ -114,6 +114,12 @@ pub enum Decision<'r> {
     Answer(Answer<'r>),
     /// `/metrics`: the loop renders the body (`metrics::http_response`).
     Metrics { after: After, head_only: bool },
+    /// `GET /topics`: a page of topics in name order (protocol 5), rendered by the loop.
+    TopicList {
+        query: TopicPage,
+        after: After,
+        head_only: bool,
+    },
     /// `GET /topics/NAME` (a valid name): the loop answers with what the hub knows of it
     /// (protocol 5), or `404` for a topic it does not know.
     TopicInfo {
@@ -252,6 +258,9 @@ fn route_admin<'r>(
     if let Some(raw) = req.path.strip_prefix("/topics/") {
         return Some(topic_info(raw, req, ctx, after, head_only));
     }
+    if req.path == "/topics" {
+        return Some(topic_list(req, ctx, after, head_only));
+    }
     Some(match req.path.as_str() {
         "/metrics" | "/healthz" | "/readyz" if ctx.admin_split && !on_admin => {
             answer(404, "not found", after, Vec::new(), head_only)
@@ -273,8 +282,93 @@ fn route_admin<'r>(
     })
 }
 
-/// `GET /topics/NAME`: served where `/metrics` is (the admin listener, or loopback clients
-/// without one), since it tells who listens to what.
+/// Topics a `/topics` page lists at most (`limit`), and by default.
+pub const TOPIC_PAGE_MAX: usize = 1000;
+const TOPIC_PAGE_DEFAULT: usize = 100;
+
+/// The query of `GET /topics`: `prefix`, `limit`, and `after` (the cursor: the last name of
+/// the previous page).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicPage {
+    pub prefix: String,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// Parses `prefix=P&limit=N&after=NAME`; unknown parameters are refused.
+fn topic_page(query: &str) -> Result<TopicPage, &'static str> {
+    let mut page = TopicPage {
+        limit: TOPIC_PAGE_DEFAULT,
+        ..TopicPage::default()
+    };
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+        let value = crate::http::request::percent_decode(value)
+            .and_then(|v| String::from_utf8(v).ok())
+            .ok_or("bad percent-encoding in query")?;
+        match key {
+            "prefix" | "after" if value.len() > 200 => {
+                return Err("prefix and after are at most 200 bytes");
+            }
+            "prefix" => page.prefix = value,
+            "after" => page.after = Some(value).filter(|a| !a.is_empty()),
+            "limit" => {
+                page.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=TOPIC_PAGE_MAX).contains(n))
+                    .ok_or("limit must be 1 to 1000")?;
+            }
+            _ => return Err("unknown parameter (prefix, limit, after)"),
+        }
+    }
+    Ok(page)
+}
+
+/// `GET /topics` and `GET /topics/NAME` are served where `/metrics` is (the admin listener,
+/// or loopback clients without one), since they tell who listens to what: the refusal, if
+/// any.
+fn topics_access<'r>(
+    req: &'r Request,
+    ctx: &Ctx<'_>,
+    after: After,
+    head_only: bool,
+) -> Option<Decision<'r>> {
+    if ctx.admin_split && !ctx.on_admin {
+        return Some(answer(404, "not found", after, Vec::new(), head_only));
+    }
+    if !matches!(req.method, Method::Get | Method::Head) {
+        let allow = vec![("Allow", ALLOW_GET_HEAD)];
+        return Some(answer(405, "method not allowed", after, allow, false));
+    }
+    if !ctx.on_admin && !client_is_loopback(req, ctx) {
+        return Some(answer(
+            403,
+            TOPICS_NOT_LOOPBACK,
+            after,
+            Vec::new(),
+            head_only,
+        ));
+    }
+    None
+}
+
+/// `GET /topics?prefix=P&limit=N&after=NAME`.
+fn topic_list<'r>(req: &'r Request, ctx: &Ctx<'_>, after: After, head_only: bool) -> Decision<'r> {
+    if let Some(refused) = topics_access(req, ctx, after, head_only) {
+        return refused;
+    }
+    match topic_page(&req.query) {
+        Ok(query) => Decision::TopicList {
+            query,
+            after,
+            head_only,
+        },
+        Err(why) => answer(400, why, after, Vec::new(), head_only),
+    }
+}
+
+/// `GET /topics/NAME`.
 fn topic_info<'r>(
     raw: &str,
     req: &'r Request,
@@ -282,15 +376,8 @@ fn topic_info<'r>(
     after: After,
     head_only: bool,
 ) -> Decision<'r> {
-    if ctx.admin_split && !ctx.on_admin {
-        return answer(404, "not found", after, Vec::new(), head_only);
-    }
-    if !matches!(req.method, Method::Get | Method::Head) {
-        let allow = vec![("Allow", ALLOW_GET_HEAD)];
-        return answer(405, "method not allowed", after, allow, false);
-    }
-    if !ctx.on_admin && !client_is_loopback(req, ctx) {
-        return answer(403, TOPICS_NOT_LOOPBACK, after, Vec::new(), head_only);
+    if let Some(refused) = topics_access(req, ctx, after, head_only) {
+        return refused;
     }
     let name = crate::http::request::percent_decode(raw)
         .filter(|n| crate::topic_name::validate(n).is_ok());
@@ -1301,6 +1388,49 @@ mod tests {
         assert!(matches!(decide(&bad, &local), Decision::Answer(a) if a.status == 400));
         let post = http("POST", "/topics/a", "Content-Length: 0\r\n");
         assert!(matches!(decide(&post, &local), Decision::Answer(a) if a.status == 405));
+    }
+
+    /// `/topics` takes `prefix`, `limit` (1 to 1000, default 100) and `after`, nothing else.
+    #[test]
+    fn topic_list_queries() {
+        let w = World::new();
+        let local = Ctx {
+            peer: Some(ip("127.0.0.1")),
+            ..w.ctx()
+        };
+        let page = |target: &str| match decide(&http("GET", target, ""), &local) {
+            Decision::TopicList { query, .. } => Ok(query),
+            Decision::Answer(a) => Err(a.status),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            page("/topics"),
+            Ok(TopicPage {
+                prefix: String::new(),
+                after: None,
+                limit: 100
+            })
+        );
+        assert_eq!(
+            page("/topics?prefix=a%2F&limit=2&after=a%2Fb"),
+            Ok(TopicPage {
+                prefix: "a/".into(),
+                after: Some("a/b".into()),
+                limit: 2
+            })
+        );
+        for bad in [
+            "/topics?limit=0",
+            "/topics?limit=1001",
+            "/topics?x=1",
+            "/topics?prefix=%zz",
+        ] {
+            assert_eq!(page(bad), Err(400), "{bad}");
+        }
+        assert!(matches!(
+            decide(&http("GET", "/topics", ""), &w.ctx()),
+            Decision::Answer(a) if a.status == 403
+        ));
     }
 
     /// `/readyz` is served where `/healthz` is: `200 ready`, or `503` with the reason.
