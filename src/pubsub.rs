@@ -7,7 +7,7 @@
 
 use crate::history::{Histories, Retained, TopicId, TopicRef};
 use slab::Slab;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
@@ -24,19 +24,22 @@ pub struct Topic {
 }
 
 /// Bookkeeping of one topic beyond its name bytes: the `Topic` in the slab (136 bytes, up
-/// to twice that with growth), its name-index entry (a B-tree in name order since
-/// 2026-12-07, ~50 bytes more per topic than the hash index was) and the name's `Rc`
+/// to twice that with growth), its name-index entry (~40 with hashbrown's load factor and
+/// growth), its entry in the ordered name set (~30, since 2026-12-07) and the name's `Rc`
 /// header and malloc rounding (~32). Measured with a million unique topics:
 /// bench-results/2026-11-28-issue16-data-safety.md, bench-results/2026-12-07-topics.md
-/// (724 real against 764 counted bytes per topic with its one event). Counted against
+/// (704 real against 764 counted bytes per topic with its one event). Counted against
 /// `history.max_bytes` with the retained events while the topic has no subscriber (it is
 /// kept for its history); a topic streams hold is counted apart (`subscribed_bytes`).
 pub const TOPIC_OVERHEAD: usize = 320;
 
 #[derive(Default)]
 pub struct Topics {
-    /// In name order, so that `/topics` pages through it with a cursor.
-    by_name: BTreeMap<Rc<str>, TopicId>,
+    by_name: HashMap<Rc<str>, TopicId>,
+    /// The same names in order, so that `/topics` pages through them with a cursor; the
+    /// hash index stays for lookups (the publish path), which a B-tree makes ~1 µs slower
+    /// per event among a million topics.
+    ordered: BTreeSet<Rc<str>>,
     topics: Slab<Topic>,
     /// The generation the next topic created gets (wrapping: an event waits for its
     /// fan-out one turn at most, far fewer than 2^32 topics are created meanwhile).
@@ -90,11 +93,11 @@ impl Topics {
             Some(a) if a >= prefix => Bound::Excluded(a),
             _ => Bound::Included(prefix),
         };
-        self.by_name
+        self.ordered
             .range::<str, _>((from, Bound::Unbounded))
-            .take_while(|(name, _)| name.starts_with(prefix))
+            .take_while(|name| name.starts_with(prefix))
             .take(limit)
-            .map(|(_, &id)| id)
+            .filter_map(|name| self.by_name.get(name).copied())
             .collect()
     }
 
@@ -114,6 +117,7 @@ impl Topics {
             subscribers: HashSet::default(),
             history: Retained::new(horizon),
         }) as TopicId;
+        self.ordered.insert(name.clone());
         self.by_name.insert(name, id);
         id
     }
@@ -197,8 +201,12 @@ impl Topics {
             false => self.subscribed_bytes -= cost,
         }
         self.by_name.remove(&topic.name);
+        self.ordered.remove(&topic.name);
         // Give back what a flood of short-lived topics grew (the slab cannot move its
         // entries, so it only shrinks once empty; the B-tree frees its nodes as it goes).
+        if self.by_name.capacity() > 4 * self.by_name.len() + 1024 {
+            self.by_name.shrink_to(2 * self.by_name.len());
+        }
         if self.topics.is_empty() {
             self.topics.shrink_to_fit();
         }
