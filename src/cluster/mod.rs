@@ -63,6 +63,14 @@ pub const MAX_IN_FLIGHT: usize = 65_536;
 /// How long dropping a `Link` waits for its threads before leaving them to finish alone.
 const JOIN_WAIT: Duration = Duration::from_secs(2);
 
+/// This node's clock, Unix µs: new ids are never below it (`keys::Stamp`), and a gap
+/// forgets at least up to it (`Reader::forget_mark`).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// What the link needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct Options {

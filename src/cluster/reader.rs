@@ -12,7 +12,7 @@ use super::connection::{self, Backoff, Failure, Identity};
 use super::keys::{self, Keys};
 use super::reply::{self, RawEntry};
 use super::shared::{Shared, Side};
-use super::{Entry, Report};
+use super::{Entry, Report, unix_us};
 use redis::{Client, Cmd, Connection, Value};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -568,13 +568,6 @@ impl Reader {
             Err(Stop::Shutdown)
         }
     }
-}
-
-/// This node's clock, Unix µs.
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

@@ -9,17 +9,11 @@ use redis::Commands;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const PREFIX: &str = "t";
 const STREAM: &str = "t:{ev}";
 const LAST: &str = "t:{ev}:last";
-
-fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// A `redis-server` child process; killed (SIGKILL, by its pid) on drop.
 struct RedisServer {

@@ -14,7 +14,7 @@ use super::connection::{self, Backoff, Identity};
 use super::keys::{self, Keys, Stamp};
 use super::reply;
 use super::shared::{Shared, Side};
-use super::{PublishRequest, Report};
+use super::{PublishRequest, Report, unix_us};
 use redis::{Client, Connection, Value};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -364,13 +364,6 @@ fn refusal(text: String, key: Option<&str>) -> Refusal {
     } else {
         Refusal::Server(text)
     }
-}
-
-/// This node's clock, Unix µs (ids never fall below the publishing node's clock).
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// `500ms`, `2s`, `1500ms`.

@@ -581,8 +581,7 @@ impl StreamTable {
                 {
                     debug!("closing stream: a TLS record left incomplete for too long");
                     if let Some(tls) = conn.tls.as_deref_mut() {
-                        tls.send_close_notify();
-                        let _ = tls::write_pending(&mut conn.sock, tls);
+                        tls::close_notify_now(&mut conn.sock, tls);
                     }
                     return self.close(key);
                 }
@@ -662,8 +661,7 @@ impl StreamTable {
                         && !lingering
                     {
                         // Answer the client's close_notify with ours (TLS 1.3 wants it).
-                        tls.send_close_notify();
-                        let _ = tls::write_pending(&mut conn.sock, tls);
+                        tls::close_notify_now(&mut conn.sock, tls);
                     }
                     return self.close(key);
                 }
@@ -680,8 +678,7 @@ impl StreamTable {
                     if conn.discarded > MAX_DISCARDED {
                         debug!("closing stream: client keeps sending");
                         if let Some(tls) = conn.tls.as_deref_mut() {
-                            tls.send_close_notify();
-                            let _ = tls::write_pending(&mut conn.sock, tls);
+                            tls::close_notify_now(&mut conn.sock, tls);
                         }
                         return self.close(key);
                     }
@@ -782,8 +779,7 @@ impl StreamTable {
         conn.discarded = 0;
         if let Some(tls) = conn.tls.as_deref_mut() {
             // One last write so the close_notify alert reaches the peer.
-            tls.send_close_notify();
-            let _ = tls::write_pending(&mut conn.sock, tls);
+            tls::close_notify_now(&mut conn.sock, tls);
         }
         if conn.sock.shutdown(Shutdown::Write).is_err() {
             return self.close(key);

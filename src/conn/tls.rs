@@ -55,7 +55,7 @@ thread_local! {
     static HELD_TOTAL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Bytes of incomplete TLS input all sessions on this thread hold (`/metrics`, tests).
+/// Bytes of incomplete TLS input all sessions on this thread hold (tests).
 pub fn held_input_bytes() -> usize {
     HELD_TOTAL.get()
 }
@@ -414,13 +414,18 @@ impl Session {
     }
 }
 
+/// The length field of the TLS record header at `at` in `buf`, once the header is there.
+fn announced_len(buf: &[u8], at: usize) -> Option<usize> {
+    match buf.get(at + 3..at + 5) {
+        Some(&[hi, lo]) => Some(usize::from(u16::from_be_bytes([hi, lo]))),
+        _ => None,
+    }
+}
+
 /// The end of the first TLS record at or after `at` in `buf`: its header's length, or the
 /// end of `buf` when the record is not all there.
 fn record_end(buf: &[u8], at: usize) -> usize {
-    match buf.get(at + 3..at + 5) {
-        Some(&[hi, lo]) => (at + 5 + usize::from(u16::from_be_bytes([hi, lo]))).min(buf.len()),
-        _ => buf.len(),
-    }
+    announced_len(buf, at).map_or(buf.len(), |len| (at + 5 + len).min(buf.len()))
 }
 
 /// Handshake records in `buf` through rustls (see `Session::process`).
@@ -605,14 +610,9 @@ pub fn read(
             s.held_at_check = false;
         }
         let rest = &scratch[used..end];
-        let announced = match rest.get(3..5) {
-            Some(&[hi, lo]) => usize::from(u16::from_be_bytes([hi, lo])),
-            _ => 0,
-        };
-        if s.stream_input && announced > STREAM_RECORD_MAX {
+        if s.stream_input && announced_len(rest, 0).is_some_and(|n| n > STREAM_RECORD_MAX) {
             // Refused at its header: a stream never buffers a large record.
-            s.send_close_notify();
-            let _ = write_pending(sock, s);
+            close_notify_now(sock, s);
             return Err(invalid("TLS: a record too large for a stream"));
         }
         s.hold(rest)?;
@@ -625,6 +625,13 @@ pub fn read(
             return Ok(cost);
         }
     }
+}
+
+/// Queues a close_notify and writes what the socket takes of it now (best effort: the
+/// connection is about to be closed).
+pub fn close_notify_now(sock: &mut TcpStream, s: &mut Session) {
+    s.send_close_notify();
+    let _ = write_pending(sock, s);
 }
 
 /// Writes the ciphertext the session holds: Ok(true) when all of it left (its buffer is

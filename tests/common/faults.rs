@@ -510,31 +510,31 @@ impl Publisher {
         }
     }
 
-    /// Publishes `data` on `topic`, logs the answer; the id when ok.
-    pub fn publish(&mut self, topic: &str, data: &str) -> Option<u64> {
+    /// Publishes `data` on `topic` and logs the answer: the answer and what it meant.
+    fn send(&mut self, topic: &str, data: &str) -> (String, Outcome) {
         let line = format!(
             "{{\"topic\":{},\"data\":{}}}",
             json_str(topic),
             json_str(data)
         );
         let answer = self.request(&line);
-        match self.acks.push(topic, data, &answer) {
-            Outcome::Ok(id) => Some(id),
+        let outcome = self.acks.push(topic, data, &answer);
+        (answer, outcome)
+    }
+
+    /// Publishes `data` on `topic`, logs the answer; the id when ok.
+    pub fn publish(&mut self, topic: &str, data: &str) -> Option<u64> {
+        match self.send(topic, data) {
+            (_, Outcome::Ok(id)) => Some(id),
             _ => None,
         }
     }
 
     /// `publish`, panicking on anything but ok (with the answer).
     pub fn must(&mut self, topic: &str, data: &str) -> u64 {
-        let line = format!(
-            "{{\"topic\":{},\"data\":{}}}",
-            json_str(topic),
-            json_str(data)
-        );
-        let answer = self.request(&line);
-        match self.acks.push(topic, data, &answer) {
-            Outcome::Ok(id) => id,
-            _ => panic!("publish {data:?} on {topic}: {answer:?}"),
+        match self.send(topic, data) {
+            (_, Outcome::Ok(id)) => id,
+            (answer, _) => panic!("publish {data:?} on {topic}: {answer:?}"),
         }
     }
 }
