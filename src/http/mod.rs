@@ -1,6 +1,7 @@
-//! HTTP/1.1 as pure functions: request heads in (`request`), a routing decision
-//! (`route`), canned answers out (`response`).
+//! HTTP/1.1 as pure functions: request heads in (`request`), request bodies (`body`), a
+//! routing decision (`route`), canned answers out (`response`).
 
+pub mod body;
 pub mod cors;
 pub mod request;
 pub mod response;
