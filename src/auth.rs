@@ -58,6 +58,9 @@ pub struct Credentials<'a> {
 struct Claims {
     #[serde(default)]
     subscribe: Vec<String>,
+    /// Topic patterns a publisher may publish to (minted by `ssehub token --publish`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    publish: Vec<String>,
     #[serde(
         default,
         deserialize_with = "numeric_date",
@@ -366,6 +369,8 @@ fn read_public_key(path: &str) -> Result<(DecodingKey, Algorithm), String> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MintClaims<'a> {
     pub subscribe: &'a [String],
+    /// The `publish` claim; empty: left out.
+    pub publish: &'a [String],
     /// `aud` / `iss`; empty: the claim is left out.
     pub audience: &'a str,
     pub issuer: &'a str,
@@ -377,6 +382,7 @@ pub fn mint(secret: &str, what: MintClaims<'_>, now_s: u64, ttl_s: u64) -> Resul
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let claims = Claims {
         subscribe: what.subscribe.to_vec(),
+        publish: what.publish.to_vec(),
         exp: Some(now_s.saturating_add(ttl_s)),
         nbf: None,
         aud: non_empty(what.audience).map(Audience::One),
@@ -710,6 +716,39 @@ mod tests {
         );
     }
 
+    /// `ssehub token --publish`: the patterns land in a `publish` claim, left out when none.
+    #[test]
+    fn minted_publish_claim() {
+        let decode = |token: &str| {
+            let mut v = Validation::new(Algorithm::HS256);
+            v.validate_aud = false;
+            jsonwebtoken::decode::<serde_json::Value>(
+                token,
+                &DecodingKey::from_secret(b"s3cret"),
+                &v,
+            )
+            .unwrap()
+            .claims
+        };
+        let publish = ["a".to_string(), "b*".to_string()];
+        let what = MintClaims {
+            publish: &publish,
+            ..MintClaims::default()
+        };
+        let claims = decode(&mint("s3cret", what, now(), 60).unwrap());
+        assert_eq!(claims["publish"], serde_json::json!(["a", "b*"]));
+        let both = MintClaims {
+            subscribe: &["s".into()],
+            publish: &["p:*".into()],
+            ..MintClaims::default()
+        };
+        let claims = decode(&mint("s3cret", both, now(), 60).unwrap());
+        assert_eq!(claims["subscribe"], serde_json::json!(["s"]));
+        assert_eq!(claims["publish"], serde_json::json!(["p:*"]));
+        let plain = decode(&mint_for("s3cret", &["s".into()], now(), 60));
+        assert!(plain.get("publish").is_none(), "{plain}");
+    }
+
     fn auth_with(audience: &str, issuer: &str) -> Auth {
         let c = config::Auth {
             secret: "s3cret".into(),
@@ -782,6 +821,7 @@ mod tests {
             subscribe: &["admin".into()],
             audience: "https://events.example",
             issuer: "https://login.example",
+            ..MintClaims::default()
         };
         let token = mint("s3cret", what, now(), 60).unwrap();
         assert!(

@@ -37,7 +37,7 @@ enum Command {
     Publish(PublishArgs),
     /// Validate a configuration file.
     CheckConfig { file: PathBuf },
-    /// Mint an HS256 token for private topics (for operators and tests).
+    /// Mint an HS256 token for private topics or publishing (for operators and tests).
     Token(TokenArgs),
     /// Ask a running hub to re-read its configuration file (the unit's ExecReload).
     Reload(ReloadArgs),
@@ -76,6 +76,12 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
+#[command(group(
+    clap::ArgGroup::new("grants")
+        .args(["subscribe", "publish"])
+        .required(true)
+        .multiple(true)
+))]
 struct TokenArgs {
     /// Read auth.secret from this configuration file.
     #[arg(long, conflicts_with = "secret")]
@@ -84,8 +90,11 @@ struct TokenArgs {
     #[arg(long)]
     secret: Option<String>,
     /// Topic pattern the token may read (repeat; a trailing * matches by prefix).
-    #[arg(long, required = true)]
+    #[arg(long)]
     subscribe: Vec<String>,
+    /// Topic pattern the token may publish to over HTTP (repeat; same pattern rules).
+    #[arg(long)]
+    publish: Vec<String>,
     /// Lifetime, e.g. 1h.
     #[arg(long, default_value = "1h", value_parser = ssehub::config::parse_duration)]
     ttl: std::time::Duration,
@@ -291,6 +300,7 @@ fn run_token(args: TokenArgs) -> ExitCode {
         .map_or(0, |d| d.as_secs());
     let what = ssehub::auth::MintClaims {
         subscribe: &args.subscribe,
+        publish: &args.publish,
         audience: args.audience.as_deref().unwrap_or(&audience),
         issuer: args.issuer.as_deref().unwrap_or(&issuer),
     };

@@ -245,3 +245,57 @@ fn wait_rides_over_a_crash_and_restart() {
     let mut p = server.producer();
     assert!(p.publish("r", "later") > id);
 }
+
+// ---- `ssehub token --publish`: publisher tokens for `POST /publish` ---------------------------
+
+/// The claims of a token printed by `ssehub token ARGS`, verified with the secret.
+fn minted_claims(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["token", "--secret", "pub-secret"];
+    all.extend_from_slice(args);
+    let out = run_bin(&all, b"", RUN_TIMEOUT);
+    assert_eq!(out.code, Some(0), "ssehub token {args:?}: {out:?}");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.validate_aud = false;
+    jsonwebtoken::decode::<serde_json::Value>(
+        out.stdout.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(b"pub-secret"),
+        &v,
+    )
+    .unwrap_or_else(|e| panic!("{:?} does not verify: {e}", out.stdout))
+    .claims
+}
+
+#[test]
+fn token_publish_patterns_become_the_publish_claim() {
+    let claims = minted_claims(&["--publish", "a", "--publish", "b*", "--ttl", "10m"]);
+    assert_eq!(
+        claims["publish"],
+        serde_json::json!(["a", "b*"]),
+        "{claims}"
+    );
+    let subscribe = claims.get("subscribe").cloned().unwrap_or_default();
+    assert!(
+        subscribe.is_null() || subscribe == serde_json::json!([]),
+        "a publisher-only token grants no reading: {claims}"
+    );
+    assert!(claims["exp"].as_u64().is_some(), "{claims}");
+    // Both grants in one token.
+    let claims = minted_claims(&["--subscribe", "news", "--publish", "news:*"]);
+    assert_eq!(claims["subscribe"], serde_json::json!(["news"]), "{claims}");
+    assert_eq!(claims["publish"], serde_json::json!(["news:*"]), "{claims}");
+    // A subscriber token as before: no publish claim at all.
+    let claims = minted_claims(&["--subscribe", "news"]);
+    assert!(claims.get("publish").is_none(), "{claims}");
+}
+
+#[test]
+fn token_needs_a_subscribe_or_publish_pattern() {
+    let out = run_bin(&["token", "--secret", "s", "--ttl", "1h"], b"", RUN_TIMEOUT);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("--subscribe") && out.stderr.contains("--publish"),
+        "{:?}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+}
