@@ -199,12 +199,36 @@ impl Auth {
             return Err(MISSING);
         };
         let token = self.token(creds)?;
+        let (claims, exp) = self.verify(token, key, *alg, now_s)?;
+        let patterns: Vec<Pattern> = claims.subscribe.iter().map(|p| Pattern::parse(p)).collect();
+        if private
+            .iter()
+            .all(|t| patterns.iter().any(|p| p.matches(t)))
+        {
+            Ok(Some(exp))
+        } else {
+            Err(Denied {
+                status: 403,
+                reason: "the token does not cover a requested topic",
+            })
+        }
+    }
+
+    /// Verifies `token`'s signature and its time, audience and issuer claims; returns its
+    /// claims and `exp`.
+    fn verify(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        alg: Algorithm,
+        now_s: u64,
+    ) -> Result<(Claims, u64), Denied> {
         if has_crit_header(token) {
             return Err(unauthorized(
                 "the token has critical header extensions this server does not support",
             ));
         }
-        let mut validation = Validation::new(*alg);
+        let mut validation = Validation::new(alg);
         // The library would read the system clock: `exp` and `nbf` are compared below with
         // the caller's `now_s` instead. It still requires `exp`.
         validation.validate_exp = false;
@@ -248,18 +272,41 @@ impl Auth {
                 Some(_) => {}
             }
         }
-        let patterns: Vec<Pattern> = claims.subscribe.iter().map(|p| Pattern::parse(p)).collect();
-        if private
-            .iter()
-            .all(|t| patterns.iter().any(|p| p.matches(t)))
-        {
-            Ok(Some(exp))
-        } else {
-            Err(Denied {
+        Ok((claims, exp))
+    }
+
+    /// Checks a `POST /publish` request's publisher token (`Authorization: Bearer` only:
+    /// publishers are programs, not browsers) and returns its `publish` patterns; every
+    /// topic of an event must match one (`covers`). Without a configured key no token can
+    /// be checked: `403`, saying what to configure.
+    pub fn check_publisher(
+        &self,
+        authorization: Option<&str>,
+        now_s: u64,
+    ) -> Result<Vec<Pattern>, Denied> {
+        let Some((key, alg)) = &self.key else {
+            return Err(Denied {
                 status: 403,
-                reason: "the token does not cover a requested topic",
-            })
+                reason: PUBLISH_NEEDS_KEY,
+            });
+        };
+        let creds = Credentials {
+            authorization,
+            cookie_header: None,
+            query_token: None,
+        };
+        let token = self.token(&creds).map_err(|d| match d.status {
+            401 if authorization.is_none() => unauthorized("a publisher token is required"),
+            _ => d,
+        })?;
+        let (claims, _) = self.verify(token, key, *alg, now_s)?;
+        if claims.publish.is_empty() {
+            return Err(Denied {
+                status: 403,
+                reason: "the token has no publish claim",
+            });
         }
+        Ok(claims.publish.iter().map(|p| Pattern::parse(p)).collect())
     }
 
     /// The first credential present wins: an `Authorization` header that is not a valid
@@ -295,6 +342,15 @@ pub fn ms_left(exp_s: u64, leeway_s: u64, now_ms: u64) -> u64 {
         .saturating_add(leeway_s)
         .saturating_mul(1000)
         .saturating_sub(now_ms)
+}
+
+/// `POST /publish` with no key to check publisher tokens with.
+pub const PUBLISH_NEEDS_KEY: &str = "publishing over HTTP needs publisher tokens \
+     (auth.secret or auth.public_key) or, on the admin listener, publish.admin_open = true";
+
+/// Whether `patterns` cover `topic` (a publisher token's `publish` claim).
+pub fn covers(patterns: &[Pattern], topic: &str) -> bool {
+    patterns.iter().any(|p| p.matches(topic))
 }
 
 const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(86_400);

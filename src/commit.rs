@@ -46,8 +46,17 @@ pub const MAX_IN_FLIGHT: usize = 65_536;
 
 struct Remote {
     link: Link,
-    /// (publish sequence number, producer key), in sending order.
-    senders: VecDeque<(u64, usize)>,
+    /// (publish sequence number, who sent it), in sending order.
+    senders: VecDeque<(u64, Sender)>,
+}
+
+/// Who sent a publish and waits for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A producer on the ingest socket (its key).
+    Producer(usize),
+    /// A `POST /publish` on an HTTP connection (its key).
+    Http(u32),
 }
 
 /// What came back from Redis (`poll_remote`).
@@ -61,7 +70,7 @@ pub enum FromRedis {
 
 #[derive(Debug)]
 pub struct RemoteAnswer {
-    pub producer: usize,
+    pub sender: Sender,
     pub seq: u64,
     pub result: Result<u64, String>,
 }
@@ -152,10 +161,10 @@ impl Commit {
 
     /// Cluster mode: sends a publish of `producer` to Redis; returns its sequence number
     /// (the producer's answer waits for it: `Answers::remote`). None: not in cluster mode.
-    pub fn send(&mut self, request: PublishRequest, producer: usize) -> Option<u64> {
+    pub fn send(&mut self, request: PublishRequest, sender: Sender) -> Option<u64> {
         let r = self.remote.as_mut()?;
         let seq = r.link.submit(request);
-        r.senders.push_back((seq, producer));
+        r.senders.push_back((seq, sender));
         Some(seq)
     }
 
@@ -170,12 +179,12 @@ impl Commit {
                     while r.senders.front().is_some_and(|&(s, _)| s < seq) {
                         r.senders.pop_front();
                     }
-                    if let Some(&(s, producer)) = r.senders.front()
+                    if let Some(&(s, sender)) = r.senders.front()
                         && s == seq
                     {
                         r.senders.pop_front();
                         answers.push(RemoteAnswer {
-                            producer,
+                            sender,
                             seq,
                             result,
                         });

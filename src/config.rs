@@ -18,6 +18,7 @@ pub struct Config {
     pub cors: Cors,
     pub log: Log,
     pub cluster: Cluster,
+    pub publish: Publish,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +222,25 @@ impl Default for Log {
     }
 }
 
+/// `[publish]` (protocol 3.4): `POST /publish` over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Publish {
+    /// Largest request body (after chunked decoding); a larger one is `413`.
+    pub max_body_bytes: usize,
+    /// The admin listener takes publishes without a token (a trusted network).
+    pub admin_open: bool,
+}
+
+impl Default for Publish {
+    fn default() -> Self {
+        Publish {
+            max_body_bytes: 1024 * 1024,
+            admin_open: false,
+        }
+    }
+}
+
 /// `[cluster]` (protocol 7): several processes share one event stream in Redis. Changing any
 /// of it needs a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -259,6 +279,9 @@ impl Cluster {
     }
 }
 
+/// The largest `publish.max_body_bytes`: a body is held whole until it is published.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 impl Config {
     /// Reads and validates a TOML file; the error names the file and the problem.
     pub fn load(path: &Path) -> Result<Config, String> {
@@ -292,6 +315,11 @@ impl Config {
         }
         if self.http.max_header_bytes < 256 {
             return Err("http.max_header_bytes must be at least 256".into());
+        }
+        if self.publish.max_body_bytes == 0 || self.publish.max_body_bytes > MAX_BODY_BYTES {
+            return Err(format!(
+                "publish.max_body_bytes must be 1 to {MAX_BODY_BYTES} (64 MiB)"
+            ));
         }
         if self.ingest.max_event_bytes == 0 {
             return Err("ingest.max_event_bytes must be above 0".into());

@@ -52,6 +52,7 @@ mod ops;
 use accept::{bind_http, descriptor_caps};
 use cluster::{Parked, cluster_link};
 use recovery::open_log;
+mod http_publish;
 mod producers;
 mod recheck;
 mod recovery;
@@ -128,6 +129,8 @@ pub struct Stats {
     pub events_replayed: u64,
     /// Answers with an error status, by status.
     pub rejected: crate::metrics::Rejected,
+    /// Publishes by transport and outcome; `POST /publish` answers by status.
+    pub publishes: crate::metrics::Publishes,
     /// Publish-to-write latency.
     pub latency: crate::metrics::Latency,
     /// Calls of `heap::release_free_memory` and the nanoseconds they took.
@@ -150,6 +153,8 @@ pub struct Server {
     producers_to_read: Vec<usize>,
     /// Cluster mode: producers not read while `commit::MAX_IN_FLIGHT` publishes wait.
     producers_waiting: Vec<usize>,
+    /// HTTP connections whose `POST /publish` waits for its events' commit.
+    publishing: Vec<u32>,
     /// Events committed whose fan-out waits until their producers' answers are written.
     to_fan_out: Vec<std::rc::Rc<crate::history::Event>>,
     /// Cluster mode: requests resuming from an id this node has not read yet.
@@ -290,6 +295,7 @@ impl Server {
             tail_reads_seen: 0,
             log_failing: None,
             producers_waiting: Vec::new(),
+            publishing: Vec::new(),
             to_fan_out: Vec::new(),
             auth,
             cors,
@@ -466,6 +472,9 @@ impl Server {
         if conn.has(flags::CLOSING) {
             return;
         }
+        if let ConnState::Publishing(_) = conn.state {
+            return self.read_publish_body(key);
+        }
         let ConnState::Reading { buf } = &mut conn.state else {
             let stats = &mut self.stats;
             return self.streams.discard_input(key, &mut self.scratch, stats);
@@ -562,6 +571,8 @@ impl Server {
             hub: &self.hub,
             wall_ms: self.wall_ms(),
             catch_up,
+            publish_admin_open: self.config.publish.admin_open,
+            max_body_bytes: self.config.publish.max_body_bytes,
         };
         let routed = route::route(&req, &ctx);
         if let Some(client) = routed.count_client
@@ -571,6 +582,9 @@ impl Server {
         }
         match routed.decision {
             Decision::Answer(a) => {
+                if req.path == "/publish" {
+                    *self.stats.publishes.requests.entry(a.status).or_default() += 1;
+                }
                 self.answer(key, a.status, &a.reason, a.after, &a.headers, a.head_only);
             }
             Decision::Metrics { after, head_only } => {
@@ -639,6 +653,7 @@ impl Server {
                 self.start_stream(key, topics, start, &plan.headers, false);
             }
             Decision::CatchUp { until } => self.park(key, req, until),
+            Decision::Publish(plan) => self.start_publish(key, plan),
         }
     }
 

@@ -205,6 +205,17 @@ impl Rejected {
     }
 }
 
+/// Publishes by transport and outcome (`ssehub_publishes_total`), and `POST /publish`
+/// answers by status (`ssehub_publish_requests_total`).
+#[derive(Debug, Default, Clone)]
+pub struct Publishes {
+    pub socket_ok: u64,
+    pub socket_error: u64,
+    pub http_ok: u64,
+    pub http_error: u64,
+    pub requests: BTreeMap<u16, u64>,
+}
+
 /// Why a stream was cut off (protocol 2.3), the `reason` label of
 /// `ssehub_slow_disconnects_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +258,10 @@ pub struct Snapshot {
     pub conns_reading: u64,
     pub conns_streaming: u64,
     pub conns_lingering: u64,
+    /// Connections reading a `POST /publish` body or waiting for its events' commit.
+    pub conns_publishing: u64,
+    /// Publishes by transport and outcome, and `POST /publish` answers by status.
+    pub publishes: Publishes,
     pub producers: u64,
     pub topics: u64,
     pub max_connections: u64,
@@ -306,6 +321,7 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
             ("{state=\"reading\"}", s.conns_reading.to_string()),
             ("{state=\"streaming\"}", s.conns_streaming.to_string()),
             ("{state=\"lingering\"}", s.conns_lingering.to_string()),
+            ("{state=\"publishing\"}", s.conns_publishing.to_string()),
         ],
     );
     family(
@@ -421,6 +437,46 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
         "counter",
         "HTTP requests answered with an error status, by status.",
         &rejects,
+    );
+    let p = &s.publishes;
+    family(
+        "ssehub_publishes_total",
+        "counter",
+        "Events submitted for publishing, by transport (socket: the ingest socket; http: POST /publish) and answer (ok, or error).",
+        &[
+            (
+                "{transport=\"socket\",result=\"ok\"}",
+                p.socket_ok.to_string(),
+            ),
+            (
+                "{transport=\"socket\",result=\"error\"}",
+                p.socket_error.to_string(),
+            ),
+            ("{transport=\"http\",result=\"ok\"}", p.http_ok.to_string()),
+            (
+                "{transport=\"http\",result=\"error\"}",
+                p.http_error.to_string(),
+            ),
+        ],
+    );
+    let mut statuses: Vec<u16> = vec![200];
+    statuses.extend(p.requests.keys().filter(|&&k| k != 200));
+    let requests: Vec<(String, String)> = statuses
+        .iter()
+        .map(|&st| {
+            let n = p.requests.get(&st).copied().unwrap_or(0);
+            (format!("{{status=\"{st}\"}}"), n.to_string())
+        })
+        .collect();
+    let requests: Vec<(&str, String)> = requests
+        .iter()
+        .map(|(l, v)| (l.as_str(), v.clone()))
+        .collect();
+    family(
+        "ssehub_publish_requests_total",
+        "counter",
+        "POST /publish requests answered, by status.",
+        &requests,
     );
     family(
         "ssehub_ingest_errors_total",

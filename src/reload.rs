@@ -128,6 +128,8 @@ const KEYS: &[Key] = &[
     key!("cors.allowed_origins", RELOAD, cors.allowed_origins),
     key!("cors.allow_credentials", RELOAD, cors.allow_credentials),
     key!("log.level", RELOAD, log.level),
+    key!("publish.max_body_bytes", RELOAD, publish.max_body_bytes),
+    key!("publish.admin_open", RELOAD, publish.admin_open),
     key!("cluster.redis", RESTART, cluster.redis),
     key!("cluster.key_prefix", RESTART, cluster.key_prefix),
     key!("cluster.min_replicas", RESTART, cluster.min_replicas),

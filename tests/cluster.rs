@@ -373,3 +373,73 @@ fn two_processes_share_one_port_with_reuse_port() {
     );
     drop(b);
 }
+
+/// `POST /publish` in cluster mode: a body of events sent to one node reaches the other
+/// node's streams in order with the ids the answers gave; a keyed retry over HTTP is
+/// stored once; with Redis unreachable a JSON publish is `503` `not stored: …`.
+#[test]
+fn http_publishes_go_through_redis_to_every_node() {
+    let secret = "cluster-publish-secret";
+    let auth = ("auth", format!("secret = {secret:?}"));
+    let redis = Redis::start(&[]);
+    let fwd = Forwarder::start(redis.port);
+    let a = node(&fwd.url(), &[(auth.0, &auth.1)]);
+    let b = node(&redis.url(), &[(auth.0, &auth.1)]);
+    let out = run_bin(
+        &["token", "--secret", secret, "--publish", "t*"],
+        b"",
+        Duration::from_secs(10),
+    );
+    let token = out.stdout.trim().to_string();
+    let mut on_b = b.subscribe("topic=t");
+    let post = |body: &str, content_type: &str| {
+        let mut c = Client::connect(a.addr);
+        c.send(&format!(
+            "POST /publish HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        c.read_response()
+    };
+    let mut body = String::new();
+    for i in 0..50 {
+        body.push_str(&format!(
+            "{{\"topic\":\"t\",\"data\":\"e{i}\",\"key\":\"k{i}\"}}\n"
+        ));
+    }
+    let (status, _, answers) = post(&body, "application/x-ndjson");
+    assert_eq!(status, 200, "{answers}");
+    let sent: Vec<u64> = answers.lines().map(|l| parse_ok(l).unwrap()).collect();
+    assert_eq!(sent.len(), 50);
+    let got = read_events(&mut on_b, 50);
+    assert_eq!(
+        ids(&got),
+        sent,
+        "node B delivers what node A answered, in order"
+    );
+    assert_eq!(got[49].1, "e49");
+    // The same key again: answered with the first id, not stored twice.
+    let (status, _, answer) = post(
+        r#"{"topic":"t","data":"e7","key":"k7"}"#,
+        "application/json",
+    );
+    assert_eq!(
+        (status, parse_ok(&answer)),
+        (200, Some(sent[7])),
+        "{answer}"
+    );
+    // Redis unreachable from node A: 503 with the reason.
+    fwd.set_mode(Mode::Refuse);
+    assert!(wait_for(Duration::from_secs(10), || redis_up(&a) == Some(false)));
+    let (status, _, answer) = post(r#"{"topic":"t","data":"down"}"#, "application/json");
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.starts_with("{\"ok\":false,\"error\":\"not stored: redis unavailable: "),
+        "{answer}"
+    );
+    let quiet = on_b.read_for(Duration::from_millis(500));
+    assert!(
+        !String::from_utf8_lossy(&quiet).contains("data: "),
+        "nothing published: {quiet:?}"
+    );
+}

@@ -507,29 +507,38 @@ fn request_with_body_is_answered_then_closed() {
     expect_closed(&mut c);
 }
 
-/// Request smuggling (issue 14): ssehub takes no bodies, so a request with a
-/// Transfer-Encoding (with or without a Content-Length), or a body on /events, is refused
-/// and the connection closed; what follows is never read as a second request.
+/// Request smuggling (issue 14): only `POST /publish` reads a body. A request with both a
+/// Content-Length and a Transfer-Encoding, a body on /events, or a body on any other path
+/// is refused (or answered) and the connection closed; what follows is never read as a
+/// second request.
 #[test]
 fn bodies_that_could_smuggle_a_request_are_refused_and_close() {
     let server = Server::start();
     let smuggled = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
-    for (head, reason) in [
+    for (head, status, reason) in [
         (
             "GET /events?topic=a HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            "Transfer-Encoding is not accepted: requests carry no body\n",
+            400,
+            "both Content-Length and Transfer-Encoding: refused\n",
         ),
         (
             "POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-            "Transfer-Encoding is not accepted: requests carry no body\n",
+            404,
+            "not found\n",
+        ),
+        (
+            "POST /events HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+            "the only Transfer-Encoding taken is chunked (alone)\n",
         ),
         (
             "GET /events?topic=a HTTP/1.1\r\nHost: t\r\nContent-Length: 39\r\n\r\n",
+            400,
             "a request to /events may not carry a body\n",
         ),
     ] {
         let mut c = send(&server, &format!("{head}{smuggled}"));
-        let (_, body) = expect_plain(&mut c, 400);
+        let (_, body) = expect_plain(&mut c, status);
         assert_eq!(body, reason, "{head:?}");
         expect_closed(&mut c);
     }

@@ -71,7 +71,10 @@ fn check_parsed(buf: &[u8], max: usize, parsed: &Parsed) {
             );
         }
         Parsed::Reject(r) => {
-            assert!(matches!(r.status, 400 | 414 | 431), "status {r:?}");
+            assert!(
+                matches!(r.status, 400 | 414 | 417 | 431 | 501),
+                "status {r:?}"
+            );
             assert!(one_line(r.reason) && !r.reason.is_empty(), "reason {r:?}");
             if matches!(r.status, 414) {
                 assert!(buf.len() > max, "414 within the limit");

@@ -19,6 +19,9 @@ pub enum ConnState {
     Reading { buf: Vec<u8> },
     /// An event stream on these topics.
     Streaming { topics: Box<[TopicId]> },
+    /// A `POST /publish`: reading its body, then waiting for its events' commit (boxed:
+    /// the other connections pay nothing for it).
+    Publishing(Box<crate::http::publish::InFlight>),
     /// The last answer was sent and our side shut down; reading until the client closes
     /// (or a short timer fires) so unread input does not turn the close into a reset.
     Lingering,

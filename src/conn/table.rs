@@ -573,6 +573,13 @@ impl StreamTable {
                 debug!("closing connection: request or linger timeout");
                 return self.close(key);
             }
+            // A body that stops arriving: closed, nothing of it published. Once the body
+            // is complete the request has no timer (its commit answers in bounded time).
+            ConnState::Publishing(ref p) if !p.committing => {
+                debug!("closing connection: publish body timeout");
+                return self.close(key);
+            }
+            ConnState::Publishing(_) => return,
             ConnState::Streaming { .. } => {
                 if conn
                     .tls
@@ -754,6 +761,10 @@ impl StreamTable {
                 ConnState::Streaming { .. } => self.end_stream_with(key, retry_for(), now),
                 ConnState::Reading { .. } if conn.out.is_none() => self.close(key),
                 ConnState::Reading { .. } => conn.set(flags::CLOSE_AFTER_FLUSH),
+                // A body still arriving is dropped, nothing of it published; a publish
+                // being committed gets its answer, then closes.
+                ConnState::Publishing(ref p) if !p.committing => self.close(key),
+                ConnState::Publishing(_) => conn.set(flags::CLOSE_AFTER_FLUSH),
                 ConnState::Lingering => {}
             }
         }

@@ -57,10 +57,10 @@ impl Server {
                         if result.is_err() {
                             self.stats.ingest_errors += 1;
                         }
-                        if let Some(p) = self.producers.get_mut(a.producer)
-                            && p.answers.resolve(a.seq, result)
+                        if let Some(answers) = self.answers_of(a.sender)
+                            && answers.resolve(a.seq, result)
                         {
-                            self.flush_producer(a.producer);
+                            self.answers_due(a.sender);
                         }
                     }
                 }

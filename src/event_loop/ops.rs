@@ -532,6 +532,7 @@ impl Server {
             redis: self.commit.link().map(|l| (l.is_up(), l.errors_total())),
             heap_trims: self.stats.heap_trims,
             heap_trim_ns: self.stats.heap_trim_ns,
+            publishes: self.stats.publishes.clone(),
             ..Snapshot::default()
         };
         for (_, conn) in self.streams.iter() {
@@ -539,6 +540,7 @@ impl Server {
                 ConnState::Streaming { .. } => s.conns_streaming += 1,
                 ConnState::Lingering => s.conns_lingering += 1,
                 ConnState::Reading { .. } => s.conns_reading += 1,
+                ConnState::Publishing(_) => s.conns_publishing += 1,
             }
         }
         metrics::render(&s, &self.stats.rejected, &self.stats.latency)

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::cluster::PublishRequest;
+use crate::commit::Sender;
 use crate::ingest::Flow;
 
 impl Server {
@@ -21,7 +22,7 @@ impl Server {
         let mut budget = INGEST_READ_PER_TURN;
         loop {
             let ended = self.read_lines(key, &mut budget);
-            self.end_batch(key);
+            self.end_batch(Sender::Producer(key));
             // The producer's answers first, then the events reach the streams' queues: on
             // a hub with many subscribers the answer does not wait for the fan-out.
             match ended {
@@ -66,7 +67,7 @@ impl Server {
                 Ok(Line::Publish(p)) => {
                     let at = Publishing {
                         wall_us,
-                        producer: key,
+                        sender: Sender::Producer(key),
                     };
                     publish(p, at, hub, commit, to_fan_out, stats, answers);
                     queue_full.set(!commit.may_send());
@@ -163,36 +164,57 @@ impl Server {
         }
     }
 
-    /// Closes the log batch of the lines just read from producer `key`. With `os`
-    /// durability it is durable at once; with `fsync` once the helper thread's sync reports
-    /// back (`poll_commit`). Until then its answers wait and its events reach no stream.
-    pub(super) fn end_batch(&mut self, key: usize) {
+    /// Closes the log batch of the lines just handled for `sender` (a producer's read, or
+    /// a `POST /publish` body). With `os` durability it is durable at once; with `fsync`
+    /// once the helper thread's sync reports back (`poll_commit`). Until then its answers
+    /// wait and its events reach no stream.
+    pub(super) fn end_batch(&mut self, sender: Sender) {
         let durable = self.commit.durable();
         match self.commit.end_batch() {
             BatchEnd::Empty => {
-                if let Some(p) = self.producers.get_mut(key) {
-                    p.answers.batch_written(None);
-                    p.answers.release(durable);
+                if let Some(answers) = self.answers_of(sender) {
+                    answers.batch_written(None);
+                    answers.release(durable);
                 }
             }
             BatchEnd::Written(seq) => {
                 self.log_failing = None;
-                if let Some(p) = self.producers.get_mut(key) {
-                    p.answers.batch_written(Some(seq));
+                if let Some(answers) = self.answers_of(sender) {
+                    answers.batch_written(Some(seq));
                 }
                 self.deliver_committed();
             }
             BatchEnd::Failed { reason, refused } => {
                 warn!("log write failed, events refused: {reason}");
                 self.log_failing = Some(reason.clone());
-                if let Some(p) = self.producers.get_mut(key) {
-                    p.answers.refuse_unwritten(&reason);
-                    p.answers.release(durable);
+                if let Some(answers) = self.answers_of(sender) {
+                    answers.refuse_unwritten(&reason);
+                    answers.release(durable);
                 }
                 for event in &refused {
                     self.hub.abandon(event);
                 }
             }
+        }
+    }
+
+    /// The answers `sender` waits for, if it is still there.
+    pub(super) fn answers_of(&mut self, sender: Sender) -> Option<&mut Answers> {
+        match sender {
+            Sender::Producer(key) => self.producers.get_mut(key).map(|p| &mut p.answers),
+            Sender::Http(key) => match self.streams.get_mut(key).map(|c| &mut c.state) {
+                Some(ConnState::Publishing(p)) => Some(&mut p.answers),
+                _ => None,
+            },
+        }
+    }
+
+    /// Writes what became due to `sender`: a producer's answer lines, or a publish's
+    /// HTTP answer once every line is answered.
+    pub(super) fn answers_due(&mut self, sender: Sender) {
+        match sender {
+            Sender::Producer(key) => self.flush_producer(key),
+            Sender::Http(key) => self.finish_publish(key),
         }
     }
 
@@ -208,20 +230,22 @@ impl Server {
         self.fan_out_committed();
     }
 
-    /// Applies `f` to every producer's held answers and writes what became due.
+    /// Applies `f` to every producer's and `POST /publish`'s held answers and writes what
+    /// became due.
     pub(super) fn release_answers(&mut self, mut f: impl FnMut(&mut Answers, u64)) {
         let durable = self.commit.durable();
-        let keys: Vec<usize> = self
+        let mut senders: Vec<Sender> = self
             .producers
             .iter()
             .filter(|(_, p)| p.answers.held() > 0)
-            .map(|(k, _)| k)
+            .map(|(k, _)| Sender::Producer(k))
             .collect();
-        for key in keys {
-            if let Some(p) = self.producers.get_mut(key) {
-                f(&mut p.answers, durable);
+        senders.extend(self.publishing.iter().map(|&k| Sender::Http(k)));
+        for sender in senders {
+            if let Some(answers) = self.answers_of(sender) {
+                f(answers, durable);
             }
-            self.flush_producer(key);
+            self.answers_due(sender);
         }
     }
 
@@ -263,6 +287,9 @@ impl Server {
             return;
         };
         let could_read = p.may_read();
+        let (ok, errors) = p.answers.take_counts();
+        self.stats.publishes.socket_ok += ok;
+        self.stats.publishes.socket_error += errors;
         if let Err(e) = p.flush_answers() {
             debug!("producer write failed: {e}");
             return self.close_producer(key);
@@ -302,9 +329,9 @@ enum ReadEnd {
 
 /// The turn's wall clock and who is publishing, for `publish`.
 #[derive(Clone, Copy)]
-struct Publishing {
-    wall_us: u64,
-    producer: usize,
+pub(super) struct Publishing {
+    pub wall_us: u64,
+    pub sender: Sender,
 }
 
 /// The ingest data path of one publish line: accept (final marks, id, encode once) →
@@ -313,7 +340,7 @@ struct Publishing {
 /// held until durable (the answer waits for its batch). In cluster mode the line goes to
 /// Redis instead, which assigns the id; the answer waits for Redis's reply, and the event
 /// reaches history and streams when the link reads it back (`poll_redis`).
-fn publish(
+pub(super) fn publish(
     p: Publish,
     at: Publishing,
     hub: &mut Hub,
@@ -330,7 +357,7 @@ fn publish(
             is_final: p.is_final,
             key: p.key,
         };
-        if let Some(seq) = commit.send(request, at.producer) {
+        if let Some(seq) = commit.send(request, at.sender) {
             answers.remote(seq);
         }
         return;

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod cors;
+pub mod publish;
 pub mod request;
 pub mod response;
 pub mod route;

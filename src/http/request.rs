@@ -13,7 +13,18 @@ pub enum Method {
     Get,
     Head,
     Options,
+    Post,
     Other,
+}
+
+/// How a request says its body is framed (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Neither `Content-Length` nor `Transfer-Encoding`: no body.
+    None,
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (the only coding taken).
+    Chunked,
 }
 
 /// A refused request head: answer `status` with `reason` (one line), then close.
@@ -34,8 +45,14 @@ pub struct Request {
     /// The request line said HTTP/1.0.
     pub http10: bool,
     pub keep_alive: bool,
-    /// `Content-Length` > 0 or any `Transfer-Encoding`: the caller answers and closes.
+    /// `Content-Length` > 0 or `Transfer-Encoding: chunked`. Only `POST /publish` reads a
+    /// body; every other request with one is answered and closed.
     pub has_body: bool,
+    pub framing: Framing,
+    /// `Content-Type`; None when absent or not UTF-8.
+    pub content_type: Option<String>,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
     /// `Last-Event-ID`; None when absent or empty (the last such header wins). Not UTF-8
     /// is a 400, as for the `lastEventId` parameter.
     pub last_event_id: Option<String>,
@@ -134,6 +151,7 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<Request, Reject> {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
         "OPTIONS" => Method::Options,
+        "POST" => Method::Post,
         _ => Method::Other,
     };
     let (path, query) = split_target(method, target)?;
@@ -149,6 +167,10 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<Request, Reject> {
     let mut authorizations = 0usize;
     let mut cookies: Vec<&str> = Vec::new();
     let mut forwarded: Vec<&str> = Vec::new();
+    let mut codings: Vec<&[u8]> = Vec::new();
+    let mut content_type: Option<String> = None;
+    let mut content_types = 0usize;
+    let mut expect_continue = false;
 
     for h in req.headers.iter() {
         let name = h.name;
@@ -174,12 +196,23 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<Request, Reject> {
                 }
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // No request carries a body here; refusing every Transfer-Encoding (rather than
-            // reading past it) leaves no framing for a proxy in front to disagree with.
-            return Err(reject(
-                400,
-                "Transfer-Encoding is not accepted: requests carry no body",
-            ));
+            codings.extend(
+                value
+                    .split(|&b| b == b',')
+                    .map(trim_ows)
+                    .filter(|c| !c.is_empty()),
+            );
+            if codings.is_empty() {
+                return Err(reject(400, "empty Transfer-Encoding"));
+            }
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_types += 1;
+            content_type = std::str::from_utf8(value).ok().map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("expect") {
+            if !trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
+                return Err(reject(417, "the only Expect taken is 100-continue"));
+            }
+            expect_continue = true;
         } else if name.eq_ignore_ascii_case("last-event-id") {
             // Refused like the `lastEventId` parameter; an EventSource only ever sends
             // back an id it received, which is UTF-8.
@@ -211,13 +244,42 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<Request, Reject> {
     if authorizations > 1 {
         return Err(reject(400, "more than one Authorization header"));
     }
+    if content_types > 1 {
+        return Err(reject(400, "more than one Content-Type header"));
+    }
+    // Request smuggling (RFC 9112 6.1, 6.3): a length and a coding together, a coding from
+    // an HTTP/1.0 client, or a coding other than a single `chunked` is refused, never
+    // guessed at, so no proxy in front can frame the body differently.
+    let framing = match (content_length, codings.as_slice()) {
+        (_, []) => content_length.map_or(Framing::None, Framing::Length),
+        (Some(_), _) => {
+            return Err(reject(
+                400,
+                "both Content-Length and Transfer-Encoding: refused",
+            ));
+        }
+        (None, _) if http10 => {
+            return Err(reject(400, "Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        (None, [one]) if one.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+        (None, _) => {
+            return Err(reject(
+                501,
+                "the only Transfer-Encoding taken is chunked (alone)",
+            ));
+        }
+    };
 
     let keep_alive = if http10 {
         conn_keep_alive && !conn_close
     } else {
         !conn_close
     };
-    let has_body = content_length.is_some_and(|n| n > 0);
+    let has_body = match framing {
+        Framing::None => false,
+        Framing::Length(n) => n > 0,
+        Framing::Chunked => true,
+    };
 
     Ok(Request {
         method,
@@ -226,6 +288,9 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<Request, Reject> {
         http10,
         keep_alive,
         has_body,
+        framing,
+        content_type,
+        expect_continue,
         last_event_id,
         origin,
         authorization,
@@ -462,6 +527,9 @@ mod tests {
                 http10: false,
                 keep_alive: true,
                 has_body: false,
+                framing: Framing::None,
+                content_type: None,
+                expect_continue: false,
                 last_event_id: None,
                 origin: None,
                 authorization: None,
@@ -509,7 +577,7 @@ mod tests {
         assert_eq!(m("GET /"), Method::Get);
         assert_eq!(m("HEAD /"), Method::Head);
         assert_eq!(m("OPTIONS /events"), Method::Options);
-        assert_eq!(m("POST /"), Method::Other);
+        assert_eq!(m("POST /"), Method::Post);
         assert_eq!(m("DELETE /"), Method::Other);
         assert_eq!(m("get /"), Method::Other, "methods are case-sensitive");
     }
@@ -642,15 +710,57 @@ mod tests {
         assert!(has_body("Content-Length: 5\r\n"));
         assert!(has_body("content-length: 5\r\nContent-Length: 5\r\n"));
         assert!(has_body("Content-Length: 5, 5\r\n"));
-        // Any Transfer-Encoding is refused, with or without a Content-Length (smuggling).
+        let framing = |hdrs: &str| match body(hdrs) {
+            Parsed::Complete { request, .. } => request.framing,
+            other => panic!("{hdrs:?}: {other:?}"),
+        };
+        assert_eq!(framing(""), Framing::None);
+        assert_eq!(framing("Content-Length: 7\r\n"), Framing::Length(7));
+        assert!(has_body("Transfer-Encoding: chunked\r\n"));
+        assert_eq!(framing("Transfer-Encoding: Chunked\r\n"), Framing::Chunked);
+        assert_eq!(framing("Transfer-Encoding: chunked \r\n"), Framing::Chunked);
+        // A length and a coding together is the classic smuggling shape: refused.
         for te in [
-            "Transfer-Encoding: chunked\r\n",
             "Transfer-Encoding: chunked\r\nContent-Length: 0\r\n",
             "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
-            "transfer-encoding: gzip\r\n",
-            "Transfer-Encoding: identity\r\n",
+            "Transfer-Encoding:\r\n",
         ] {
             assert_eq!(status(te), 400, "{te:?}");
+        }
+        // Codings other than one `chunked` are not taken.
+        for te in [
+            "transfer-encoding: gzip\r\n",
+            "Transfer-Encoding: identity\r\n",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: xchunked\r\n",
+        ] {
+            assert_eq!(status(te), 501, "{te:?}");
+        }
+        let http10 = parse(
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            MAX,
+        );
+        assert!(matches!(http10, Parsed::Reject(r) if r.status == 400));
+        // Expect: only 100-continue.
+        let expect = |hdrs: &str| match body(hdrs) {
+            Parsed::Complete { request, .. } => request.expect_continue,
+            other => panic!("{hdrs:?}: {other:?}"),
+        };
+        assert!(!expect(""));
+        assert!(expect("Expect: 100-Continue\r\n"));
+        assert_eq!(status("Expect: 200-ok\r\n"), 417);
+        assert_eq!(status("Content-Type: a\r\nContent-Type: b\r\n"), 400);
+        match body("Content-Type: application/x-ndjson\r\n") {
+            Parsed::Complete { request, .. } => {
+                assert_eq!(
+                    request.content_type.as_deref(),
+                    Some("application/x-ndjson")
+                );
+                assert_eq!(request.method, Method::Post);
+            }
+            other => panic!("{other:?}"),
         }
         assert_eq!(status("Content-Length: abc\r\n"), 400);
         assert_eq!(status("Content-Length: -1\r\n"), 400);
@@ -1002,7 +1112,7 @@ Cookie: a=\xff\r\nCookie: b=2\r\n\r\n",
             Parsed::Partial => assert!(buf.len() <= max),
             Parsed::Complete { head_len, .. } => assert!(head_len <= buf.len() && head_len <= max),
             Parsed::Reject(r) => {
-                assert!(matches!(r.status, 400 | 414 | 431), "{r:?}");
+                assert!(matches!(r.status, 400 | 414 | 417 | 431 | 501), "{r:?}");
                 assert!(!r.reason.contains('\n'));
             }
         }

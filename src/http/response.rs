@@ -39,6 +39,7 @@ pub enum After {
 
 pub fn status_text(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
@@ -47,10 +48,15 @@ pub fn status_text(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
         414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
@@ -93,6 +99,31 @@ pub fn plain(
         out.extend_from_slice(body.as_bytes());
         out.push(b'\n');
     }
+    out
+}
+
+/// The interim answer to `Expect: 100-continue`: send the body.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// An answer with `body` of `content_type` (`POST /publish`).
+pub fn with_body(status: u16, content_type: &str, body: &[u8], after: After) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+             Cache-Control: no-store\r\n",
+            status_text(status),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    match after {
+        After::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        After::KeepAlive { http10: true } => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        After::KeepAlive { http10: false } => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
     out
 }
 

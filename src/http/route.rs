@@ -8,6 +8,7 @@
 
 use crate::auth::{Auth, Credentials};
 use crate::http::cors::{self, Cors, Verdict};
+use crate::http::publish::{PublishCtx, PublishPlan};
 use crate::http::request::{self, Method, Request};
 use crate::http::response::{ALLOW_EVENTS, After};
 use crate::hub::{Hub, Resume};
@@ -64,6 +65,10 @@ pub struct Ctx<'a> {
     pub wall_ms: u64,
     /// Cluster mode: whether a stream request may wait for the node to read Redis.
     pub catch_up: CatchUp,
+    /// `publish.admin_open`.
+    pub publish_admin_open: bool,
+    /// `publish.max_body_bytes`.
+    pub max_body_bytes: usize,
 }
 
 /// Cluster mode (protocol 7): what a stream request may do while the node has not read
@@ -137,6 +142,8 @@ pub enum Decision<'r> {
     },
     /// Open a stream.
     Stream(StreamPlan<'r>),
+    /// `POST /publish` that passed its checks: read the body, then publish (protocol 3.4).
+    Publish(PublishPlan),
     /// Cluster mode: the resume id `until` is above this node's last id (another node saw
     /// it first), or the node has not read Redis yet (`until` is `u64::MAX`). Route the
     /// request again once the node has read up to it or to the end of the stream, or once
@@ -255,6 +262,9 @@ fn route_admin<'r>(
     head_only: bool,
 ) -> Option<Decision<'r>> {
     let on_admin = ctx.on_admin;
+    if req.path == "/publish" && on_admin {
+        return Some(publish(req, ctx));
+    }
     if let Some(raw) = req.path.strip_prefix("/topics/") {
         return Some(topic_info(raw, req, ctx, after, head_only));
     }
@@ -280,6 +290,29 @@ fn route_admin<'r>(
         _ if on_admin => answer(404, "not found", after, Vec::new(), head_only),
         _ => return None,
     })
+}
+
+/// `/publish`, on the public and the admin listener alike (protocol 3.4).
+fn publish<'r>(req: &'r Request, ctx: &Ctx<'_>) -> Decision<'r> {
+    let pctx = PublishCtx {
+        on_admin: ctx.on_admin,
+        admin_open: ctx.publish_admin_open,
+        max_body_bytes: ctx.max_body_bytes,
+        auth: ctx.auth,
+        now_s: ctx.wall_ms / 1000,
+    };
+    match crate::http::publish::route(req, &pctx) {
+        Ok(plan) => Decision::Publish(plan),
+        Err(refused) => {
+            // The body was not read: close after the answer.
+            let headers = match refused.status {
+                401 => vec![("WWW-Authenticate", "Bearer")],
+                405 => vec![("Allow", "POST")],
+                _ => Vec::new(),
+            };
+            answer(refused.status, refused.reason, After::Close, headers, false)
+        }
+    }
 }
 
 /// Topics a `/topics` page lists at most (`limit`), and by default.
@@ -464,6 +497,8 @@ fn route_public<'r>(
         ctx.cors.headers(origin, &mut headers);
     }
     match req.path.as_str() {
+        // The caps were checked before: a connection past them publishes nothing either.
+        "/publish" => return publish(req, ctx),
         // ssehub takes no request bodies: a body on the stream endpoint is refused and the
         // connection closed, so no framing disagreement with a proxy in front can smuggle
         // a second request (Transfer-Encoding is refused by the parser already).
@@ -484,7 +519,7 @@ fn route_public<'r>(
                 }
                 return answer(204, "", after, headers, false);
             }
-            Method::Other => {
+            Method::Post | Method::Other => {
                 headers.push(("Allow", ALLOW_EVENTS));
                 return answer(405, "method not allowed", after, headers, false);
             }
@@ -714,6 +749,8 @@ mod tests {
                 hub: &self.hub,
                 wall_ms: now_s() * 1000,
                 catch_up: CatchUp::Decide,
+                publish_admin_open: false,
+                max_body_bytes: 1 << 20,
             }
         }
     }

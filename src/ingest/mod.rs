@@ -23,6 +23,9 @@ pub const BATCH_UNWRITTEN: u64 = u64::MAX;
 pub struct Answers {
     ready: Vec<u8>,
     held: VecDeque<Held>,
+    /// `ok` and error answers written since the last `take_counts` (`/metrics`).
+    oks: u64,
+    errors: u64,
 }
 
 #[derive(Debug)]
@@ -46,7 +49,7 @@ impl Answers {
     /// `{"ok":true,...}` for event `id`, due once `batch` is durable (None: at once).
     pub fn ok(&mut self, id: u64, batch: Option<u64>) {
         match batch {
-            None if self.held.is_empty() => line::write_ok(&mut self.ready, id),
+            None if self.held.is_empty() => self.write(Answer::Ok(id)),
             batch => self.held.push_back(Held {
                 batch: batch.unwrap_or(BATCH_UNWRITTEN),
                 answer: Answer::Ok(id),
@@ -57,7 +60,7 @@ impl Answers {
     /// `{"ok":false,...}`, written after every earlier answer.
     pub fn error(&mut self, reason: &str) {
         if self.held.is_empty() {
-            line::write_error(&mut self.ready, reason);
+            self.write(Answer::Err(reason.to_string()));
         } else {
             // Behind held answers: it leaves with the batch being built (or at once, when
             // that batch turns out to hold no record).
@@ -171,10 +174,29 @@ impl Answers {
         }
     }
 
+    /// The `ok` and error answers written since the last call.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.oks),
+            std::mem::take(&mut self.errors),
+        )
+    }
+
+    /// The answer lines written so far (`POST /publish` sends them as its body).
+    pub fn take_ready(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.ready)
+    }
+
     fn write(&mut self, answer: Answer) {
         match answer {
-            Answer::Ok(id) => line::write_ok(&mut self.ready, id),
-            Answer::Err(reason) => line::write_error(&mut self.ready, &reason),
+            Answer::Ok(id) => {
+                self.oks += 1;
+                line::write_ok(&mut self.ready, id);
+            }
+            Answer::Err(reason) => {
+                self.errors += 1;
+                line::write_error(&mut self.ready, &reason);
+            }
             Answer::Raw(text) => {
                 self.ready.extend_from_slice(text.as_bytes());
                 self.ready.push(b'\n');
