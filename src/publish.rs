@@ -1,6 +1,9 @@
 //! `ssehub publish`: the command-line producer. Writes JSON lines to the ingest socket and
 //! prints each id; answers are read on their own thread so a long `--lines` input never
-//! deadlocks against the server's backpressure.
+//! deadlocks against the server's backpressure. With `--url` the same lines go to
+//! `POST /publish` instead (`http`).
+
+pub mod http;
 
 use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Read, Write};
