@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Run the server (the default command).
     Serve(ServeArgs),
-    /// Publish events through the ingest socket; prints each event's id.
+    /// Publish events through the ingest socket (or over HTTP with --url); prints each id.
     Publish(PublishArgs),
     /// Validate a configuration file.
     CheckConfig { file: PathBuf },
@@ -126,6 +126,12 @@ struct PublishArgs {
     /// How long to keep retrying to connect, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = ssehub::config::parse_duration)]
     wait: std::time::Duration,
+    /// Publish over HTTP (POST /publish) instead of the socket: http://HOST:PORT[/PATH].
+    #[arg(long, conflicts_with = "socket")]
+    url: Option<String>,
+    /// Bearer token for --url (a JWT with a `publish` claim); default: $SSEHUB_TOKEN.
+    #[arg(long, requires = "url")]
+    token: Option<String>,
     /// The payload, or `-` (or nothing) for standard input.
     data: Option<String>,
 }
@@ -266,7 +272,38 @@ fn run_publish(args: PublishArgs) -> ExitCode {
         is_final: args.is_final,
         wait: args.wait,
     };
-    match publish::run(&opts, input, &mut std::io::stdout().lock()) {
+    let out = &mut std::io::stdout().lock();
+    let result = match &args.url {
+        None => publish::run(&opts, input, out),
+        Some(url) => {
+            let target = match publish::http::Target::parse(url) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("ssehub publish: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // The environment keeps the token out of `ps`; an empty one is no token.
+            let token = args
+                .token
+                .or_else(|| std::env::var("SSEHUB_TOKEN").ok())
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty());
+            if let Some(t) = token
+                .as_deref()
+                .filter(|t| !publish::http::token_is_valid(t))
+            {
+                eprintln!(
+                    "ssehub publish: the token ({} bytes) has characters an HTTP header cannot \
+                     carry",
+                    t.len()
+                );
+                return ExitCode::from(2);
+            }
+            publish::http::run(&opts, &target, token.as_deref(), input, out)
+        }
+    };
+    match result {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {

@@ -1,6 +1,9 @@
 //! `ssehub publish`: the command-line producer. Writes JSON lines to the ingest socket and
 //! prints each id; answers are read on their own thread so a long `--lines` input never
-//! deadlocks against the server's backpressure.
+//! deadlocks against the server's backpressure. With `--url` the same lines go to
+//! `POST /publish` instead (`http`).
+
+pub mod http;
 
 use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -76,6 +79,36 @@ fn encode(opts: &Options<'_>, data: &str) -> Vec<u8> {
     line
 }
 
+/// `encode` with owned copies of the options, for a thread that reads stdin.
+fn owned_encoder(opts: &Options<'_>) -> impl Fn(&str) -> Vec<u8> + Send + 'static {
+    let topics: Vec<String> = opts.topics.to_vec();
+    let event = opts.event.map(str::to_owned);
+    let is_final = opts.is_final;
+    move |data: &str| {
+        let o = Options {
+            socket: Path::new(""),
+            topics: &topics,
+            event: event.as_deref(),
+            is_final,
+            wait: Duration::ZERO,
+        };
+        encode(&o, data)
+    }
+}
+
+/// All of stdin as one payload, one trailing newline (LF or CRLF) dropped.
+fn read_stdin_payload() -> io::Result<String> {
+    let mut data = String::new();
+    io::stdin().read_to_string(&mut data)?;
+    if data.ends_with('\n') {
+        data.pop();
+        if data.ends_with('\r') {
+            data.pop();
+        }
+    }
+    Ok(data)
+}
+
 /// Publishes and prints one id per event on `out`; returns the number of error answers
 /// (each reported on stderr with the server's reason).
 pub fn run(opts: &Options<'_>, input: Input, out: &mut impl Write) -> io::Result<usize> {
@@ -84,34 +117,12 @@ pub fn run(opts: &Options<'_>, input: Input, out: &mut impl Write) -> io::Result
     let (sent_tx, sent_rx) = mpsc::channel::<()>();
     let lines: Vec<Vec<u8>> = match input {
         Input::Data(data) => vec![encode(opts, &data)],
-        Input::Stdin => {
-            let mut data = String::new();
-            io::stdin().read_to_string(&mut data)?;
-            if data.ends_with('\n') {
-                data.pop();
-                if data.ends_with('\r') {
-                    data.pop();
-                }
-            }
-            vec![encode(opts, &data)]
-        }
+        Input::Stdin => vec![encode(opts, &read_stdin_payload()?)],
         Input::StdinLines => Vec::new(),
     };
     let streaming = lines.is_empty();
-    let topics: Vec<String> = opts.topics.to_vec();
-    let event = opts.event.map(str::to_owned);
-    let is_final = opts.is_final;
+    let encode_owned = owned_encoder(opts);
     let writer_thread = std::thread::spawn(move || -> io::Result<()> {
-        let encode_owned = |data: &str| {
-            let o = Options {
-                socket: Path::new(""),
-                topics: &topics,
-                event: event.as_deref(),
-                is_final,
-                wait: Duration::ZERO,
-            };
-            encode(&o, data)
-        };
         if streaming {
             for line in io::stdin().lock().lines() {
                 let line = line?;
