@@ -519,3 +519,51 @@ fn answers_wait_for_the_log_and_metrics_count_by_transport() {
         "every event answered ok is in the log, in order"
     );
 }
+
+/// `ssehub publish --url` against the real endpoint: one event, a `--lines` input larger
+/// than one batch, a topic the token does not cover, and no token at all.
+#[test]
+fn the_cli_publishes_over_http() {
+    let s = with_secret();
+    let token = mint(&["cli*"], &[]);
+    let url = format!("http://{}", s.addr);
+    let mut sub = s.subscribe("topic=cli");
+    let out = run_bin(
+        &["publish", "--url", &url, "--token", &token, "--topic", "cli", "hello"],
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let id: u64 = out.stdout.trim().parse().unwrap();
+    assert_eq!(sub.read_event(), format!("id: {id}\ndata: hello\n\n"));
+    // 2500 lines: three requests on one connection; every id printed, in order.
+    let input: String = (0..2500).map(|i| format!("l{i}\n")).collect();
+    let out = run_bin(
+        &["publish", "--url", &url, "--token", &token, "--topic", "cli", "--lines"],
+        input.as_bytes(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let ids: Vec<u64> = out.stdout.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 2500);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let data = read_data(&mut sub, 2500);
+    assert_eq!(data[0], "l0");
+    assert_eq!(data[2499], "l2499");
+    // Refusals: exit 1 with the reason on stderr.
+    let out = run_bin(
+        &["publish", "--url", &url, "--token", &token, "--topic", "other", "x"],
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("the token does not cover topic"), "{}", out.stderr);
+    let out = run_bin(
+        &["publish", "--url", &url, "--topic", "cli", "x"],
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+    nothing_more(&mut sub, Duration::from_millis(300));
+}

@@ -139,10 +139,7 @@ pub fn route(req: &Request, ctx: &PublishCtx<'_>) -> Result<PublishPlan, Refused
     {
         return refuse(
             413,
-            &format!(
-                "request body larger than publish.max_body_bytes ({})",
-                ctx.max_body_bytes
-            ),
+            &format!("request body larger than {} bytes", ctx.max_body_bytes),
         );
     }
     let after = match req.keep_alive {
