@@ -385,7 +385,7 @@ impl Server {
             self.flush_pending();
             self.reap();
             if let Some(until) = self.draining_until
-                && ((self.streams.is_empty() && self.producers.is_empty()) || self.now >= until)
+                && ((self.only_admin_left() && self.producers.is_empty()) || self.now >= until)
             {
                 info!(
                     "stopped streams_left={} producers_left={}",
@@ -395,6 +395,11 @@ impl Server {
                 return Ok(());
             }
         }
+    }
+
+    /// No connection is left but the admin listener's (which stays open while draining).
+    fn only_admin_left(&self) -> bool {
+        self.streams.iter().all(|(_, c)| c.has(flags::ADMIN))
     }
 
     /// Reads the clock: the one place the loop does (protocol 1), once before sleeping (for
@@ -571,6 +576,7 @@ impl Server {
             hub: &self.hub,
             wall_ms: self.wall_ms(),
             catch_up,
+            draining: self.draining_until.is_some(),
             publish_admin_open: self.config.publish.admin_open,
             max_body_bytes: self.config.publish.max_body_bytes,
         };

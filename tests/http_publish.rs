@@ -529,7 +529,9 @@ fn the_cli_publishes_over_http() {
     let url = format!("http://{}", s.addr);
     let mut sub = s.subscribe("topic=cli");
     let out = run_bin(
-        &["publish", "--url", &url, "--token", &token, "--topic", "cli", "hello"],
+        &[
+            "publish", "--url", &url, "--token", &token, "--topic", "cli", "hello",
+        ],
         b"",
         Duration::from_secs(10),
     );
@@ -539,7 +541,9 @@ fn the_cli_publishes_over_http() {
     // 2500 lines: three requests on one connection; every id printed, in order.
     let input: String = (0..2500).map(|i| format!("l{i}\n")).collect();
     let out = run_bin(
-        &["publish", "--url", &url, "--token", &token, "--topic", "cli", "--lines"],
+        &[
+            "publish", "--url", &url, "--token", &token, "--topic", "cli", "--lines",
+        ],
         input.as_bytes(),
         Duration::from_secs(30),
     );
@@ -552,12 +556,18 @@ fn the_cli_publishes_over_http() {
     assert_eq!(data[2499], "l2499");
     // Refusals: exit 1 with the reason on stderr.
     let out = run_bin(
-        &["publish", "--url", &url, "--token", &token, "--topic", "other", "x"],
+        &[
+            "publish", "--url", &url, "--token", &token, "--topic", "other", "x",
+        ],
         b"",
         Duration::from_secs(10),
     );
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("the token does not cover topic"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the token does not cover topic"),
+        "{}",
+        out.stderr
+    );
     let out = run_bin(
         &["publish", "--url", &url, "--topic", "cli", "x"],
         b"",

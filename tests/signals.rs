@@ -207,3 +207,61 @@ fn a_regular_file_at_the_socket_path_is_not_deleted() {
     assert!(gave_up, "expected the server to refuse to start: {out:?}");
     assert_ne!(out.code, Some(0), "{out:?}");
 }
+
+/// `/readyz` while draining: a subscriber that reads nothing keeps the drain going (its
+/// `retry:` cannot be written), and meanwhile the admin listener, still open, answers
+/// `503 not ready: draining (shutting down)`; `/healthz` stays `200`.
+#[test]
+fn readyz_says_draining_while_the_drain_lasts() {
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let admin_line = format!("admin_listen = \"127.0.0.1:{admin}\"");
+    let mut s = Server::start_with(&[
+        ("http", &admin_line),
+        ("streams", "drain_timeout = \"4s\""),
+        ("streams", "max_pending_bytes = 67108864"),
+        ("streams", "send_buffer = 4096"),
+    ]);
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let ask = |path: &str| {
+        let mut c = Client::connect(admin);
+        c.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        ));
+        let (status, _, body) = c.read_response();
+        (status, body)
+    };
+    assert_eq!(ask("/readyz"), (200, "ready\n".to_string()));
+    // A stream that never reads, with more queued than the sockets hold.
+    let stalled = s.subscribe("topic=full");
+    stalled.sock.set_nonblocking(false).unwrap();
+    let mut p = s.producer();
+    let big = "x".repeat(60_000);
+    for _ in 0..100 {
+        p.publish("full", &big);
+    }
+    s.signal("TERM");
+    assert!(wait_for(Duration::from_secs(3), || ask("/readyz").0 == 503));
+    assert_eq!(
+        ask("/readyz"),
+        (503, "not ready: draining (shutting down)\n".to_string())
+    );
+    assert_eq!(ask("/healthz").0, 200, "alive while draining");
+    // Publishes are refused: nothing published now could reach a stream before the exit.
+    let mut c = Client::connect(admin);
+    c.send("POST /publish HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    let (status, head, body) = c.read_response();
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("Connection: close"), "{head}");
+    // Once the stalled stream goes, the drain ends although the admin listener is open.
+    let started = std::time::Instant::now();
+    drop(stalled);
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}

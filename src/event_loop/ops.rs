@@ -303,9 +303,9 @@ impl Server {
         if let Some(n) = &mut self.ops.notifier {
             n.stopping(&status);
         }
-        if let Some(mut l) = self.ops.admin.take() {
-            let _ = self.poll.registry().deregister(&mut l);
-        }
+        // The admin listener stays open through the drain: `/readyz` answers `503
+        // draining` (a balancer's health check sees why), `/metrics` goes on, and every
+        // answer closes its connection (`route::Ctx::draining`).
     }
 
     fn streams_open(&self) -> usize {

@@ -65,6 +65,8 @@ pub struct Ctx<'a> {
     pub wall_ms: u64,
     /// Cluster mode: whether a stream request may wait for the node to read Redis.
     pub catch_up: CatchUp,
+    /// The hub is stopping: every answer closes its connection, and publishes are refused.
+    pub draining: bool,
     /// `publish.admin_open`.
     pub publish_admin_open: bool,
     /// `publish.max_body_bytes`.
@@ -190,7 +192,7 @@ pub struct StreamPlan<'r> {
 
 /// Routes one request.
 pub fn route<'r>(req: &'r Request, ctx: &Ctx<'_>) -> Routed<'r> {
-    let after = if req.keep_alive && !req.has_body {
+    let after = if req.keep_alive && !req.has_body && !ctx.draining {
         After::KeepAlive { http10: req.http10 }
     } else {
         After::Close
@@ -294,6 +296,11 @@ fn route_admin<'r>(
 
 /// `/publish`, on the public and the admin listener alike (protocol 3.4).
 fn publish<'r>(req: &'r Request, ctx: &Ctx<'_>) -> Decision<'r> {
+    if ctx.draining {
+        // What would be published now could reach no stream before the exit.
+        let reason = "not accepting publishes: draining (shutting down)";
+        return answer(503, reason, After::Close, Vec::new(), false);
+    }
     let pctx = PublishCtx {
         on_admin: ctx.on_admin,
         admin_open: ctx.publish_admin_open,
@@ -749,6 +756,7 @@ mod tests {
                 hub: &self.hub,
                 wall_ms: now_s() * 1000,
                 catch_up: CatchUp::Decide,
+                draining: false,
                 publish_admin_open: false,
                 max_body_bytes: 1 << 20,
             }
