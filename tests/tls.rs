@@ -250,3 +250,59 @@ fn openssl_s_client_streams_across_a_key_update() {
         let _ = child.wait();
     }
 }
+
+/// `POST /publish` over HTTPS: a body larger than one TLS record (chunked, in several
+/// writes), answered once committed, twice on one keep-alive connection.
+#[test]
+fn publish_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::certs::ca_and_leaf(dir.path());
+    let tls_lines = format!(
+        "cert = {:?}\nkey = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let server = Server::start_at_socket(
+        &dir.path().join("ingest.sock"),
+        &[
+            ("tls", &tls_lines),
+            ("publish", "admin_open = false"),
+            ("auth", "secret = \"tls-pub\""),
+        ],
+    );
+    let out = run_bin(
+        &["token", "--secret", "tls-pub", "--publish", "*"],
+        b"",
+        Duration::from_secs(10),
+    );
+    let token = out.stdout.trim().to_string();
+    let mut tls = connect(&server, client_config(&ca, &[&rustls::version::TLS13]));
+    let mut buf = Vec::new();
+    let line = format!("{{\"topic\":\"s\",\"data\":\"{}\"}}\n", "y".repeat(30_000));
+    for round in 0..2 {
+        tls.write_all(
+            format!(
+                "POST /publish HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            tls.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
+                .unwrap();
+            tls.flush().unwrap();
+        }
+        tls.write_all(b"0\r\n\r\n").unwrap();
+        let head = read_until(&mut tls, &mut buf, b"\r\n\r\n");
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\n"),
+            "round {round}: {head}"
+        );
+        let first = read_until(&mut tls, &mut buf, b"\n");
+        let second = read_until(&mut tls, &mut buf, b"\n");
+        for a in [first, second] {
+            assert!(a.starts_with("{\"ok\":true,\"id\":\""), "{a}");
+        }
+    }
+}
