@@ -24,7 +24,13 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const TARGETS: [&str; 4] = ["http_request", "ingest_line", "sse_encoder", "tls_record"];
+const TARGETS: [&str; 5] = [
+    "http_body",
+    "http_request",
+    "ingest_line",
+    "sse_encoder",
+    "tls_record",
+];
 
 /// The files of `fuzz/regressions/<target>/`, sorted by name.
 fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -81,6 +87,11 @@ fn every_target_has_regressions() {
             path.display()
         );
     }
+}
+
+#[test]
+fn http_body_regressions() {
+    replay("http_body", checks::http_body);
 }
 
 #[test]

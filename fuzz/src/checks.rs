@@ -13,6 +13,7 @@ use serde_json::Value;
 use ssehub::conn::record::{
     ALERT, APPLICATION_DATA, HANDSHAKE, MAX_EMPTY_IN_A_ROW, MAX_PLAINTEXT, Record, Traffic,
 };
+use ssehub::http::body::{self, BodyDecoder, Framing, Step};
 use ssehub::http::request::{self, Parsed, Request};
 use ssehub::ingest::line::{self, Admin, Line, LineError};
 use ssehub::ingest::{Flow, InputLine, Producer};
@@ -164,6 +165,462 @@ fn check_topics(topics: &[Box<str>]) {
 
 fn one_line(s: &str) -> bool {
     !s.contains(['\r', '\n'])
+}
+
+// ---------------------------------------------------------------------------------------
+// http_body
+
+/// `publish.max_body_bytes` of a run, picked by bits 1–3 of the first byte.
+const BODY_MAXES: [usize; 8] = [0, 1, 5, 16, 64, 255, 4096, 65536];
+/// The largest piece a run feeds at once, picked by bits 5–7 of the first byte.
+const BODY_PIECES: [usize; 8] = [1, 2, 3, 7, 16, 64, 256, 4096];
+/// A pipelined request after each generated body: the decoder must leave it.
+const NEXT_REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// Target `http_body`: request bodies as `POST /publish` reads them (`http::body`).
+///
+/// Layout: byte 0 picks the framing (bit 0: chunked, else `Content-Length`), the limit
+/// (bits 1–3, `BODY_MAXES`), for `Content-Length` a huge declared length (bit 4), and the
+/// largest piece the bytes are fed in (bits 5–7, `BODY_PIECES`); byte 1 is the declared
+/// length (or how far below `u64::MAX` it is); the rest is the body's bytes.
+///
+/// Properties: no panic; fed whole and fed in pieces (sizes derived from the input, the
+/// unconsumed bytes kept and passed again, as the server does) give the same steps, bytes
+/// taken, body and refusal; `NeedMore` has taken every byte; `Done` takes no more than the
+/// input and nothing after; the body is never over the limit and is what
+/// `BodyDecoder::decoded` says; refusals are 400/413/431 with one short line, and sticky.
+/// `Content-Length`: exactly the declared bytes, 413 at once past the limit. Chunked: agrees
+/// with a whole-buffer reference decoder written from RFC 9112 §7.1 (`reference_chunked`):
+/// complete with the same bytes taken and body exactly when it is, 413 exactly when it is;
+/// the payload encoded as a valid chunked body (chunk sizes, extensions and trailers
+/// derived from the input) followed by a request decodes to the payload, stopping at the
+/// request (413 when over the limit). `parse_form` and `form_to_line` on the bytes (and on
+/// the decoded body): a decoded form re-encoded decodes the same; an ingest line made from
+/// a form is JSON that `decode_line` reads back as the form's topics, data and type.
+pub fn http_body(input: &[u8]) {
+    let mode = input.first().copied().unwrap_or(0);
+    let param = input.get(1).copied().unwrap_or(0);
+    let rest = input.get(2..).unwrap_or_default();
+    let max = BODY_MAXES[usize::from(mode >> 1) & 7];
+    let largest_piece = BODY_PIECES[usize::from(mode >> 5)];
+    let seed = input.iter().fold(0x9E37_79B9_7F4A_7C15u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) | 1;
+    let framing = if mode & 1 == 1 {
+        Framing::Chunked
+    } else if mode & 0x10 != 0 {
+        Framing::Length(u64::MAX >> (param % 64))
+    } else {
+        Framing::Length(u64::from(param))
+    };
+    let run = check_body(framing, max, rest, largest_piece, seed);
+    match framing {
+        Framing::Length(len) => check_length(len, max, rest, &run),
+        Framing::Chunked => check_chunked_reference(max, rest, &run),
+    }
+    check_chunked_roundtrip(rest, max, largest_piece, seed);
+    check_form(rest);
+    if let Ok((body, _, Step::Done)) = &run
+        && body.as_slice() != rest
+    {
+        check_form(body);
+    }
+}
+
+/// What a run of the decoder gave: the body, the input bytes taken, the step reached.
+type BodyRun = Result<(Vec<u8>, usize, Step), body::Refused>;
+
+/// Runs the decoder on `input` whole and in pieces; both must agree. Returns the run.
+fn check_body(framing: Framing, max: usize, input: &[u8], largest: usize, seed: u64) -> BodyRun {
+    let mut decoder = match BodyDecoder::new(framing, max) {
+        Ok(d) => d,
+        Err(r) => {
+            check_refusal(&r);
+            assert_eq!(r.status, 413, "new refused with {r:?}");
+            assert!(matches!(framing, Framing::Length(len) if len > max as u64));
+            return Err(r);
+        }
+    };
+    if let Framing::Length(len) = framing {
+        assert!(
+            len <= max as u64,
+            "Content-Length {len} over {max} accepted"
+        );
+    }
+    let mut body = Vec::new();
+    let whole = decoder.decode(input, &mut body);
+    check_after(&mut decoder, input, &body, &whole, max);
+    let whole = whole.map(|(used, step)| (body, used, step));
+
+    let pieces = feed_in_pieces(framing, max, input, largest, seed);
+    match (&whole, &pieces) {
+        (Ok(w), Ok(p)) => assert_eq!(w, p, "fed whole vs in pieces of at most {largest}"),
+        (Err(w), Err(p)) => assert_eq!(w, p, "refusal fed whole vs in pieces"),
+        _ => panic!("fed whole: {whole:?}; in pieces of at most {largest}: {pieces:?}"),
+    }
+    whole
+}
+
+/// The properties of one `decode` call on `input` and of the calls after it.
+fn check_after(
+    decoder: &mut BodyDecoder,
+    input: &[u8],
+    body: &[u8],
+    got: &Result<(usize, Step), body::Refused>,
+    max: usize,
+) {
+    assert!(body.len() <= max, "{} body bytes over {max}", body.len());
+    assert_eq!(decoder.decoded(), body.len() as u64);
+    let mut more = Vec::new();
+    match got {
+        Ok((used, Step::NeedMore)) => {
+            assert_eq!(*used, input.len(), "NeedMore left bytes behind");
+            assert!(!decoder.is_done());
+            assert_eq!(decoder.decode(&[], &mut more), Ok((0, Step::NeedMore)));
+        }
+        Ok((used, Step::Done)) => {
+            assert!(*used <= input.len(), "took {used} of {} bytes", input.len());
+            assert!(decoder.is_done());
+            let after = &input[*used..];
+            assert_eq!(decoder.decode(after, &mut more), Ok((0, Step::Done)));
+            assert_eq!(decoder.decode(b"x", &mut more), Ok((0, Step::Done)));
+        }
+        Err(r) => {
+            check_refusal(r);
+            assert!(
+                decoder.decode(b"0\r\n\r\n", &mut more).is_err(),
+                "not sticky"
+            );
+        }
+    }
+    assert!(more.is_empty(), "a finished decoder gave body bytes");
+}
+
+/// As the server feeds a body: read by read, the bytes not taken kept and passed again.
+fn feed_in_pieces(
+    framing: Framing,
+    max: usize,
+    input: &[u8],
+    largest: usize,
+    seed: u64,
+) -> BodyRun {
+    let mut decoder = BodyDecoder::new(framing, max)?;
+    let mut body = Vec::new();
+    let mut held: Vec<u8> = Vec::new();
+    let mut used = 0;
+    let mut rng = seed;
+    let mut rest = input;
+    loop {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let n = (1 + (rng % largest as u64) as usize).min(rest.len());
+        let (piece, after) = rest.split_at(n);
+        held.extend_from_slice(piece);
+        rest = after;
+        let (n, step) = decoder.decode(&held, &mut body)?;
+        assert!(n <= held.len());
+        held.drain(..n);
+        used += n;
+        assert!(body.len() <= max);
+        if step == Step::Done || rest.is_empty() {
+            return Ok((body, used, step));
+        }
+    }
+}
+
+fn check_refusal(r: &body::Refused) {
+    assert!(matches!(r.status, 400 | 413 | 431), "status {r:?}");
+    assert!(!r.reason.is_empty() && one_line(&r.reason), "reason {r:?}");
+    assert!(r.reason.len() <= 200, "reason {r:?}");
+}
+
+/// `Content-Length`: exactly the declared bytes.
+fn check_length(len: u64, max: usize, input: &[u8], run: &BodyRun) {
+    if len > max as u64 {
+        let Err(r) = run else {
+            panic!("Content-Length {len} over {max}: {run:?}")
+        };
+        assert_eq!(r.reason, format!("request body larger than {max} bytes"));
+        return;
+    }
+    let len = len as usize;
+    let expected = if input.len() >= len {
+        (input[..len].to_vec(), len, Step::Done)
+    } else {
+        (input.to_vec(), input.len(), Step::NeedMore)
+    };
+    assert_eq!(run.as_ref(), Ok(&expected), "Content-Length {len}");
+}
+
+/// What the reference decoder makes of a whole buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Reference {
+    /// A valid chunked body of `used` bytes.
+    Complete { used: usize, body: Vec<u8> },
+    /// A chunk-size line takes the body over the limit.
+    TooLarge,
+    /// Not a valid chunked body, whatever follows.
+    Invalid,
+    /// Valid so far, not complete.
+    Incomplete,
+}
+
+/// A chunked body decoded from the whole buffer, line by line (RFC 9112 §7.1), by the same
+/// rules as `http::body` but written apart from it: lines end at CRLF; a chunk-size line is
+/// 1–16 hex digits, then nothing or optional SP/HTAB, `;` and bytes that are HTAB, SP,
+/// VCHAR or obs-text, at most 4096 bytes with its CRLF; chunk data is followed by CRLF;
+/// the trailer is `tchar+ ":" field-bytes` lines, then an empty line, at most 8192 bytes.
+fn reference_chunked(buf: &[u8], max: usize) -> Reference {
+    let field_byte = |b: &u8| *b == b'\t' || (0x20..0x7f).contains(b) || *b >= 0x80;
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    let crlf = |s: &[u8]| s.windows(2).position(|w| w == b"\r\n");
+    let mut at = 0;
+    let mut body = Vec::new();
+    loop {
+        let rest = &buf[at..];
+        let Some(end) = crlf(rest) else {
+            // No line of 4096 bytes with its CRLF can start so.
+            return if rest.len() >= 4096 {
+                Reference::Invalid
+            } else {
+                Reference::Incomplete
+            };
+        };
+        if end + 2 > 4096 {
+            return Reference::Invalid;
+        }
+        let line = &rest[..end];
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if digits == 0 || digits > 16 {
+            return Reference::Invalid;
+        }
+        let ext = &line[digits..];
+        let ext_ok = ext.is_empty() || {
+            let start = ext.iter().position(|b| !matches!(b, b' ' | b'\t'));
+            match start.map(|s| &ext[s..]) {
+                Some([b';', more @ ..]) => more.iter().all(field_byte),
+                _ => false,
+            }
+        };
+        if !ext_ok {
+            return Reference::Invalid;
+        }
+        let hex = std::str::from_utf8(&line[..digits]).expect("hex digits");
+        let size = u64::from_str_radix(hex, 16).expect("at most 16 hex digits");
+        at += end + 2;
+        if size == 0 {
+            break;
+        }
+        if size > (max - body.len()) as u64 {
+            return Reference::TooLarge;
+        }
+        let size = size as usize;
+        let rest = &buf[at..];
+        if rest.len() < size {
+            return Reference::Incomplete;
+        }
+        let after = &rest[size..rest.len().min(size + 2)];
+        if !b"\r\n".starts_with(after) {
+            return Reference::Invalid;
+        }
+        if after.len() < 2 {
+            return Reference::Incomplete;
+        }
+        body.extend_from_slice(&rest[..size]);
+        at += size + 2;
+    }
+    let start = at;
+    loop {
+        let rest = &buf[at..];
+        let Some(end) = crlf(rest) else {
+            return if at - start + rest.len() >= 8192 {
+                Reference::Invalid
+            } else {
+                Reference::Incomplete
+            };
+        };
+        if at - start + end + 2 > 8192 {
+            return Reference::Invalid;
+        }
+        let line = &rest[..end];
+        at += end + 2;
+        if line.is_empty() {
+            return Reference::Complete { used: at, body };
+        }
+        let name = line.iter().take_while(|b| tchar(b)).count();
+        let valid = match &line[name..] {
+            [b':', value @ ..] => name > 0 && value.iter().all(field_byte),
+            _ => false,
+        };
+        if !valid {
+            return Reference::Invalid;
+        }
+    }
+}
+
+/// The decoder agrees with the reference on every chunked input.
+fn check_chunked_reference(max: usize, input: &[u8], run: &BodyRun) {
+    let reference = reference_chunked(input, max);
+    let agrees = match (&reference, run) {
+        (Reference::Complete { used, body }, Ok((b, u, Step::Done))) => used == u && body == b,
+        (Reference::TooLarge, Err(r)) => r.status == 413,
+        // The decoder refuses a line at its first bad byte; the reference needs its end.
+        (Reference::Invalid | Reference::Incomplete, Err(r)) => r.status != 413,
+        (Reference::Incomplete, Ok((_, _, Step::NeedMore))) => true,
+        _ => false,
+    };
+    assert!(agrees, "reference {reference:?}, decoder {run:?}");
+}
+
+/// `payload` encoded as a valid chunked body, chunk sizes, hex case, leading zeros,
+/// extensions and trailers derived from `seed`, then a request: decoded to the payload.
+fn check_chunked_roundtrip(payload: &[u8], max: usize, largest: usize, seed: u64) {
+    const EXTENSIONS: [&str; 6] = ["", ";a", ";name=value", " ;q=\"x y\"", "\t;\t", ";é=ü"];
+    const TRAILERS: [&str; 4] = ["", "X:1\r\n", "Expires: never\r\nA-b.c:\t v \r\n", "T:\r\n"];
+    let mut rng = seed;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut wire = Vec::new();
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let n = (1 + next() % 300) as usize;
+        let (chunk, after) = rest.split_at(n.min(rest.len()));
+        let r = next();
+        let size = match r % 3 {
+            0 => format!("{:x}", chunk.len()),
+            1 => format!("{:X}", chunk.len()),
+            _ => format!("{:016x}", chunk.len()),
+        };
+        wire.extend_from_slice(size.as_bytes());
+        wire.extend_from_slice(EXTENSIONS[(r >> 8) as usize % EXTENSIONS.len()].as_bytes());
+        wire.extend_from_slice(b"\r\n");
+        wire.extend_from_slice(chunk);
+        wire.extend_from_slice(b"\r\n");
+        rest = after;
+    }
+    let r = next();
+    wire.extend_from_slice(["0", "000"][r as usize % 2].as_bytes());
+    wire.extend_from_slice(EXTENSIONS[(r >> 8) as usize % EXTENSIONS.len()].as_bytes());
+    wire.extend_from_slice(b"\r\n");
+    wire.extend_from_slice(TRAILERS[(r >> 16) as usize % TRAILERS.len()].as_bytes());
+    wire.extend_from_slice(b"\r\n");
+    let body_len = wire.len();
+    wire.extend_from_slice(NEXT_REQUEST);
+
+    let run = check_body(Framing::Chunked, max, &wire, largest, seed);
+    check_chunked_reference(max, &wire, &run);
+    if payload.len() > max {
+        assert!(matches!(&run, Err(r) if r.status == 413), "{run:?}");
+    } else {
+        assert_eq!(run, Ok((payload.to_vec(), body_len, Step::Done)));
+    }
+    // The same payload with its Content-Length.
+    let mut wire = payload.to_vec();
+    wire.extend_from_slice(NEXT_REQUEST);
+    let run = check_body(
+        Framing::Length(payload.len() as u64),
+        max,
+        &wire,
+        largest,
+        seed,
+    );
+    check_length(payload.len() as u64, max, &wire, &run);
+}
+
+/// `parse_form` and `form_to_line` on `bytes`.
+fn check_form(bytes: &[u8]) {
+    let pairs = match body::parse_form(bytes) {
+        Ok(pairs) => pairs,
+        Err(reason) => {
+            check_form_reason(&reason);
+            // Only an escape or UTF-8 can be wrong.
+            assert!(bytes.contains(&b'%') || std::str::from_utf8(bytes).is_err());
+            assert!(
+                body::form_to_line(bytes).is_err(),
+                "form_to_line of a bad form"
+            );
+            return;
+        }
+    };
+    assert!(pairs.len() <= bytes.iter().filter(|&&b| b == b'&').count() + 1);
+    let encoded: Vec<String> = pairs
+        .iter()
+        .map(|(n, v)| format!("{}={}", form_encode(n), form_encode(v)))
+        .collect();
+    let again = body::parse_form(encoded.join("&").as_bytes());
+    assert_eq!(again.as_ref(), Ok(&pairs), "re-encoded form");
+
+    let line = match body::form_to_line(bytes) {
+        Ok(line) => line,
+        Err(reason) => {
+            check_form_reason(&reason);
+            return;
+        }
+    };
+    let value = |name: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let topics: Vec<&str> = pairs
+        .iter()
+        .filter(|(n, _)| n == "topic")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(!topics.is_empty(), "a line without topics");
+    let json: Value = serde_json::from_slice(&line).expect("form_to_line gives JSON");
+    let object = json.as_object().expect("a JSON object");
+    assert!(
+        object
+            .keys()
+            .all(|k| matches!(k.as_str(), "topic" | "topics" | "event" | "data"))
+    );
+    match line::decode_line(&line, MAX_TOPICS) {
+        Ok(Line::Publish(p)) => {
+            let mut distinct: Vec<&str> = Vec::new();
+            for t in &topics {
+                if !distinct.contains(t) {
+                    distinct.push(t);
+                }
+            }
+            let got: Vec<&str> = p.topics.iter().map(|t| t.as_ref()).collect();
+            assert_eq!(got, distinct, "topics");
+            assert_eq!(&*p.data, value("data").unwrap_or(""), "data");
+            assert_eq!(p.event.as_deref(), value("type").filter(|t| !t.is_empty()));
+            assert!(!p.is_final && p.key.is_none());
+        }
+        Ok(other) => panic!("a form line read as {other:?}"),
+        Err(LineError(reason)) => assert!(one_line(&reason), "{reason:?}"),
+    }
+}
+
+/// A form refusal is one line of at most 200 bytes (a client's name is echoed cut).
+fn check_form_reason(reason: &str) {
+    assert!(
+        !reason.is_empty() && one_line(reason) && reason.len() <= 200,
+        "reason of {} bytes: {reason:?}",
+        reason.len()
+    );
+}
+
+/// A form name or value as a browser encodes it: space as '+', every other byte that is not
+/// alphanumeric or `*-._` as %XX.
+fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for &b in s.as_bytes() {
+        match b {
+            b' ' => out.push('+'),
+            b if b.is_ascii_alphanumeric() || b"*-._".contains(&b) => out.push(char::from(b)),
+            b => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------

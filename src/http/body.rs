@@ -386,16 +386,22 @@ fn form_decode(raw: &[u8]) -> Result<String, &'static str> {
     String::from_utf8(out).map_err(|_| "not UTF-8 once %-decoded")
 }
 
-/// A client's name as a quoted, escaped, one-line string, cut to about ECHO_MAX bytes
-/// (`...` marks a cut).
+/// A client's name as a quoted, escaped (ASCII, one line) string of at most ECHO_MAX bytes
+/// between the quotes (`...` after them marks a cut): escaping makes a NUL five bytes.
 fn quoted(text: &str) -> String {
-    let mut end = text.len().min(ECHO_MAX);
-    while !text.is_char_boundary(end) {
-        end -= 1;
+    let mut out = String::with_capacity(ECHO_MAX + 8);
+    out.push('"');
+    let mut cut = false;
+    for c in text.chars() {
+        let escaped = c.escape_default();
+        if out.len() - 1 + escaped.len() > ECHO_MAX {
+            cut = true;
+            break;
+        }
+        out.extend(escaped);
     }
-    let cut = text.get(..end).unwrap_or_default();
-    let mut out: String = format!("\"{}\"", cut.escape_default());
-    if end < text.len() {
+    out.push('"');
+    if cut {
         out.push_str("...");
     }
     out
@@ -811,5 +817,9 @@ mod tests {
         let reason = e(&long);
         assert!(!reason.contains('\n') && reason.len() < 200, "{reason}");
         assert!(reason.starts_with("unknown field \"n\\nn\\n") && reason.contains("..."));
+        // Escapes count: 64 NULs echo as 12 `\u{0}` (fuzzer finding: 64 input bytes made 320).
+        let reason = e(&format!("{}=1&topic=a", "%00".repeat(64)));
+        let echo = format!("\"{}\"...", "\\u{0}".repeat(12));
+        assert_eq!(reason, format!("unknown field {echo} (topic, data, type)"));
     }
 }
