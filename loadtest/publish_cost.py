@@ -143,6 +143,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json")
     a = ap.parse_args()
+    load_before = open("/proc/loadavg").read().split()[:3]
     d = tempfile.mkdtemp()
     sock_path = os.path.join(d, "ingest.sock")
     probe = socket.socket()
@@ -179,7 +180,7 @@ def main():
             runs["single_pipelined"].append(
                 phase_single(addr, token, a.single, server.pid, depth=100)
             )
-        out = {"load_before": open("/proc/loadavg").read().split()[:3]}
+        out = {"load_before": load_before}
         for name, rs in runs.items():
             per = sorted(cpu / n * 1e6 for n, cpu, _ in rs)
             out[name] = {
@@ -199,6 +200,10 @@ def main():
             "events_per_cpu_s_median"
         ]
         out["batch"] = a.batch
+        out["git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        out["command"] = "taskset -c 1 python3 loadtest/publish_cost.py " + " ".join(sys.argv[1:])
         out["load_after"] = open("/proc/loadavg").read().split()[:3]
         text = json.dumps(out, indent=1)
         print(text)
