@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  producers ─unix socket─▶ ingest (lines) ─▶ hub.accept: final marks, id, encode once
-//!                                                  │
+//!  publishers ─POST /publish (http::body)─┘        │
 //!                                commit seam: memory now | log batch → durable
 //!                                                  │ committed: history (hub)
 //!  subscribers ◀─writev─ out queues ◀─ stream table: fan-out ◀─┘
@@ -25,8 +25,9 @@
 //! `protocol N` in comments refers to section N of `docs/protocol.md`.
 //!
 //! Modules — the data path: `event_loop` (the turn; `accept`, `producers`, `ops` and
-//! `recheck` are its parts), `conn` (per-connection state, out queue, TLS, and
-//! `conn::table`, the stream table), `http` (request parsing, CORS, canned answers),
+//! `recheck`, `http_publish` are its parts), `conn` (per-connection state, out queue, TLS,
+//! and `conn::table`, the stream table), `http` (request parsing, routing, request bodies
+//! and `POST /publish`'s rules, CORS, canned answers),
 //! `auth` (tokens), `limits` (per-client caps), `ingest` (producers' lines), `hub` (the
 //! publish path: accept, resume plans), `commit` (where events become committed), `log`
 //! (the on-disk log), `history` (ids, retention), `pubsub` (topics and subscribers),
