@@ -441,6 +441,41 @@ fn a_partial_body_publishes_nothing() {
         waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
+    // After a publish on a keep-alive connection, the next request's body has the same
+    // deadline.
+    let mut c = Client::connect(s.addr);
+    let one = "{\"topic\":\"other\",\"data\":\"fine\"}";
+    c.send(&format!(
+        "POST /publish HTTP/1.1\r\nHost: t\r\n{JSON}{auth}Content-Length: {}\r\n\r\n{one}",
+        one.len()
+    ));
+    assert_eq!(c.read_response().0, 200);
+    c.send(&format!(
+        "POST /publish HTTP/1.1\r\nHost: t\r\n{NDJSON}{auth}Content-Length: {}\r\n\r\n{}",
+        lines.len() + 10,
+        lines
+    ));
+    let started = std::time::Instant::now();
+    assert_eq!(c.read_to_close(Duration::from_secs(5)), Some(Vec::new()));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // An idle keep-alive publisher is closed after the same time.
+    let mut c = Client::connect(s.addr);
+    c.send(&format!(
+        "POST /publish HTTP/1.1\r\nHost: t\r\n{JSON}{auth}Content-Length: {}\r\n\r\n{one}",
+        one.len()
+    ));
+    assert_eq!(c.read_response().0, 200);
+    let started = std::time::Instant::now();
+    assert_eq!(c.read_to_close(Duration::from_secs(5)), Some(Vec::new()));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     // A client that goes away mid-body (chunked, complete lines sent).
     let mut c = Client::connect(s.addr);
     c.send(&format!(
@@ -451,8 +486,9 @@ fn a_partial_body_publishes_nothing() {
     drop(c);
     nothing_more(&mut sub, Duration::from_millis(800));
     let m = metrics(&s);
+    // The two events of the complete requests, nothing else.
     assert!(
-        m.contains("ssehub_publishes_total{transport=\"http\",result=\"ok\"} 0"),
+        m.contains("ssehub_publishes_total{transport=\"http\",result=\"ok\"} 2"),
         "{m}"
     );
 }

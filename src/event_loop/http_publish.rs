@@ -251,9 +251,11 @@ impl Server {
         if status >= 400 {
             self.stats.rejected.count(status);
         }
-        // The next request (or an idle keep-alive connection) has `http.request_timeout`.
+        // The next request (or an idle keep-alive connection) has `http.request_timeout`;
+        // the timer was cancelled while the events were committed.
         let deadline = self.now + self.request_timeout();
-        self.streams.reschedule(key, deadline, &mut self.wheel);
+        self.streams
+            .arm_no_later_than(key, deadline, &mut self.wheel);
         self.streams
             .queue(key, bytes.into(), after == After::Close, self.now);
     }
