@@ -153,6 +153,8 @@ pub struct Server {
     producers_to_read: Vec<usize>,
     /// Cluster mode: producers not read while `commit::MAX_IN_FLIGHT` publishes wait.
     producers_waiting: Vec<usize>,
+    /// Cluster mode: `POST /publish` bodies complete but held while the queue is full.
+    publishes_waiting: Vec<u32>,
     /// HTTP connections whose `POST /publish` waits for its events' commit.
     publishing: Vec<u32>,
     /// Events committed whose fan-out waits until their producers' answers are written.
@@ -295,6 +297,7 @@ impl Server {
             tail_reads_seen: 0,
             log_failing: None,
             producers_waiting: Vec::new(),
+            publishes_waiting: Vec::new(),
             publishing: Vec::new(),
             to_fan_out: Vec::new(),
             auth,

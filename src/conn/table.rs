@@ -13,6 +13,7 @@ use crate::conn::{Conn, ConnState, Flush, OutQueue, QueuePool, flags, tls};
 use crate::event_loop::{Due, Stats};
 use crate::fanout::{self, Delivery};
 use crate::history::{Event, TopicId};
+use crate::http::publish::Stage;
 use crate::http::response::{self, After};
 use crate::hub::Hub;
 use crate::limits::{Counted, PerClient};
@@ -575,7 +576,7 @@ impl StreamTable {
             }
             // A body that stops arriving: closed, nothing of it published. Once the body
             // is complete the request has no timer (its commit answers in bounded time).
-            ConnState::Publishing(ref p) if !p.committing => {
+            ConnState::Publishing(ref p) if p.stage == Stage::Body => {
                 debug!("closing connection: publish body timeout");
                 return self.close(key);
             }
@@ -763,7 +764,7 @@ impl StreamTable {
                 ConnState::Reading { .. } => conn.set(flags::CLOSE_AFTER_FLUSH),
                 // A body still arriving is dropped, nothing of it published; a publish
                 // being committed gets its answer, then closes.
-                ConnState::Publishing(ref p) if !p.committing => self.close(key),
+                ConnState::Publishing(ref p) if p.stage == Stage::Body => self.close(key),
                 ConnState::Publishing(_) => conn.set(flags::CLOSE_AFTER_FLUSH),
                 ConnState::Lingering => {}
             }

@@ -91,6 +91,7 @@ impl Server {
         // Producers not read while the outgoing queue was full: room again.
         if answered && self.commit.may_send() {
             self.producers_to_read.append(&mut self.producers_waiting);
+            self.run_waiting_publishes();
         }
         self.resume_parked(false);
     }

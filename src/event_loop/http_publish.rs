@@ -12,7 +12,7 @@ use super::producers::{Publishing, publish};
 use super::*;
 use crate::commit::Sender;
 use crate::http::body::{self, BodyDecoder, Step};
-use crate::http::publish::{self as http_publish, Format, InFlight, PublishPlan};
+use crate::http::publish::{self as http_publish, Format, InFlight, PublishPlan, Stage};
 use crate::http::request::Framing;
 
 /// Body bytes read from one connection per call before the decoder takes them.
@@ -45,7 +45,7 @@ impl Server {
             decoder,
             input,
             body: Vec::new(),
-            committing: false,
+            stage: Stage::Body,
             answers: Default::default(),
         }));
         self.read_publish_body(key);
@@ -54,7 +54,7 @@ impl Server {
         if expect_continue
             && let Some(conn) = self.streams.get(key)
             && let ConnState::Publishing(p) = &conn.state
-            && !p.committing
+            && p.stage == Stage::Body
             && !conn.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH)
         {
             self.streams
@@ -75,7 +75,7 @@ impl Server {
             let ConnState::Publishing(p) = &mut conn.state else {
                 return;
             };
-            if p.committing {
+            if p.stage != Stage::Body {
                 // The next request is read once this one is answered.
                 return;
             }
@@ -137,20 +137,27 @@ impl Server {
     }
 
     /// The body is complete: each of its events goes through the ingest publish path, the
-    /// batch is closed, and the answer waits for their commit (`finish_publish`).
+    /// batch is closed, and the answer waits for their commit (`finish_publish`). In
+    /// cluster mode, while `commit::MAX_IN_FLIGHT` publishes wait for Redis, the body waits
+    /// (`publishes_waiting`) as a producer's next lines would.
     fn run_publish(&mut self, key: u32) {
+        let may_send = self.commit.may_send();
         let Some(conn) = self.streams.get_mut(key) else {
             return;
         };
         // No timer while committing: the commit answers in bounded time (a sync, or
-        // Redis's answer or its timeout).
+        // Redis's answer or its timeout; room in the queue comes back with the answers).
         if let Some(t) = conn.timer.take() {
             self.wheel.cancel(t);
         }
         let ConnState::Publishing(p) = &mut conn.state else {
             return;
         };
-        p.committing = true;
+        if !may_send {
+            p.stage = Stage::Waiting;
+            return self.publishes_waiting.push(key);
+        }
+        p.stage = Stage::Committing;
         let body = std::mem::take(&mut p.body);
         let (format, grant) = (p.plan.format, &p.plan.grant);
         let answers = &mut p.answers;
@@ -222,6 +229,19 @@ impl Server {
         self.end_batch(Sender::Http(key));
         self.finish_publish(key);
         self.fan_out_committed();
+    }
+
+    /// Cluster mode: room in the queue to Redis again; the bodies that waited for it are
+    /// published, in the order they completed.
+    pub(super) fn run_waiting_publishes(&mut self) {
+        for key in std::mem::take(&mut self.publishes_waiting) {
+            let waiting = self.streams.get(key).is_some_and(
+                |c| matches!(&c.state, ConnState::Publishing(p) if p.stage == Stage::Waiting),
+            );
+            if waiting {
+                self.run_publish(key);
+            }
+        }
     }
 
     /// Once every event of the publish is answered: its HTTP answer is queued and the

@@ -78,10 +78,20 @@ pub struct InFlight {
     pub input: Vec<u8>,
     /// The decoded body; nothing of it is published before it is complete.
     pub body: Vec<u8>,
-    /// The body's events were submitted: the answer waits for their commit.
-    pub committing: bool,
+    pub stage: Stage,
     /// The answers, in the ingest socket's line form, as they become due.
     pub answers: crate::ingest::Answers,
+}
+
+/// Where a publish in flight is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading the body (the request timeout runs).
+    Body,
+    /// Cluster mode: the body is complete and waits for room in the queue to Redis.
+    Waiting,
+    /// The body's events were submitted: the answer waits for their commit.
+    Committing,
 }
 
 /// What the router reads for `/publish`.
