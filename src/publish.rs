@@ -12,18 +12,19 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// One event as sent on the wire (protocol 3).
+/// One event as an ingest line (protocol 3.1): what this command sends, and what a
+/// Mercure form body becomes (`http::body::form_to_line`).
 #[derive(Serialize)]
-struct WireEvent<'a> {
+pub struct WireEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    topic: Option<&'a str>,
+    pub topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    topics: Option<&'a [String]>,
+    pub topics: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    event: Option<&'a str>,
-    data: &'a str,
+    pub event: Option<&'a str>,
+    pub data: &'a str,
     #[serde(rename = "final", skip_serializing_if = "std::ops::Not::not")]
-    is_final: bool,
+    pub is_final: bool,
 }
 
 pub struct Options<'a> {

@@ -3,7 +3,6 @@
 //! (`application/x-www-form-urlencoded`) turned into one ingest line.
 //! Pure code: bytes in, decoded bytes or a refusal out; no I/O, no panic on any input.
 
-use serde::Serialize;
 use std::borrow::Cow;
 
 /// Longest chunk-size line (size, extensions and CRLF), in bytes: one more is a 400.
@@ -407,18 +406,6 @@ fn quoted(text: &str) -> String {
     out
 }
 
-/// The ingest line made from a Mercure publish form (`crate::ingest::line`'s format).
-#[derive(Serialize)]
-struct FormLine<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    topic: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    topics: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event: Option<&'a str>,
-    data: &'a str,
-}
-
 const PRIVATE_REFUSED: &str =
     "field \"private\" is not supported: ssehub decides private topics by auth.private";
 const ID_REFUSED: &str = "field \"id\" is not supported: ssehub assigns ids";
@@ -462,11 +449,12 @@ pub fn form_to_line(body: &[u8]) -> Result<Vec<u8>, String> {
         [one] => (Some(one.as_str()), None),
         many => (None, Some(many)),
     };
-    let line = FormLine {
+    let line = crate::publish::WireEvent {
         topic,
         topics,
         event: event.as_deref().filter(|e| !e.is_empty()),
         data: data.as_deref().unwrap_or_default(),
+        is_final: false,
     };
     serde_json::to_vec(&line).map_err(|e| format!("cannot write the ingest line: {e}"))
 }
