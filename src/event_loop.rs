@@ -60,6 +60,7 @@ mod recovery;
 const HTTP_LISTENER: Token = Token(usize::MAX - 1);
 const INGEST_LISTENER: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
+const SIGNALS: Token = Token(usize::MAX - 5);
 /// Producer tokens are `PRODUCER_BASE + key`; HTTP connection tokens are their slab key.
 const PRODUCER_BASE: usize = 1 << 40;
 
@@ -196,6 +197,8 @@ pub struct Server {
     pub stats: Stats,
     /// systemd, admin listener, reload (`ops`).
     ops: ops::Ops,
+    /// SIGTERM, SIGINT and SIGHUP, once `handle_signals` took them.
+    signals: Option<signal_hook_mio::v1_0::Signals>,
 }
 
 impl Server {
@@ -321,6 +324,7 @@ impl Server {
             slow_summary_armed: false,
             stats: Stats::default(),
             ops: ops::Ops::new(admin, owns_ingest_file),
+            signals: None,
         })
     }
 
@@ -337,6 +341,33 @@ impl Server {
 
     pub fn max_producers(&self) -> usize {
         self.max_producers
+    }
+
+    /// Takes the process's SIGTERM, SIGINT and SIGHUP onto the loop (the binary calls this;
+    /// an embedding program keeps its own signals and uses `stop_handle`): the first two
+    /// stop gracefully, SIGHUP reloads the configuration as `{"admin":"reload"}` does.
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        let mut signals =
+            signal_hook_mio::v1_0::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// The signals that arrived: stop, or reload (protocol 2.3, 3.3).
+    fn take_signals(&mut self) {
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        let arrived: Vec<i32> = signals.pending().collect();
+        for signal in arrived {
+            match signal {
+                libc::SIGHUP => self.reload_on_signal(),
+                _ => self.stop.store(true, Ordering::SeqCst),
+            }
+        }
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -448,6 +479,7 @@ impl Server {
             INGEST_LISTENER => self.accept_producers(),
             ops::ADMIN_LISTENER => self.accept_admin(),
             WAKER => {}
+            SIGNALS => self.take_signals(),
             Token(t) if t >= PRODUCER_BASE => {
                 let key = t - PRODUCER_BASE;
                 if writable {

@@ -226,9 +226,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     server.set_systemd(notifier, watchdog);
     server.set_config_source(source);
-    let stop = server.stop_handle();
-    if let Err(e) = ctrlc::set_handler(move || stop.stop()) {
-        error!("cannot install the signal handler: {e}");
+    if let Err(e) = server.handle_signals() {
+        error!("cannot install the signal handlers: {e}");
         return ExitCode::FAILURE;
     }
     match server.http_addr() {

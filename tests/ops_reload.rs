@@ -2,7 +2,7 @@
 //! `ssehub reload`, the unit's ExecReload) re-reads the config file, answers which keys
 //! changed and which need a restart, and applies the reloadable ones while streams stay
 //! open — except streams that changed auth or CORS settings no longer allow, which get a
-//! `retry:` and are closed. A broken file changes nothing. SIGHUP is still a graceful stop
+//! `retry:` and are closed. A broken file changes nothing. SIGHUP does the same reload
 //! (tests/signals.rs).
 mod common;
 

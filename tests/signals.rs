@@ -1,6 +1,7 @@
-//! Graceful stop (protocol 1, 2.3, 5): SIGTERM, SIGINT and SIGHUP all stop accepting, send each
+//! Graceful stop (protocol 1, 2.3, 5): SIGTERM and SIGINT stop accepting, send each
 //! stream a fresh jittered `retry:`, close it, remove the socket file and exit 0. The ingest
-//! socket of a running server is never stolen; a stale one is replaced.
+//! socket of a running server is never stolen; a stale one is replaced. SIGHUP reloads the
+//! configuration and keeps the hub running (protocol 3.3).
 mod common;
 use common::*;
 
@@ -83,9 +84,102 @@ fn sigint_is_a_graceful_stop() {
     graceful_stop("INT", 1);
 }
 
+/// SIGHUP reloads the configuration, as `ssehub reload` does: the answer is logged, a
+/// reloadable key takes effect, streams stay open, the hub keeps running; a broken file
+/// changes nothing and is logged.
 #[test]
-fn sighup_is_a_graceful_stop() {
-    graceful_stop("HUP", 1);
+fn sighup_reloads_the_configuration_and_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "[streams]\nkeepalive = \"10s\"\n");
+    let mut server = Server::start_config(&config, |_| {});
+    let mut stream = server.subscribe("topic=hup");
+    write_config(dir.path(), "", "[streams]\nkeepalive = \"200ms\"\n");
+    server.signal("HUP");
+    assert!(
+        wait_for(Duration::from_secs(5), || server.log_contains(
+            r#"reload (SIGHUP): {"ok":true,"changed":["streams.keepalive"],"needs_restart":[]}"#
+        )),
+        "{}",
+        server.log_text()
+    );
+    // The shorter keepalive reaches the open stream: it was not closed.
+    let keepalive = stream.read_for(Duration::from_millis(900));
+    assert!(
+        String::from_utf8_lossy(&keepalive).matches(":\n").count() >= 2,
+        "{keepalive:?}"
+    );
+    // A broken file: logged, nothing changes, still running.
+    std::fs::write(&config, "[streams\n").unwrap();
+    server.signal("HUP");
+    assert!(wait_for(Duration::from_secs(5), || server
+        .log_contains("reload (SIGHUP): reload failed: ")));
+    let id = server.producer().publish("hup", "still here");
+    let rest = String::from_utf8(stream.read_until(b"data: still here\n\n")).unwrap();
+    assert!(rest.contains(&format!("id: {id}\n")), "{rest}");
+    assert_eq!(
+        server.wait_exit(Duration::from_millis(300)),
+        None,
+        "still running"
+    );
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// Without a configuration file there is nothing to reload: SIGHUP says so and the hub
+/// keeps running (it used to stop, and `Restart=on-failure` did not bring it back).
+#[test]
+fn sighup_without_a_config_file_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ingest.sock");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--socket"])
+        .arg(&socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_line = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    assert!(wait_line("listening http="));
+    let pid = child.id().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    assert!(wait_line(
+        "reload (SIGHUP): cannot reload: started without --config"
+    ));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running after SIGHUP"
+    );
+    let mut p = Producer::connect(&socket);
+    assert!(p.publish("t", "x") > 0);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
 #[test]

@@ -347,6 +347,21 @@ impl Server {
     /// values take effect for everything that happens from now on; streams stay open,
     /// except those that a changed auth or CORS policy no longer allows
     /// (`recheck_streams`), which get no event published after the reload.
+    /// SIGHUP: the reload `{"admin":"reload"}` does, its answer logged. Without a
+    /// configuration file there is nothing to reload: said, and the hub keeps running.
+    pub(super) fn reload_on_signal(&mut self) {
+        if self.draining_until.is_some() {
+            return info!("SIGHUP while stopping: no reload");
+        }
+        match self.ops.request_reload(&self.config) {
+            Ok(answer) => {
+                info!("reload (SIGHUP): {answer}");
+                self.apply_reload();
+            }
+            Err(reason) => warn!("reload (SIGHUP): {reason}"),
+        }
+    }
+
     pub(super) fn apply_reload(&mut self) {
         let Some((config, diff, tls_config)) = self.ops.pending.take() else {
             return;
