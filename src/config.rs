@@ -143,6 +143,16 @@ pub enum Durability {
     Fsync,
 }
 
+impl Durability {
+    /// The configuration's spelling (`"os"`, `"fsync"`), for log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Os => "os",
+            Durability::Fsync => "fsync",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct History {
@@ -212,12 +222,15 @@ pub struct Cors {
 #[serde(default, deny_unknown_fields)]
 pub struct Log {
     pub level: String,
+    /// `"text"` or `"json"` (one object per line).
+    pub format: String,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Log {
             level: "info".into(),
+            format: "text".into(),
         }
     }
 }

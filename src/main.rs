@@ -185,6 +185,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     logger::init(level);
+    logger::set_format(&config.log.format);
     info!(
         "starting ssehub version={} pid={}",
         env!("CARGO_PKG_VERSION"),
@@ -355,7 +356,7 @@ fn run_token(args: TokenArgs) -> ExitCode {
 /// One line with the configuration in force (the notable keys; `check-config` shows none).
 fn log_config(source: &ConfigSource, c: &Config) {
     info!(
-        "config file={} listen={} admin_listen={:?} ingest={} data_dir={:?} durability={:?} \
+        "config file={} listen={} admin_listen={:?} ingest={} data_dir={:?} durability={} \
          keepalive={:?} retry_base={:?} shutdown_spread={:?} drain_timeout={:?} \
          max_connections={} max_per_ip={} tls={} private_patterns={} log_level={}",
         source
@@ -366,7 +367,7 @@ fn log_config(source: &ConfigSource, c: &Config) {
         c.http.admin_listen,
         c.ingest.socket.display(),
         c.history.data_dir,
-        c.history.durability,
+        c.history.durability.name(),
         c.streams.keepalive,
         c.streams.retry_base,
         c.streams.shutdown_spread,
@@ -411,6 +412,7 @@ fn run_reload(args: ReloadArgs) -> ExitCode {
 fn check_keys(c: &Config) -> Result<(), String> {
     ssehub::auth::Auth::from_config(&c.auth)?;
     logger::parse_level(&c.log.level).map_err(|e| format!("log.level: {e}"))?;
+    logger::parse_format(&c.log.format).map_err(|e| format!("log.format: {e}"))?;
     if let Some(tls) = &c.tls {
         ssehub::conn::tls::server_config(&tls.cert, &tls.key)?;
     }

@@ -48,6 +48,7 @@ impl ConfigSource {
             config.log.level = level.clone();
         }
         crate::logger::parse_level(&config.log.level).map_err(|e| format!("log.level: {e}"))?;
+        crate::logger::parse_format(&config.log.format).map_err(|e| format!("log.format: {e}"))?;
         Ok(config)
     }
 }
@@ -128,6 +129,7 @@ const KEYS: &[Key] = &[
     key!("cors.allowed_origins", RELOAD, cors.allowed_origins),
     key!("cors.allow_credentials", RELOAD, cors.allow_credentials),
     key!("log.level", RELOAD, log.level),
+    key!("log.format", RELOAD, log.format),
     key!("publish.max_body_bytes", RELOAD, publish.max_body_bytes),
     key!("publish.admin_open", RELOAD, publish.admin_open),
     key!("cluster.redis", RESTART, cluster.redis),

@@ -359,3 +359,48 @@ fn readyz_says_draining_while_the_drain_lasts() {
         started.elapsed()
     );
 }
+
+/// `log.format = "json"` over the real binary, switched on by a SIGHUP reload: every line
+/// after it is one JSON object with `ts`, `level`, `msg` and the line's fields.
+#[test]
+fn json_log_lines_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "");
+    let mut server = Server::start_config(&config, |_| {});
+    write_config(dir.path(), "", "[log]\nformat = \"json\"\n");
+    server.signal("HUP");
+    assert!(wait_for(Duration::from_secs(5), || server.log_contains(
+        r#"reload (SIGHUP): {"ok":true,"changed":["log.format"]"#
+    )));
+    let _stream = server.subscribe("topic=j");
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    let lines = server.log_lines();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("reload (SIGHUP)"))
+        .unwrap();
+    let after: Vec<serde_json::Value> = lines[at + 1..]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert!(!after.is_empty());
+    for v in &after {
+        let ts = v["ts"].as_str().unwrap();
+        assert!(ts.len() == 24 && ts.ends_with('Z'), "{ts}");
+        assert!(v["level"].is_string() && v["msg"].is_string(), "{v}");
+    }
+    let stopping = after
+        .iter()
+        .find(|v| v["msg"] == "stopping: draining")
+        .unwrap_or_else(|| panic!("{after:?}"));
+    assert_eq!(stopping["level"], "info");
+    assert_eq!(stopping["streams"], "1");
+    assert!(
+        stopping["timeout_ms"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
+}

@@ -386,6 +386,9 @@ impl Server {
         if diff.changed.contains(&"log.level") {
             set_log_level(&self.config.log.level);
         }
+        if diff.changed.contains(&"log.format") {
+            crate::logger::set_format(&self.config.log.format);
+        }
         let mut old_auth = None;
         if diff.changed.iter().any(|k| k.starts_with("auth.")) {
             // Checked when the reload was answered; a key file that vanished since keeps
