@@ -24,23 +24,25 @@
 //!
 //! `protocol N` in comments refers to section N of `docs/protocol.md`.
 //!
-//! Modules — the data path: `event_loop` (the turn; `accept`, `producers`, `ops` and
-//! `recheck`, `http_publish` are its parts), `conn` (per-connection state, out queue, TLS,
-//! and `conn::table`, the stream table), `http` (request parsing, routing, request bodies
-//! and `POST /publish`'s rules, CORS, canned answers),
-//! `auth` (tokens), `limits` (per-client caps), `ingest` (producers' lines), `hub` (the
-//! publish path: accept, resume plans), `commit` (where events become committed), `log`
-//! (the on-disk log), `history` (ids, retention), `pubsub` (topics and subscribers),
+//! Modules — the data path: `event_loop` (the turn; `accept`, `requests`, `producers`,
+//! `http_publish`, `cluster`, `ops` and `recheck` are its parts), `due` (what each timer
+//! is for), `conn` (per-connection state, out queue, TLS, and `conn::table`, the stream
+//! table), `http` (request parsing, routing, request bodies and `POST /publish`'s rules,
+//! CORS, canned answers), `auth` (tokens), `limits` (per-client caps), `ingest`
+//! (producers' lines), `hub` (the publish path: accept, resume plans), `commit` (where
+//! events become committed), `log` (the on-disk log), `cluster` (Redis Streams: the writer
+//! and reader threads), `history` (ids, retention), `pubsub` (topics and subscribers),
 //! `fanout` (a frame into one queue), `sse` (wire format), `timer` (the wheel),
-//! `topic_name`. Operations: `config`, `reload`, `metrics`, `notify` (systemd),
-//! `listen_fds` (socket activation), `logger`, `rlimit`, `rng`, `publish` (the
-//! command-line producer).
+//! `topic_name`. Operations: `config`, `reload`, `metrics` (and the loop's counters),
+//! `notify` (systemd), `listen_fds` (socket activation), `logger`, `rlimit`, `rng`,
+//! `publish` (the command-line producer), `heap`.
 
 pub mod auth;
 pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod conn;
+pub mod due;
 pub mod event_loop;
 pub mod fanout;
 pub mod heap;

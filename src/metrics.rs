@@ -252,6 +252,35 @@ impl Cuts {
     }
 }
 
+/// Counters for logs and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: u64,
+    pub streams_opened: u64,
+    pub events_published: u64,
+    pub deliveries: u64,
+    /// Streams cut off (slow or vanished subscribers), by reason.
+    pub slow_disconnects: Cuts,
+    /// Cuts not yet reported in a log line.
+    pub slow_unreported: Cuts,
+    pub ingest_errors: u64,
+    /// Bytes written to HTTP clients.
+    pub bytes_written: u64,
+    /// Write calls to HTTP clients (`write`/`writev`; a TLS round counts one).
+    pub writes: u64,
+    /// Retained events queued to resuming streams.
+    pub events_replayed: u64,
+    /// Answers with an error status, by status.
+    pub rejected: Rejected,
+    /// Publishes by transport and outcome; `POST /publish` answers by status.
+    pub publishes: Publishes,
+    /// Publish-to-write latency.
+    pub latency: Latency,
+    /// Calls of `heap::release_free_memory` and the nanoseconds they took.
+    pub heap_trims: u64,
+    pub heap_trim_ns: u64,
+}
+
 /// Everything `/metrics` shows, read from the loop at scrape time.
 #[derive(Debug, Default)]
 pub struct Snapshot {

@@ -10,7 +10,7 @@
 //! milliseconds) is passed in, so every transition is testable with a fixed clock.
 
 use crate::conn::{Conn, ConnState, Flush, OutQueue, QueuePool, flags, tls};
-use crate::event_loop::{Due, Stats};
+use crate::due::Due;
 use crate::fanout::{self, Delivery};
 use crate::history::{Event, TopicId};
 use crate::http::publish::Stage;
@@ -18,6 +18,7 @@ use crate::http::response::{self, After};
 use crate::hub::Hub;
 use crate::limits::{Counted, PerClient};
 use crate::metrics::CutReason;
+use crate::metrics::Stats;
 use crate::sse::{self, Frame};
 use crate::timer::{Millis, Wheel};
 use log::debug;

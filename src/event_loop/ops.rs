@@ -8,6 +8,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::conn::tls;
 use crate::conn::{ConnState, flags};
+use crate::due::OpsTimer;
 use crate::metrics::{self, Snapshot};
 use crate::notify::Notifier;
 use crate::reload::{self, ConfigSource, Diff};
@@ -30,14 +31,6 @@ const LATENCY_WINDOW_MS: Millis = 60_000;
 /// Admin connections allowed beyond `max_connections` (the descriptor reserve covers them),
 /// so metrics stay readable when the public side is full.
 const ADMIN_EXTRA: usize = 16;
-
-/// Timers of this module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpsTimer {
-    Watchdog,
-    Status,
-    RotateLatency,
-}
 
 /// Operations state of the server.
 pub(super) struct Ops {
