@@ -6,7 +6,7 @@ use ssehub::config::Config;
 use ssehub::event_loop::Server;
 use ssehub::reload::{ConfigSource, Overrides};
 use ssehub::{listen_fds, logger, notify, publish, reload, rlimit};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// jemalloc instead of glibc's malloc: its background thread gives the pages of a peak back
@@ -108,9 +108,12 @@ struct TokenArgs {
 
 #[derive(Args)]
 struct PublishArgs {
-    /// Ingest socket path.
-    #[arg(long, default_value = "./ssehub.sock")]
-    socket: PathBuf,
+    /// Ingest socket path (default ./ssehub.sock).
+    #[arg(long, conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Take the ingest socket path from this configuration file instead.
+    #[arg(long, conflicts_with = "url")]
+    config: Option<PathBuf>,
     /// Topic to publish to (repeat for several).
     #[arg(long = "topic", short = 't', required = true)]
     topics: Vec<String>,
@@ -127,7 +130,7 @@ struct PublishArgs {
     #[arg(long, default_value = "5s", value_parser = ssehub::config::parse_duration)]
     wait: std::time::Duration,
     /// Publish over HTTP (POST /publish) instead of the socket: http://HOST:PORT[/PATH].
-    #[arg(long, conflicts_with = "socket")]
+    #[arg(long, conflicts_with_all = ["socket", "config"])]
     url: Option<String>,
     /// Bearer token for --url (a JWT with a `publish` claim); default: $SSEHUB_TOKEN.
     #[arg(long, requires = "url")]
@@ -265,8 +268,15 @@ fn run_publish(args: PublishArgs) -> ExitCode {
         (false, Some(d)) if d != "-" => publish::Input::Data(d),
         (false, _) => publish::Input::Stdin,
     };
+    let socket = match socket_of(args.socket, args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ssehub publish: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let opts = publish::Options {
-        socket: &args.socket,
+        socket: &socket,
         topics: &args.topics,
         event: args.event.as_deref(),
         is_final: args.is_final,
@@ -381,16 +391,12 @@ fn log_config(source: &ConfigSource, c: &Config) {
 }
 
 fn run_reload(args: ReloadArgs) -> ExitCode {
-    let socket = match (args.socket, args.config) {
-        (Some(s), _) => s,
-        (None, Some(path)) => match Config::load(&path) {
-            Ok(c) => c.ingest.socket,
-            Err(e) => {
-                eprintln!("ssehub reload: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        (None, None) => PathBuf::from("./ssehub.sock"),
+    let socket = match socket_of(args.socket, args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ssehub reload: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     match reload::request(&socket, args.wait) {
         Ok(answer) => {
@@ -406,6 +412,43 @@ fn run_reload(args: ReloadArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The ingest socket a command talks to: `--socket`, else the one the configuration file
+/// names, else `./ssehub.sock`. A file the hub would refuse still names its socket when
+/// the line can be read, so that `ssehub reload` gets the hub's own `reload failed: …`
+/// answer for it rather than failing here.
+fn socket_of(socket: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf, String> {
+    let default = || PathBuf::from("./ssehub.sock");
+    let path = match (socket, config) {
+        (Some(s), _) => return Ok(s),
+        (None, None) => return Ok(default()),
+        (None, Some(path)) => path,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if let Ok(c) = Config::parse(&text) {
+        return Ok(c.ingest.socket);
+    }
+    // Not a valid configuration: the `socket = "…"` line of its `[ingest]` section.
+    let mut in_ingest = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_ingest = line.trim_end_matches(|c: char| c != ']') == "[ingest]";
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if in_ingest && key.trim() == "socket" {
+            let v: toml::Table = toml::from_str(&format!("v = {}", value.trim()))
+                .map_err(|e| format!("{}: ingest.socket: {e}", path.display()))?;
+            if let Some(s) = v.get("v").and_then(|v| v.as_str()) {
+                return Ok(PathBuf::from(s));
+            }
+        }
+    }
+    Ok(default())
 }
 
 /// What `serve` would refuse beyond the file's syntax: auth keys, TLS files, log level.

@@ -124,6 +124,33 @@ fn a_broken_file_changes_nothing_and_says_why() {
     let mut c = Client::connect(hub.addr);
     c.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(c.read_response().0, 200);
+    // `ssehub reload --config` on a file the hub refuses: the command still finds the
+    // socket in it and prints the hub's answer, not a parse error of its own.
+    write_config(dir.path(), "", "[streams]\nkeepalive = 60 s\n");
+    let out = run_bin(
+        &["reload", "--config", config.to_str().unwrap()],
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let reason = parse_error_answer(out.stdout.trim()).unwrap_or_else(|| panic!("{out:?}"));
+    assert!(reason.starts_with("reload failed: "), "{reason}");
+    // `ssehub publish --config` finds the socket the same way.
+    let mut sub = hub.subscribe("topic=cfg");
+    let out = run_bin(
+        &[
+            "publish",
+            "--config",
+            config.to_str().unwrap(),
+            "--topic",
+            "cfg",
+            "via-config",
+        ],
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(sub.read_event().contains("data: via-config\n"));
 }
 
 #[test]
