@@ -106,10 +106,8 @@ struct Report {
     provenance: Provenance,
 }
 
+/// The churn scenario (`--duration` absent; with it, `main` runs `soak::run` instead).
 pub fn run(a: Args) -> i32 {
-    if let Some(d) = a.duration {
-        return crate::soak::run(&a, d);
-    }
     if let Err(e) = a.common.check() {
         eprintln!("ssehub-loadtest: {e}");
         return 2;

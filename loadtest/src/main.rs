@@ -81,7 +81,11 @@ fn main() {
         Cmd::Idle(a) => idle::run(a),
         Cmd::Fanout(a) => fanout::run(a, false),
         Cmd::Slow(a) => fanout::run(a, true),
-        Cmd::Churn(a) => churn::run(a),
+        // A memory soak when `--duration` is given (`soak` takes churn's arguments).
+        Cmd::Churn(a) => match a.duration {
+            Some(d) => soak::run(&a, d),
+            None => churn::run(a),
+        },
         Cmd::Floor(a) => floor::run(a),
         Cmd::Report(a) => report::run(a),
         Cmd::Machine => {
