@@ -91,7 +91,8 @@ end
 -- with one element per event, in order: its id as a string, or an error reply refusing
 -- that event alone ('topic <name> is final', 'key used for a different event').
 --
--- The epoch, `last`, the stream's tail and TIME are read once per call; each event's id is
+-- The epoch, `last`, the stream's tail and TIME are read once per call, the stream trimmed
+-- once (MINID ~ on the first XADD, XTRIM MAXLEN ~ after the last); each event's id is
 -- max(previous id + 1, TIME, node_now_us), so the ids of one call are increasing and each
 -- entry's `p` names the entry before it. Atomicity: a Lua error aborts a script but keeps
 -- what it already wrote, so nothing here may raise once the first XADD has run. Each
@@ -124,6 +125,14 @@ local function publish_batch(keys, args)
     last = tail
   end
   local last_before = last
+  -- Trimming by age, once per call: MINID on the first XADD that runs.
+  local min_id = nil
+  if max_age_ms > 0 then
+    min_id = now_us - max_age_ms * 1000
+    if min_id < 0 then
+      min_id = 0
+    end
+  end
 
   local function store(e)
     local topic_list = table.concat(e.topics, ' ')
@@ -160,7 +169,18 @@ local function publish_batch(keys, args)
       id = node_now_us
     end
     local id_s = id_string(id)
-    local xadd = { 'XADD', stream, id_s .. '-0', 'p', id_string(last), 't', topic_list }
+    local xadd = { 'XADD', stream }
+    if min_id then
+      table.insert(xadd, 'MINID')
+      table.insert(xadd, '~')
+      table.insert(xadd, id_string(min_id))
+      min_id = nil
+    end
+    table.insert(xadd, id_s .. '-0')
+    table.insert(xadd, 'p')
+    table.insert(xadd, id_string(last))
+    table.insert(xadd, 't')
+    table.insert(xadd, topic_list)
     if e.event ~= '' then
       table.insert(xadd, 'e')
       table.insert(xadd, e.event)
@@ -209,14 +229,8 @@ local function publish_batch(keys, args)
 
   if last > last_before then
     redis.call('SET', last_key, id_string(last))
-    -- Trimming, once per call; best effort (redis.pcall: an error here changes no answer).
-    if max_age_ms > 0 then
-      local min_id = now_us - max_age_ms * 1000
-      if min_id < 0 then
-        min_id = 0
-      end
-      redis.pcall('XTRIM', stream, 'MINID', '~', id_string(min_id))
-    end
+    -- Trimming by count, once per call; best effort (redis.pcall: an error here changes no
+    -- answer).
     if max_events > 0 then
       redis.pcall('XTRIM', stream, 'MAXLEN', '~', id_string(max_events))
     end

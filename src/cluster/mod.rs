@@ -19,8 +19,8 @@
 //!
 //! # The loop's side
 //! `submit` queues a publish and returns its sequence number; `flush` (once per turn)
-//! hands the queued publishes to the writer as one batch (one `FCALL` per up to 1,000); `poll` (after a wake-up, until
-//! `None`) yields what the threads reported, in order.
+//! hands the queued publishes to the writer as one batch (one `FCALL` per up to 1,000);
+//! `poll` (after a wake-up, until `None`) yields what the threads reported, in order.
 //!
 //! # Threads and what they promise
 //! - `writer` answers every publish exactly once, `Answered` reports ascending by sequence
