@@ -1,8 +1,8 @@
 //! The writer thread: runs the batches the loop flushed (every batch queued by the time it
 //! is free again, so publishes coalesce while a call is in flight) as one pipeline: one
 //! `FCALL ssehub_publish_batch` per up to `MAX_CALL_EVENTS` publishes, then `WAIT` when
-//! `min_replicas > 0`. It answers every publish exactly once, in order. On every connect it makes sure it talks to a primary
-//! (`INFO`: role `master`), loads the Function library, learns the data set's epoch
+//! `min_replicas > 0`. It answers every publish exactly once, in order. On every connect it
+//! makes sure it talks to a primary (`INFO`: role `master`), loads the Function library, learns the data set's epoch
 //! (creating it on an empty one) and raises Redis's `last` to the highest id this node has
 //! seen. After an error reply other than a refusal of the event itself (`READONLY` from a
 //! demoted primary, `epoch changed`, a flushed Function, …), after a failure elsewhere and
@@ -472,5 +472,30 @@ mod tests {
         assert_eq!(duration_text(Duration::from_millis(500)), "500ms");
         assert_eq!(duration_text(Duration::from_secs(2)), "2s");
         assert_eq!(duration_text(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_calls_by_count_and_size() {
+        let keys = Keys::new("hub");
+        let publish = |data: String| PublishRequest {
+            topics: vec!["a".into()],
+            event: None,
+            data: data.into(),
+            is_final: false,
+            key: None,
+        };
+        let small: Batch = (0..2500).map(|i| (i, publish("x".into()))).collect();
+        assert_eq!(chunks(&keys, &small), [0..1000, 1000..2000, 2000..2500]);
+        let big = || publish("y".repeat(MAX_CALL_BYTES / 2));
+        let mixed: Batch = vec![(1, big()), (2, big()), (3, publish("z".into())), (4, big())];
+        assert_eq!(chunks(&keys, &mixed), [0..1, 1..3, 3..4]);
+        let huge: Batch = vec![(1, publish("w".repeat(2 * MAX_CALL_BYTES)))];
+        let one: Vec<Range<usize>> = vec![Range { start: 0, end: 1 }];
+        assert_eq!(
+            chunks(&keys, &huge),
+            one,
+            "one large publish: a call of its own"
+        );
+        assert!(chunks(&keys, &Vec::new()).is_empty());
     }
 }
