@@ -45,42 +45,22 @@ local function remember(key, value, max_age_ms)
   end
 end
 
--- The events of one call, read from the flat layout below; nil and a reason when the
--- layout does not add up (checked before anything is written).
-local function parse_events(keys, args)
-  local events = {}
+-- Whether the flat layout below adds up (checked before anything is written). It walks
+-- the events the way publish_batch does, without building anything.
+local function layout_ok(keys, args)
   local a, k = 5, 3
   while a <= #args do
     local n = tonumber(args[a + 4])
     if not n or a + 4 + n > #args then
-      return nil, 'malformed batch (arguments)'
+      return false
     end
-    local e = {
-      final_flag = args[a],
-      is_final = args[a] == '1',
-      has_key = args[a + 1] == '1',
-      event = args[a + 2],
-      data = args[a + 3],
-      topics = {},
-      final_keys = {},
-    }
-    a = a + 5
-    if e.has_key then
+    if args[a + 1] == '1' then
       k = k + 1
-      e.idem_key = keys[k]
     end
-    for i = 1, n do
-      e.topics[i] = args[a + i - 1]
-      e.final_keys[i] = keys[k + i]
-    end
-    a = a + n
+    a = a + 5 + n
     k = k + n
-    events[#events + 1] = e
   end
-  if k ~= #keys then
-    return nil, 'malformed batch (keys)'
-  end
-  return events
+  return k == #keys
 end
 
 -- KEYS: stream, last, epoch, then for each event in order: its idempotency key (only when
@@ -111,9 +91,8 @@ local function publish_batch(keys, args)
   if redis.call('GET', epoch_key) ~= epoch then
     return redis.error_reply('epoch changed')
   end
-  local events, malformed = parse_events(keys, args)
-  if not events then
-    return redis.error_reply(malformed)
+  if not layout_ok(keys, args) then
+    return redis.error_reply('malformed batch')
   end
 
   local time = redis.call('TIME')
@@ -134,16 +113,26 @@ local function publish_batch(keys, args)
     end
   end
 
-  local function store(e)
-    local topic_list = table.concat(e.topics, ' ')
+  -- The event whose fields start at args[a] and whose keys follow keys[k]; n topics.
+  local function store(a, k, n)
+    local is_final = args[a] == '1'
+    local has_key = args[a + 1] == '1'
+    local event = args[a + 2]
+    local data = args[a + 3]
+    local first_topic = a + 5
+    local topic_list = table.concat(args, ' ', first_topic, first_topic + n - 1)
+    local idem_key = nil
+    if has_key then
+      k = k + 1
+      idem_key = keys[k]
+    end
     -- What the idempotency key stands for: the event's whole content.
     local digest = ''
-    if e.has_key then
-      digest = redis.sha1hex(topic_list .. '\n' .. e.event .. '\n' .. e.final_flag .. '\n' ..
-        e.data)
+    if has_key then
+      digest = redis.sha1hex(topic_list .. '\n' .. event .. '\n' .. args[a] .. '\n' .. data)
       -- A retry of a publish that was stored: the same id, nothing appended. The same key
       -- with another event is refused rather than answered with the first event's id.
-      local seen = redis.call('GET', e.idem_key)
+      local seen = redis.call('GET', idem_key)
       if seen then
         local id_s, seen_digest = string.match(seen, '^(%d+) (%x+)$')
         if not id_s then
@@ -155,9 +144,9 @@ local function publish_batch(keys, args)
         return id_s
       end
     end
-    for i = 1, #e.topics do
-      if redis.call('EXISTS', e.final_keys[i]) == 1 then
-        return redis.error_reply('topic ' .. e.topics[i] .. ' is final')
+    for i = 1, n do
+      if redis.call('EXISTS', keys[k + i]) == 1 then
+        return redis.error_reply('topic ' .. args[first_topic + i - 1] .. ' is final')
       end
     end
 
@@ -171,49 +160,46 @@ local function publish_batch(keys, args)
     local id_s = id_string(id)
     local xadd = { 'XADD', stream }
     if min_id then
-      table.insert(xadd, 'MINID')
-      table.insert(xadd, '~')
-      table.insert(xadd, id_string(min_id))
+      xadd[3], xadd[4], xadd[5] = 'MINID', '~', id_string(min_id)
       min_id = nil
     end
-    table.insert(xadd, id_s .. '-0')
-    table.insert(xadd, 'p')
-    table.insert(xadd, id_string(last))
-    table.insert(xadd, 't')
-    table.insert(xadd, topic_list)
-    if e.event ~= '' then
-      table.insert(xadd, 'e')
-      table.insert(xadd, e.event)
+    local x = #xadd
+    xadd[x + 1], xadd[x + 2], xadd[x + 3], xadd[x + 4] = id_s .. '-0', 'p', id_string(last), 't'
+    xadd[x + 5] = topic_list
+    x = x + 5
+    if event ~= '' then
+      xadd[x + 1], xadd[x + 2] = 'e', event
+      x = x + 2
     end
-    table.insert(xadd, 'd')
-    table.insert(xadd, e.data)
-    if e.is_final then
-      table.insert(xadd, 'f')
-      table.insert(xadd, '1')
+    xadd[x + 1], xadd[x + 2] = 'd', data
+    x = x + 2
+    if is_final then
+      xadd[x + 1], xadd[x + 2] = 'f', '1'
+      x = x + 2
     end
-    table.insert(xadd, 'm')
-    table.insert(xadd, published_ms)
-    table.insert(xadd, 'x')
-    table.insert(xadd, epoch)
+    xadd[x + 1], xadd[x + 2], xadd[x + 3], xadd[x + 4] = 'm', published_ms, 'x', epoch
     redis.call(unpack(xadd))
     last = id
 
-    if e.is_final then
-      for i = 1, #e.topics do
-        remember(e.final_keys[i], id_s, max_age_ms)
+    if is_final then
+      for i = 1, n do
+        remember(keys[k + i], id_s, max_age_ms)
       end
     end
-    if e.has_key then
-      remember(e.idem_key, id_s .. ' ' .. digest, max_age_ms)
+    if has_key then
+      remember(idem_key, id_s .. ' ' .. digest, max_age_ms)
     end
     return id_s
   end
 
   local results = {}
   local failure = nil
-  for i, e in ipairs(events) do
+  local a, k, i = 5, 3, 0
+  while a <= #args do
+    i = i + 1
+    local n = tonumber(args[a + 4])
     if not failure then
-      local ok, result = pcall(store, e)
+      local ok, result = pcall(store, a, k, n)
       if ok then
         results[i] = result
       elseif type(result) == 'table' and result.err then
@@ -225,6 +211,11 @@ local function publish_batch(keys, args)
     if failure then
       results[i] = failure
     end
+    if args[a + 1] == '1' then
+      k = k + 1
+    end
+    a = a + 5 + n
+    k = k + n
   end
 
   if last > last_before then
