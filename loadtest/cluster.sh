@@ -20,7 +20,7 @@
 # attributable when they share a core; what sharing costs is latency (queueing behind the
 # other node and Redis), and the 2-node rate cannot exceed one core.
 #
-# A second workload, "rate" (few subscribers, 2,000 events/s), measures Redis's and the
+# A second workload, "rate" (few subscribers, RATE events/s, 2,000 unless set), measures Redis's and the
 # nodes' cost per event nearer to where it matters for scale-out. A third, "redis", runs
 # no nodes: redis-benchmark (core 1) calls the same Redis Function and XREAD directly,
 # unbatched and batched (pipelined publishes, several entries per read), for Redis's cost
@@ -34,6 +34,7 @@
 #                    the summary quotes medians. About 45 s per repetition.
 #   WORKLOADS="fanout rate redis"   (--quick: "fanout")
 #   CONFIGS="single 1 2"  which configurations (node counts in cluster mode; any N works)
+#   RATE=2000        events/s of the "rate" workload (2 s of events; --quick: 500, 200 events)
 #   OUT=DIR          also write runs.jsonl, machine.json and commands.txt there
 #   NICE=-20         niceness of nodes, Redis and load (0: as is; --quick: 0)
 # Loopback only; every run is bounded by the load generator's own hard deadline.
@@ -51,6 +52,7 @@ done
 if [ "$QUICK" = 1 ]; then RUNS=${RUNS:-1}; else RUNS=${RUNS:-3}; fi
 if [ "$QUICK" = 1 ]; then WORKLOADS=${WORKLOADS:-fanout}; else WORKLOADS=${WORKLOADS:-"fanout rate redis"}; fi
 CONFIGS=${CONFIGS:-"single 1 2"}
+if [ "$QUICK" = 1 ]; then RATE=${RATE:-500}; else RATE=${RATE:-2000}; fi
 OUT=${OUT:-}
 # --quick (CI) leaves priorities alone: raising the session's autogroup would outlast it.
 if [ "$QUICK" = 1 ]; then NICE=${NICE:-0}; else NICE=${NICE:--20}; fi
@@ -70,11 +72,11 @@ done
 
 if [ "$QUICK" = 1 ]; then
   fanout_args=(--subscribers 200 --events 20 --rate 50 --size 100 --settle 500ms --grace 5s)
-  rate_args=(--subscribers 10 --events 200 --rate 500 --size 100 --settle 500ms --grace 5s)
+  rate_args=(--subscribers 10 --events 200 --rate "$RATE" --size 100 --settle 500ms --grace 5s)
   deadline=30s
 else
   fanout_args=(--subscribers 2000 --events 200 --rate 50 --size 100 --settle 2s --grace 10s)
-  rate_args=(--subscribers 20 --events 4000 --rate 2000 --size 100 --settle 2s --grace 10s)
+  rate_args=(--subscribers 20 --events $((2 * RATE)) --rate "$RATE" --size 100 --settle 2s --grace 10s)
   deadline=90s
 fi
 
@@ -307,13 +309,23 @@ redis_alone() { # REP
       bench_redis "redis FCALL ssehub_publish pipeline=$p" "$n" 1 fcall -P "$p" \
         FCALL ssehub_publish 5 "$k:s" "$k:l" "$k:i" "$k:e" "$k:f:t" 3600000 0 0 '' "$data" 0 0 0123456789abcdef t
     done
+    # ssehub_publish_batch as the writer sends it: B publishes per call (one topic each).
+    for b in 16 100; do
+      local -a bkeys=() bargs=()
+      for _ in $(seq "$b"); do
+        bkeys+=("$k:f:t")
+        bargs+=(0 0 '' "$data" 1 t)
+      done
+      bench_redis "redis FCALL ssehub_publish_batch events=$b" "$((n / b))" "$b" fcall \
+        FCALL ssehub_publish_batch $((3 + b)) "$k:s" "$k:l" "$k:e" "${bkeys[@]}" 3600000 0 0 0123456789abcdef "${bargs[@]}"
+    done
     # The stream now holds the entries just published (what readers get: p t d m x).
     for count in 1 10 100; do
       bench_redis "redis XREAD COUNT $count" "$((n / 4))" "$count" xread \
         XREAD COUNT "$count" STREAMS "$k:s" 0
     done
   } | tee -a "$runs"
-  echo "taskset -c 1 nice -n $NICE redis-benchmark -p PORT -n $n -c 1 --csv -P {1,16,64} FCALL ssehub_publish 5 K:s K:l K:i K:e K:f:t 3600000 0 0 '' DATA100 0 0 EPOCH t; then -n $((n / 4)) XREAD COUNT {1,10,100} STREAMS K:s 0" >>"$commands"
+  echo "taskset -c 1 nice -n $NICE redis-benchmark -p PORT -n $n -c 1 --csv -P {1,16,64} FCALL ssehub_publish 5 K:s K:l K:i K:e K:f:t 3600000 0 0 '' DATA100 0 0 EPOCH t; then -n $n/B FCALL ssehub_publish_batch 3+B K:s K:l K:e B*K:f:t 3600000 0 0 EPOCH B*(0 0 '' DATA100 1 t) for B in 16 100; then -n $((n / 4)) XREAD COUNT {1,10,100} STREAMS K:s 0" >>"$commands"
 }
 
 for workload in $WORKLOADS; do

@@ -38,13 +38,6 @@ impl Keys {
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}:key:{key}", self.stream)
     }
-
-    /// The third key of a publish without an idempotency key: never read or written, but
-    /// named under the tag so every key of the call is in one slot. It cannot clash with
-    /// `idempotency` names, which always have a `:` after `key`.
-    pub fn no_idempotency(&self) -> String {
-        format!("{}:key", self.stream)
-    }
 }
 
 /// What one publish names besides the request: the data set it was meant for and the
@@ -55,38 +48,57 @@ pub(super) struct Stamp<'a> {
     pub node_now_us: u64,
 }
 
-/// `FCALL ssehub_publish` for one request (see `function.lua` for KEYS and ARGV).
-pub(super) fn publish(
+/// `FCALL ssehub_publish_batch` for one or more requests, stored in this order (see
+/// `function.lua` for KEYS and ARGV: a flat layout, each event's topic count before its
+/// topics, its idempotency key among KEYS only when it has one).
+pub(super) fn publish_batch<'r>(
     keys: &Keys,
     options: &Options,
-    request: &PublishRequest,
+    requests: impl Iterator<Item = &'r PublishRequest> + Clone,
     stamp: Stamp<'_>,
 ) -> Cmd {
+    let per_event_keys: usize = requests
+        .clone()
+        .map(|r| usize::from(r.key.is_some()) + r.topics.len())
+        .sum();
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg("ssehub_publish")
-        .arg(4 + request.topics.len())
+    cmd.arg("ssehub_publish_batch")
+        .arg(3 + per_event_keys)
         .arg(&keys.stream)
-        .arg(&keys.last);
-    match &request.key {
-        Some(key) => cmd.arg(keys.idempotency(key)),
-        None => cmd.arg(keys.no_idempotency()),
-    };
-    cmd.arg(&keys.epoch);
-    for topic in &request.topics {
-        cmd.arg(keys.final_mark(topic));
+        .arg(&keys.last)
+        .arg(&keys.epoch);
+    for request in requests.clone() {
+        if let Some(key) = &request.key {
+            cmd.arg(keys.idempotency(key));
+        }
+        for topic in &request.topics {
+            cmd.arg(keys.final_mark(topic));
+        }
     }
     cmd.arg(options.max_age.as_millis() as u64)
         .arg(options.max_stream_events)
-        .arg(u8::from(request.is_final))
-        .arg(request.event.as_deref().unwrap_or(""))
-        .arg(&*request.data)
-        .arg(u8::from(request.key.is_some()))
         .arg(stamp.node_now_us)
         .arg(stamp.epoch);
-    for topic in &request.topics {
-        cmd.arg(&**topic);
+    for request in requests {
+        cmd.arg(u8::from(request.is_final))
+            .arg(u8::from(request.key.is_some()))
+            .arg(request.event.as_deref().unwrap_or(""))
+            .arg(&*request.data)
+            .arg(request.topics.len());
+        for topic in &request.topics {
+            cmd.arg(&**topic);
+        }
     }
     cmd
+}
+
+/// About how many bytes a request adds to a `publish_batch` call (its strings, each topic
+/// twice, and the key names' share), for keeping calls to a bounded size.
+pub(super) fn publish_size(keys: &Keys, request: &PublishRequest) -> usize {
+    let key_name = keys.stream.len() + 8;
+    let topics: usize = request.topics.iter().map(|t| 2 * t.len() + key_name).sum();
+    let key = request.key.as_deref().map_or(0, |k| k.len() + key_name);
+    request.data.len() + request.event.as_deref().map_or(0, str::len) + topics + key + 16
 }
 
 /// `SET <epoch> <candidate> NX GET`: the data set's epoch, created as `candidate` when it
@@ -144,7 +156,6 @@ mod tests {
         assert_eq!(k.last, "hub:{ev}:last");
         assert_eq!(k.final_mark("a/b"), "hub:{ev}:final:a/b");
         assert_eq!(k.idempotency("k1"), "hub:{ev}:key:k1");
-        assert_eq!(k.no_idempotency(), "hub:{ev}:key");
         assert_eq!(k.epoch, "hub:{ev}:epoch");
     }
 
@@ -154,7 +165,7 @@ mod tests {
     };
 
     #[test]
-    fn publish_call_lists_keys_then_arguments() {
+    fn publish_batch_lists_keys_then_arguments() {
         let k = Keys::new("hub");
         let req = PublishRequest {
             topics: vec!["a".into(), "b".into()],
@@ -163,30 +174,6 @@ mod tests {
             is_final: true,
             key: Some("k1".into()),
         };
-        assert_eq!(
-            args(&publish(&k, &options(), &req, STAMP)),
-            [
-                "FCALL",
-                "ssehub_publish",
-                "6",
-                "hub:{ev}",
-                "hub:{ev}:last",
-                "hub:{ev}:key:k1",
-                "hub:{ev}:epoch",
-                "hub:{ev}:final:a",
-                "hub:{ev}:final:b",
-                "3600000",
-                "10",
-                "1",
-                "ev",
-                "x y",
-                "1",
-                "1800000000000000",
-                "e1",
-                "a",
-                "b"
-            ]
-        );
         let plain = PublishRequest {
             topics: vec!["a".into()],
             event: None,
@@ -195,27 +182,43 @@ mod tests {
             key: None,
         };
         assert_eq!(
-            args(&publish(&k, &options(), &plain, STAMP)),
+            args(&publish_batch(
+                &k,
+                &options(),
+                [&req, &plain].into_iter(),
+                STAMP
+            )),
             [
                 "FCALL",
-                "ssehub_publish",
-                "5",
+                "ssehub_publish_batch",
+                "7",
                 "hub:{ev}",
                 "hub:{ev}:last",
-                "hub:{ev}:key",
                 "hub:{ev}:epoch",
+                "hub:{ev}:key:k1",
+                "hub:{ev}:final:a",
+                "hub:{ev}:final:b",
                 "hub:{ev}:final:a",
                 "3600000",
                 "10",
-                "0",
-                "",
-                "",
-                "0",
                 "1800000000000000",
                 "e1",
+                "1",
+                "1",
+                "ev",
+                "x y",
+                "2",
+                "a",
+                "b",
+                "0",
+                "0",
+                "",
+                "",
+                "1",
                 "a"
             ]
         );
+        assert!(publish_size(&k, &req) > "x y".len() + "ev".len() + "k1".len() + 2 * "ab".len());
         assert_eq!(
             args(&raise(&k, 1_800_000_000_000_000)),
             [

@@ -19,8 +19,8 @@
 //!
 //! # The loop's side
 //! `submit` queues a publish and returns its sequence number; `flush` (once per turn)
-//! hands the queued publishes to the writer as one pipeline; `poll` (after a wake-up, until
-//! `None`) yields what the threads reported, in order.
+//! hands the queued publishes to the writer as one batch (one `FCALL` per up to 1,000);
+//! `poll` (after a wake-up, until `None`) yields what the threads reported, in order.
 //!
 //! # Threads and what they promise
 //! - `writer` answers every publish exactly once, `Answered` reports ascending by sequence
@@ -215,8 +215,9 @@ impl Link {
         self.submitted
     }
 
-    /// Hands what was submitted since the last call to the writer (one pipeline, one
-    /// `WAIT`). Call once per loop turn, after reading the producers.
+    /// Hands what was submitted since the last call to the writer (at most one pipeline and
+    /// one `WAIT`: batches that queue while the writer is busy go out together). Call once
+    /// per loop turn, after reading the producers.
     ///
     /// While the link is down and the writer holds nothing, the publishes are refused here
     /// at once (`not stored: redis unavailable: …`, through `poll` like every answer).

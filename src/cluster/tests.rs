@@ -875,3 +875,222 @@ fn epochs_and_positions_across_reconnects() {
     });
     assert!(node.gaps[0].0 >= next, "{:?}", node.log);
 }
+
+/// One command's reply as the writer reads it: error replies (also inside an array) are
+/// values, not `Err`.
+fn raw(con: &mut redis::Connection, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+    con.send_packed_command(&cmd.get_packed_command())?;
+    con.recv_response()
+}
+
+/// `ssehub_publish_batch` called directly: the library loaded, the epoch set, one call.
+fn call_batch(
+    con: &mut redis::Connection,
+    epoch: &str,
+    requests: &[PublishRequest],
+) -> redis::RedisResult<redis::Value> {
+    let keys = keys::Keys::new(PREFIX);
+    let stamp = keys::Stamp {
+        epoch,
+        node_now_us: 0,
+    };
+    raw(
+        con,
+        &keys::publish_batch(&keys, &options(""), requests.iter(), stamp),
+    )
+}
+
+fn batch_setup(redis: &RedisServer) -> redis::Connection {
+    let mut con = redis.con();
+    let _: redis::Value = keys::load_library().query(&mut con).unwrap();
+    let _: () = con.set("t:{ev}:epoch", "e1").unwrap();
+    con
+}
+
+/// Each element of a batch call's reply: the id, or the error's text.
+fn batch_results(v: redis::Value) -> Vec<Result<u64, String>> {
+    let redis::Value::Array(values) = v else {
+        panic!("an array: {v:?}");
+    };
+    values
+        .into_iter()
+        .map(|v| match v {
+            redis::Value::ServerError(e) => Err(reply::error_text(&e)),
+            v => reply::id(&v).ok_or_else(|| format!("{v:?}")),
+        })
+        .collect()
+}
+
+/// One call, many publishes: a keyed retry answers the stored id, a publish to a final topic
+/// is refused in the middle while the ones around it are stored, ids increase and every
+/// `p` names the entry before; `last` ends at the tail.
+#[test]
+fn a_batch_call_answers_each_event_and_chains_the_stored_ones() {
+    let redis = RedisServer::start();
+    let mut con = batch_setup(&redis);
+    let mut closing = req(&["done"], "closing");
+    closing.is_final = true;
+    let first =
+        batch_results(call_batch(&mut con, "e1", &[keyed("a", "one", "k1"), closing]).unwrap());
+    let (k1, closed) = (first[0].clone().unwrap(), first[1].clone().unwrap());
+    assert!(closed > k1);
+
+    let mut final_too = req(&["b"], "last of b");
+    final_too.is_final = true;
+    let answers = batch_results(
+        call_batch(
+            &mut con,
+            "e1",
+            &[
+                req(&["a"], "before"),
+                keyed("a", "one", "k1"),
+                req(&["a", "done"], "refused"),
+                keyed("a", "other", "k1"),
+                final_too,
+                req(&["b"], "after b's final"),
+                keyed("c", "new", "k2"),
+                keyed("c", "new", "k2"),
+                req(&["a"], "after"),
+            ],
+        )
+        .unwrap(),
+    );
+    assert_eq!(answers.len(), 9);
+    assert_eq!(answers[1], Ok(k1), "a retry: the stored id");
+    assert_eq!(answers[2], Err("topic done is final".into()));
+    assert_eq!(answers[3], Err("key used for a different event".into()));
+    assert_eq!(answers[5], Err("topic b is final".into()));
+    assert_eq!(answers[7], answers[6], "a key twice in one call: one entry");
+    let stored: Vec<u64> = [0, 4, 6, 8]
+        .iter()
+        .map(|&i| answers[i].clone().unwrap())
+        .collect();
+    assert!(stored[0] > closed && stored.windows(2).all(|w| w[0] < w[1]));
+
+    let entries: Vec<(String, BTreeMap<String, String>)> = con.xrange_all(STREAM).expect("XRANGE");
+    let ids: Vec<u64> = entries
+        .iter()
+        .map(|(id, _)| reply::stream_id(id).unwrap().0)
+        .collect();
+    assert_eq!(ids, [vec![k1, closed], stored.clone()].concat());
+    let prevs: Vec<u64> = entries
+        .iter()
+        .map(|(_, f)| f["p"].parse().unwrap())
+        .collect();
+    assert_eq!(
+        prevs,
+        [&[0][..], &ids[..ids.len() - 1]].concat(),
+        "the p chain"
+    );
+    assert_eq!(entries[3].1["f"], "1");
+    assert_eq!(entries[2].1["d"], "before");
+    assert!(entries.iter().all(|(_, f)| f["x"] == "e1"));
+    assert_eq!(con.get::<_, u64>(LAST).unwrap(), stored[3]);
+    assert!(con.exists::<_, bool>("t:{ev}:final:b").unwrap());
+    assert!(con.exists::<_, bool>("t:{ev}:key:k2").unwrap());
+
+    // A call naming another epoch: refused whole, nothing stored.
+    let refused = call_batch(&mut con, "e0", &[req(&["a"], "x"), req(&["a"], "y")]);
+    let Ok(redis::Value::ServerError(e)) = refused else {
+        panic!("an error reply: {refused:?}");
+    };
+    assert_eq!(reply::error_text(&e), "epoch changed");
+    assert_eq!(con.xlen::<_, u64>(STREAM).unwrap(), 6);
+    // An empty call stores nothing and answers nothing.
+    assert!(batch_results(call_batch(&mut con, "e1", &[]).unwrap()).is_empty());
+}
+
+/// An unexpected error inside the Function after something was stored (here a key someone
+/// else wrote with another type): that event and the later ones say so, and `last` still
+/// ends at the stream's tail.
+#[test]
+fn an_error_midway_leaves_last_at_the_tail() {
+    let redis = RedisServer::start();
+    let mut con = batch_setup(&redis);
+    let _: () = con.lpush("t:{ev}:key:odd", "x").unwrap();
+    let answers = batch_results(
+        call_batch(
+            &mut con,
+            "e1",
+            &[
+                req(&["a"], "stored"),
+                keyed("a", "x", "odd"),
+                req(&["a"], "not reached"),
+            ],
+        )
+        .unwrap(),
+    );
+    let stored = answers[0].clone().unwrap();
+    for a in &answers[1..] {
+        assert!(
+            a.as_ref().is_err_and(|e| e.starts_with("WRONGTYPE")),
+            "{a:?}"
+        );
+    }
+    assert_eq!(con.xlen::<_, u64>(STREAM).unwrap(), 1);
+    assert_eq!(con.get::<_, u64>(LAST).unwrap(), stored);
+}
+
+/// The one-event `ssehub_publish` (nodes of the first protocol-7 version) shares the batch
+/// call's rules and state.
+#[test]
+fn the_one_event_function_still_answers() {
+    let redis = RedisServer::start();
+    let mut con = batch_setup(&redis);
+    let one = |con: &mut redis::Connection, topic: &str, is_final: &str, epoch: &str| {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("ssehub_publish")
+            .arg(5)
+            .arg(STREAM)
+            .arg(LAST)
+            .arg("t:{ev}:key")
+            .arg("t:{ev}:epoch")
+            .arg(format!("t:{{ev}}:final:{topic}"))
+            .arg(3_600_000)
+            .arg(0)
+            .arg(is_final)
+            .arg("")
+            .arg("data")
+            .arg(0)
+            .arg(0)
+            .arg(epoch)
+            .arg(topic);
+        raw(con, &cmd).unwrap()
+    };
+    let first = reply::id(&one(&mut con, "a", "1", "e1")).expect("an id");
+    let next = batch_results(call_batch(&mut con, "e1", &[req(&["b"], "x")]).unwrap());
+    assert!(next[0].clone().unwrap() > first);
+    let refused = |v: redis::Value| match v {
+        redis::Value::ServerError(e) => reply::error_text(&e),
+        v => panic!("an error reply: {v:?}"),
+    };
+    assert_eq!(refused(one(&mut con, "a", "0", "e1")), "topic a is final");
+    assert_eq!(refused(one(&mut con, "b", "0", "e0")), "epoch changed");
+}
+
+/// Batches queued while the writer is busy go out together, answered in order.
+#[test]
+fn batches_queued_behind_a_call_are_answered_in_order() {
+    let redis = RedisServer::start();
+    let mut node = Node::start(options(&redis.unix_url()));
+    node.wait_up(1);
+    let mut seqs = Vec::new();
+    for turn in 0..50 {
+        for i in 0..40 {
+            seqs.push(node.link.submit(req(&["a"], &format!("{turn}.{i}"))));
+        }
+        node.link.flush();
+    }
+    let last = *seqs.last().unwrap();
+    node.wait("answers", Duration::from_secs(10), |n| {
+        n.answers.contains_key(&last)
+    });
+    let ids: Vec<u64> = seqs
+        .iter()
+        .map(|s| node.answers[s].clone().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    node.wait_entries(2000);
+    assert!(node.gaps.is_empty(), "{:?}", node.log);
+    assert_eq!(&*node.entries[1999].data, "49.39");
+}

@@ -1,7 +1,8 @@
-//! The writer thread: runs each batch the loop flushed as one pipeline (one `FCALL
-//! ssehub_publish` per publish, then `WAIT` when `min_replicas > 0`) and answers every
-//! publish exactly once, in order. On every connect it makes sure it talks to a primary
-//! (`INFO`: role `master`), loads the Function library, learns the data set's epoch
+//! The writer thread: runs the batches the loop flushed (every batch queued by the time it
+//! is free again, so publishes coalesce while a call is in flight) as one pipeline: one
+//! `FCALL ssehub_publish_batch` per up to `MAX_CALL_EVENTS` publishes, then `WAIT` when
+//! `min_replicas > 0`. It answers every publish exactly once, in order. On every connect it
+//! makes sure it talks to a primary (`INFO`: role `master`), loads the Function library, learns the data set's epoch
 //! (creating it on an empty one) and raises Redis's `last` to the highest id this node has
 //! seen. After an error reply other than a refusal of the event itself (`READONLY` from a
 //! demoted primary, `epoch changed`, a flushed Function, …), after a failure elsewhere and
@@ -16,12 +17,13 @@ use super::reply;
 use super::shared::{Shared, Side};
 use super::{PublishRequest, Report, unix_us};
 use redis::{Client, Connection, Value};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-/// Publishes flushed together: one pipeline, one `WAIT`.
+/// Publishes flushed together (one loop turn's).
 pub(super) type Batch = Vec<(u64, PublishRequest)>;
 
 /// An answer for the loop.
@@ -93,7 +95,13 @@ impl Writer {
                     .min(IDLE_TICK),
             };
             match batches.recv_timeout(wait) {
-                Ok(batch) => self.answer(batch),
+                Ok(mut batch) => {
+                    // What queued up while the last call was in flight goes in this one.
+                    while let Ok(more) = batches.try_recv() {
+                        batch.extend(more);
+                    }
+                    self.answer(batch)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -222,7 +230,8 @@ impl Writer {
         self.shared.writer_pending.fetch_sub(n, Ordering::SeqCst);
     }
 
-    /// Runs one batch as one pipeline; answers each publish.
+    /// Runs one batch as one pipeline (one `FCALL ssehub_publish_batch` per chunk, then
+    /// `WAIT`); answers each publish.
     fn publish(&mut self, batch: Batch) -> Vec<Answer> {
         let options = &self.shared.options;
         let min_replicas = options.min_replicas;
@@ -230,9 +239,11 @@ impl Writer {
             epoch: &self.epoch,
             node_now_us: unix_us(),
         };
+        let chunks = chunks(&self.keys, &batch);
         let mut pipe = redis::pipe();
-        for (_, request) in &batch {
-            pipe.add_command(keys::publish(&self.keys, options, request, stamp));
+        for chunk in &chunks {
+            let requests = batch[chunk.clone()].iter().map(|(_, request)| request);
+            pipe.add_command(keys::publish_batch(&self.keys, options, requests, stamp));
         }
         // WAIT 0 would wait forever.
         let wait_ms = (options.replica_timeout.as_millis() as u64).max(1);
@@ -248,29 +259,38 @@ impl Writer {
 
         let mut replies = replies.into_iter();
         let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-        for (seq, request) in &batch {
-            let result = match replies.next() {
-                Some(Value::ServerError(e)) => {
-                    let text = reply::error_text(&e);
-                    let refused = refusal(text, request.key.as_deref());
-                    if let Refusal::Server(why) = &refused {
-                        // `READONLY` (a demoted primary), `epoch changed` (the data set was
-                        // replaced), a flushed Function, …: the connection is replaced, and
-                        // the reconnect checks the server is a primary and reloads.
-                        drop_connection.get_or_insert_with(|| why.clone());
+        for chunk in chunks {
+            let part = &batch[chunk];
+            match replies.next() {
+                Some(Value::Array(values)) if values.len() == part.len() => {
+                    for ((seq, request), value) in part.iter().zip(values) {
+                        let result = event_result(value, request, &mut drop_connection);
+                        answers.push((*seq, result));
                     }
-                    Err(refused.into_answer())
                 }
-                Some(v) => reply::id(&v).ok_or_else(|| {
-                    drop_connection.get_or_insert_with(|| "unexpected reply to FCALL".into());
-                    "not confirmed: unexpected reply from redis".to_string()
-                }),
-                None => Err(format!(
-                    "not confirmed: {}",
-                    failure.as_deref().unwrap_or("no reply")
-                )),
-            };
-            answers.push((*seq, result));
+                other => {
+                    for (seq, request) in part {
+                        let result = match &other {
+                            // The whole call refused (nothing stored): `epoch changed`,
+                            // `READONLY`, a flushed Function, …: each publish is answered
+                            // as a lone one would be.
+                            Some(e @ Value::ServerError(_)) => {
+                                event_result(e.clone(), request, &mut drop_connection)
+                            }
+                            Some(_) => {
+                                drop_connection
+                                    .get_or_insert_with(|| "unexpected reply to FCALL".into());
+                                Err("not confirmed: unexpected reply from redis".to_string())
+                            }
+                            None => Err(format!(
+                                "not confirmed: {}",
+                                failure.as_deref().unwrap_or("no reply")
+                            )),
+                        };
+                        answers.push((*seq, result));
+                    }
+                }
+            }
         }
 
         if min_replicas > 0 {
@@ -331,6 +351,54 @@ fn exchange(con: &mut Connection, packed: &[u8], expected: usize) -> (Vec<Value>
         }
     }
     (replies, None)
+}
+
+/// The most publishes one `FCALL` carries, and about the most bytes of arguments: a call
+/// runs atomically in Redis, which serves nothing else meanwhile.
+const MAX_CALL_EVENTS: usize = 1000;
+const MAX_CALL_BYTES: usize = 1 << 20;
+
+/// The batch cut into consecutive ranges of at most `MAX_CALL_EVENTS` publishes and about
+/// `MAX_CALL_BYTES` (a single larger publish is a call of its own).
+fn chunks(keys: &Keys, batch: &Batch) -> Vec<Range<usize>> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, request)) in batch.iter().enumerate() {
+        let size = keys::publish_size(keys, request);
+        if i > start && (i - start == MAX_CALL_EVENTS || bytes + size > MAX_CALL_BYTES) {
+            chunks.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < batch.len() {
+        chunks.push(start..batch.len());
+    }
+    chunks
+}
+
+/// One element of a batch call's reply: an id, or an error reply refusing this event (or,
+/// after an unexpected error inside the Function, saying it was not stored).
+fn event_result(
+    value: Value,
+    request: &PublishRequest,
+    drop_connection: &mut Option<String>,
+) -> Result<u64, String> {
+    match value {
+        Value::ServerError(e) => {
+            let refused = refusal(reply::error_text(&e), request.key.as_deref());
+            if let Refusal::Server(why) = &refused {
+                // Not a refusal of the event: the connection is replaced, and the reconnect
+                // checks the server is a primary and reloads the Function.
+                drop_connection.get_or_insert_with(|| why.clone());
+            }
+            Err(refused.into_answer())
+        }
+        v => reply::id(&v).ok_or_else(|| {
+            drop_connection.get_or_insert_with(|| "unexpected reply to FCALL".into());
+            "not confirmed: unexpected reply from redis".to_string()
+        }),
+    }
 }
 
 /// What an error reply to a publish means.
@@ -404,5 +472,30 @@ mod tests {
         assert_eq!(duration_text(Duration::from_millis(500)), "500ms");
         assert_eq!(duration_text(Duration::from_secs(2)), "2s");
         assert_eq!(duration_text(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_calls_by_count_and_size() {
+        let keys = Keys::new("hub");
+        let publish = |data: String| PublishRequest {
+            topics: vec!["a".into()],
+            event: None,
+            data: data.into(),
+            is_final: false,
+            key: None,
+        };
+        let small: Batch = (0..2500).map(|i| (i, publish("x".into()))).collect();
+        assert_eq!(chunks(&keys, &small), [0..1000, 1000..2000, 2000..2500]);
+        let big = || publish("y".repeat(MAX_CALL_BYTES / 2));
+        let mixed: Batch = vec![(1, big()), (2, big()), (3, publish("z".into())), (4, big())];
+        assert_eq!(chunks(&keys, &mixed), [0..1, 1..3, 3..4]);
+        let huge: Batch = vec![(1, publish("w".repeat(2 * MAX_CALL_BYTES)))];
+        let one: Vec<Range<usize>> = vec![Range { start: 0, end: 1 }];
+        assert_eq!(
+            chunks(&keys, &huge),
+            one,
+            "one large publish: a call of its own"
+        );
+        assert!(chunks(&keys, &Vec::new()).is_empty());
     }
 }
