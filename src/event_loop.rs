@@ -158,6 +158,8 @@ pub struct Server {
     ops: ops::Ops,
     /// SIGTERM, SIGINT and SIGHUP, once `handle_signals` took them.
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// A SIGHUP arrived this turn: reload after the dispatch.
+    reload_signalled: bool,
 }
 
 impl Server {
@@ -284,6 +286,7 @@ impl Server {
             stats: Stats::default(),
             ops: ops::Ops::new(admin, owns_ingest_file),
             signals: None,
+            reload_signalled: false,
         })
     }
 
@@ -323,7 +326,8 @@ impl Server {
         let arrived: Vec<i32> = signals.pending().collect();
         for signal in arrived {
             match signal {
-                libc::SIGHUP => self.reload_on_signal(),
+                // Applied after this turn's dispatch, as a stop is.
+                libc::SIGHUP => self.reload_signalled = true,
                 _ => self.stop.store(true, Ordering::SeqCst),
             }
         }
@@ -359,6 +363,9 @@ impl Server {
                 self.dispatch(event.token(), readable, event.is_writable());
             }
             self.read_producers_left_over();
+            if std::mem::take(&mut self.reload_signalled) {
+                self.reload_on_signal();
+            }
             if self.stop.load(Ordering::SeqCst) && self.draining_until.is_none() {
                 self.begin_drain();
             }
