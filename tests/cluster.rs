@@ -443,3 +443,64 @@ fn http_publishes_go_through_redis_to_every_node() {
         "nothing published: {quiet:?}"
     );
 }
+
+/// `POST /publish` in cluster mode while `commit::MAX_IN_FLIGHT` (65,536) publishes wait
+/// for Redis: a body completed meanwhile waits for room (as a producer's next lines do),
+/// then is published; every line of both bodies is answered `ok`, the later one's ids
+/// after the earlier one's.
+#[test]
+fn an_http_publish_waits_while_the_queue_to_redis_is_full() {
+    let secret = "cluster-queue-secret";
+    let redis = Redis::start(&[]);
+    let a = node(
+        &redis.url(),
+        &[
+            ("auth", &format!("secret = {secret:?}")),
+            ("publish", "max_body_bytes = 8388608"),
+        ],
+    );
+    let token = run_bin(
+        &["token", "--secret", secret, "--publish", "*"],
+        b"",
+        Duration::from_secs(10),
+    )
+    .stdout
+    .trim()
+    .to_string();
+    let request = |lines: usize, tag: &str| {
+        let mut body = String::with_capacity(lines * 32);
+        for i in 0..lines {
+            body.push_str(&format!("{{\"topic\":\"q\",\"data\":\"{tag}{i}\"}}\n"));
+        }
+        format!(
+            "POST /publish HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut big = Client::connect(a.addr);
+    big.set_timeout(Duration::from_secs(60));
+    let mut small = Client::connect(a.addr);
+    small.set_timeout(Duration::from_secs(60));
+    // 200,000 publishes take Redis well over a second; the small body comes once the
+    // big one has been read and sent on (loopback: a few tens of milliseconds).
+    big.send(&request(200_000, "a"));
+    std::thread::sleep(Duration::from_millis(300));
+    small.send(&request(10, "b"));
+    let (status, _, answers) = big.read_response();
+    assert_eq!(status, 200);
+    let first: Vec<u64> = answers.lines().map(|l| parse_ok(l).unwrap()).collect();
+    assert_eq!(first.len(), 200_000);
+    let (status, _, answers) = small.read_response();
+    assert_eq!(status, 200);
+    let second: Vec<u64> = answers.lines().map(|l| parse_ok(l).unwrap()).collect();
+    assert_eq!(second.len(), 10);
+    assert!(
+        second[0] > first[199_999],
+        "the waiting body went after the full queue"
+    );
+    assert!(
+        a.log_contains("publish over HTTP waits for room in the queue to Redis"),
+        "the second body did not wait: the queue never filled"
+    );
+}

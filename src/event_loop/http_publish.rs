@@ -154,6 +154,7 @@ impl Server {
             return;
         };
         if !may_send {
+            debug!("publish over HTTP waits for room in the queue to Redis");
             p.stage = Stage::Waiting;
             return self.publishes_waiting.push(key);
         }
