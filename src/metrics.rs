@@ -191,17 +191,31 @@ impl Latency {
     }
 }
 
-/// Requests answered with an error status, by status.
-#[derive(Debug, Default)]
-pub struct Rejected(BTreeMap<u16, u64>);
+/// Answers counted by status: the requests answered with an error status
+/// (`ssehub_rejected_requests_total`), and `POST /publish` answers
+/// (`ssehub_publish_requests_total`).
+#[derive(Debug, Default, Clone)]
+pub struct ByStatus(BTreeMap<u16, u64>);
 
-impl Rejected {
+impl ByStatus {
     pub fn count(&mut self, status: u16) {
         *self.0.entry(status).or_default() += 1;
     }
 
     pub fn get(&self, status: u16) -> u64 {
         self.0.get(&status).copied().unwrap_or(0)
+    }
+
+    /// `{status="N"}` samples in status order: every status seen, and each of `always`
+    /// (zero until seen, so a rate() over them works from the first scrape).
+    fn samples(&self, always: &[u16]) -> Vec<(String, String)> {
+        let mut statuses: Vec<u16> = always.to_vec();
+        statuses.extend(self.0.keys().filter(|k| !always.contains(k)));
+        statuses.sort_unstable();
+        statuses
+            .iter()
+            .map(|&st| (format!("{{status=\"{st}\"}}"), self.get(st).to_string()))
+            .collect()
     }
 }
 
@@ -213,7 +227,7 @@ pub struct Publishes {
     pub socket_error: u64,
     pub http_ok: u64,
     pub http_error: u64,
-    pub requests: BTreeMap<u16, u64>,
+    pub requests: ByStatus,
 }
 
 /// Why a stream was cut off (protocol 2.3), the `reason` label of
@@ -271,7 +285,7 @@ pub struct Stats {
     /// Retained events queued to resuming streams.
     pub events_replayed: u64,
     /// Answers with an error status, by status.
-    pub rejected: Rejected,
+    pub rejected: ByStatus,
     /// Publishes by transport and outcome; `POST /publish` answers by status.
     pub publishes: Publishes,
     /// Publish-to-write latency.
@@ -317,7 +331,7 @@ pub struct Snapshot {
 }
 
 /// Renders the exposition text.
-pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
+pub fn render(s: &Snapshot, rejected: &ByStatus, latency: &Latency) -> String {
     let mut out = String::with_capacity(4096);
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -450,13 +464,7 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
             ),
         ],
     );
-    let mut statuses: Vec<u16> = COMMON_REJECTS.to_vec();
-    statuses.extend(rejected.0.keys().filter(|k| !COMMON_REJECTS.contains(k)));
-    statuses.sort_unstable();
-    let rejects: Vec<(String, String)> = statuses
-        .iter()
-        .map(|&st| (format!("{{status=\"{st}\"}}"), rejected.get(st).to_string()))
-        .collect();
+    let rejects = rejected.samples(&COMMON_REJECTS);
     let rejects: Vec<(&str, String)> = rejects
         .iter()
         .map(|(l, v)| (l.as_str(), v.clone()))
@@ -488,15 +496,7 @@ pub fn render(s: &Snapshot, rejected: &Rejected, latency: &Latency) -> String {
             ),
         ],
     );
-    let mut statuses: Vec<u16> = vec![200];
-    statuses.extend(p.requests.keys().filter(|&&k| k != 200));
-    let requests: Vec<(String, String)> = statuses
-        .iter()
-        .map(|&st| {
-            let n = p.requests.get(&st).copied().unwrap_or(0);
-            (format!("{{status=\"{st}\"}}"), n.to_string())
-        })
-        .collect();
+    let requests = p.requests.samples(&[200]);
     let requests: Vec<(&str, String)> = requests
         .iter()
         .map(|(l, v)| (l.as_str(), v.clone()))
@@ -588,21 +588,7 @@ pub fn json_response(body: &str, after: After, head_only: bool) -> Vec<u8> {
 }
 
 fn ok_response(content_type: &str, body: &str, after: After, head_only: bool) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
-        body.len()
-    );
-    match after {
-        After::Close => out.push_str("Connection: close\r\n"),
-        After::KeepAlive { http10: true } => out.push_str("Connection: keep-alive\r\n"),
-        After::KeepAlive { http10: false } => {}
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if !head_only {
-        bytes.extend_from_slice(body.as_bytes());
-    }
-    bytes
+    crate::http::response::with_body(200, content_type, body.as_bytes(), after, head_only)
 }
 
 #[cfg(test)]
@@ -618,7 +604,7 @@ mod tests {
     fn every_family_has_help_and_type_and_counters_end_in_total() {
         let text = render(
             &Snapshot::default(),
-            &Rejected::default(),
+            &ByStatus::default(),
             &Latency::default(),
         );
         let mut typed = 0;
@@ -661,7 +647,7 @@ mod tests {
         l.written(11, 0);
         l.written(0, 0);
         assert_eq!(l.count(), 1);
-        let text = render(&Snapshot::default(), &Rejected::default(), &l);
+        let text = render(&Snapshot::default(), &ByStatus::default(), &l);
         assert_eq!(
             value_of(&text, "ssehub_publish_to_write_latency_seconds_count"),
             Some("1")
@@ -724,7 +710,7 @@ mod tests {
 
     #[test]
     fn rejected_lists_common_statuses_and_others_seen() {
-        let mut r = Rejected::default();
+        let mut r = ByStatus::default();
         r.count(503);
         r.count(503);
         r.count(408);

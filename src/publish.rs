@@ -165,27 +165,8 @@ pub fn run(opts: &Options<'_>, input: Input, out: &mut impl Write) -> io::Result
     Ok(errors)
 }
 
-/// `{"ok":true,"id":"1"}` → Ok("1"); `{"ok":false,"error":"..."}` → Err(reason).
-fn parse_answer(line: &str) -> Result<String, String> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        ok: bool,
-        id: Option<String>,
-        error: Option<String>,
-    }
-    match serde_json::from_str::<Answer>(line) {
-        Ok(Answer {
-            ok: true,
-            id: Some(id),
-            ..
-        }) => Ok(id),
-        Ok(Answer { error: Some(e), .. }) => Err(e),
-        _ => Err(format!(
-            "unexpected answer from server: {}",
-            line.trim_end()
-        )),
-    }
-}
+/// An answer line read back (`ingest::line::read_answer`).
+pub(crate) use crate::ingest::line::read_answer as parse_answer;
 
 #[cfg(test)]
 mod tests {

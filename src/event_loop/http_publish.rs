@@ -13,7 +13,6 @@ use super::*;
 use crate::commit::Sender;
 use crate::http::body::{self, BodyDecoder, Step};
 use crate::http::publish::{self as http_publish, Format, InFlight, PublishPlan, Stage};
-use crate::http::request::Framing;
 
 /// Body bytes read from one connection per call before the decoder takes them.
 const BODY_READ_CHUNK: usize = 64 * 1024;
@@ -23,12 +22,7 @@ impl Server {
     /// the head is decoded at once, the rest as it arrives.
     pub(super) fn start_publish(&mut self, key: u32, plan: PublishPlan) {
         let max = self.config.publish.max_body_bytes;
-        let framing = match plan.framing {
-            Framing::None => body::Framing::Length(0),
-            Framing::Length(n) => body::Framing::Length(n),
-            Framing::Chunked => body::Framing::Chunked,
-        };
-        let decoder = match BodyDecoder::new(framing, max) {
+        let decoder = match BodyDecoder::new(plan.framing, max) {
             Ok(d) => d,
             Err(r) => return self.refuse_publish(key, r.status, &r.reason),
         };
@@ -127,7 +121,7 @@ impl Server {
     /// Answers a refused publish (status and one-line reason) and closes: the rest of its
     /// body, if any, is not read.
     fn refuse_publish(&mut self, key: u32, status: u16, reason: &str) {
-        *self.stats.publishes.requests.entry(status).or_default() += 1;
+        self.stats.publishes.requests.count(status);
         if let Some(conn) = self.streams.get_mut(key)
             && let ConnState::Publishing(_) = conn.state
         {
@@ -175,13 +169,7 @@ impl Server {
             &mut self.stats,
         );
         let mut one = |bytes: &[u8], answers: &mut ingest::Answers| {
-            let decoded = match bytes.len() > max_line {
-                true => Err(line::LineError(format!(
-                    "line longer than {max_line} bytes"
-                ))),
-                false => line::decode_line(bytes, max_topics),
-            };
-            match decoded {
+            match InputLine::of(bytes, max_line).decode(max_line, max_topics) {
                 Ok(Line::Blank) => {
                     // One event is expected of a JSON or form body.
                     if format != Format::Ndjson {
@@ -208,12 +196,10 @@ impl Server {
         };
         match format {
             Format::Ndjson => {
-                // The socket's line rules: split at `\n`; a last line without one counts.
-                let mut lines = body.split(|&b| b == b'\n').peekable();
-                while let Some(l) = lines.next() {
-                    if lines.peek().is_none() && l.is_empty() {
-                        break;
-                    }
+                // The socket's line rules: split at `\n`; a last line without one counts
+                // (blank lines get no answer).
+                let lines = body.strip_suffix(b"\n").unwrap_or(&body);
+                for l in lines.split(|&b| b == b'\n') {
                     one(l, answers);
                 }
             }
@@ -268,7 +254,7 @@ impl Server {
         let publishes = &mut self.stats.publishes;
         publishes.http_ok += ok;
         publishes.http_error += errors;
-        *publishes.requests.entry(status).or_default() += 1;
+        publishes.requests.count(status);
         if status >= 400 {
             self.stats.rejected.count(status);
         }
@@ -287,21 +273,26 @@ impl Server {
 /// status that fits it. Form: `200` with the id as text, or the reason with its status.
 fn http_answer(format: Format, lines: &[u8], after: After) -> (u16, Vec<u8>) {
     if format == Format::Ndjson {
-        let bytes = response::with_body(200, "application/x-ndjson", lines, after);
+        let bytes = response::with_body(200, "application/x-ndjson", lines, after, false);
         return (200, bytes);
     }
     let first = lines.split(|&b| b == b'\n').next().unwrap_or_default();
-    let answer = http_publish::read_answer(first);
+    // The answer lines were written by `ingest::Answers`: UTF-8.
+    let answer = line::read_answer(std::str::from_utf8(first).unwrap_or_default());
     let status = match &answer {
         Ok(_) => 200,
         Err(reason) => http_publish::status_of(reason),
     };
     let bytes = match (format, answer) {
-        (Format::Form, Ok(id)) => {
-            response::with_body(200, "text/plain; charset=utf-8", id.as_bytes(), after)
-        }
+        (Format::Form, Ok(id)) => response::with_body(
+            200,
+            "text/plain; charset=utf-8",
+            id.as_bytes(),
+            after,
+            false,
+        ),
         (Format::Form, Err(reason)) => response::plain(status, &reason, after, &[], false),
-        _ => response::with_body(status, "application/json", first, after),
+        _ => response::with_body(status, "application/json", first, after, false),
     };
     (status, bytes)
 }

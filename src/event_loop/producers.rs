@@ -56,13 +56,7 @@ impl Server {
         );
         let (ops, config) = (&mut self.ops, &self.config);
         let mut on_line = |input: InputLine<'_>, answers: &mut Answers| {
-            let decoded = match input {
-                InputLine::TooLong => Err(line::LineError(format!(
-                    "line longer than {max_line} bytes"
-                ))),
-                InputLine::Line(bytes) => line::decode_line(bytes, max_topics),
-            };
-            match decoded {
+            match input.decode(max_line, max_topics) {
                 Ok(Line::Blank) => {}
                 Ok(Line::Publish(p)) => {
                     let at = Publishing {

@@ -129,7 +129,7 @@ impl Server {
         match routed.decision {
             Decision::Answer(a) => {
                 if req.path == "/publish" {
-                    *self.stats.publishes.requests.entry(a.status).or_default() += 1;
+                    self.stats.publishes.requests.count(a.status);
                 }
                 self.answer(key, a.status, &a.reason, a.after, &a.headers, a.head_only);
             }

@@ -186,29 +186,6 @@ pub fn status_of(reason: &str) -> u16 {
 /// The start of the answer to an event whose topics the token does not cover.
 pub const NOT_COVERED: &str = "the token does not cover topic";
 
-/// One answer line of the ingest rules, read back: Ok(id) or Err(reason).
-pub fn read_answer(line: &[u8]) -> Result<String, String> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        ok: bool,
-        id: Option<String>,
-        error: Option<String>,
-    }
-    match serde_json::from_slice::<Answer>(line) {
-        Ok(Answer {
-            ok: true,
-            id: Some(id),
-            ..
-        }) => Ok(id),
-        Ok(Answer {
-            error: Some(e),
-            ok: false,
-            ..
-        }) => Err(e),
-        _ => Err("internal error: unreadable answer".into()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,10 +358,5 @@ mod tests {
         assert_eq!(status_of("topic \"a\" is final"), 409);
         assert_eq!(status_of("not stored: redis unavailable"), 503);
         assert_eq!(status_of("missing \"data\""), 400);
-        assert_eq!(read_answer(br#"{"ok":true,"id":"7"}"#), Ok("7".into()));
-        assert_eq!(
-            read_answer(br#"{"ok":false,"error":"no"}"#),
-            Err("no".into())
-        );
     }
 }

@@ -2,6 +2,7 @@
 //! Pure code: bytes in, a parsed [`Request`] / [`StreamQuery`] or a rejection out; never any I/O.
 //! Every rejection is a status plus a one-line reason; the caller answers it and closes.
 
+pub use crate::http::body::Framing;
 use crate::topic_name;
 
 /// Size of the fixed `httparse` header array: one more header is a 431.
@@ -15,16 +16,6 @@ pub enum Method {
     Options,
     Post,
     Other,
-}
-
-/// How a request says its body is framed (RFC 9112 6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// Neither `Content-Length` nor `Transfer-Encoding`: no body.
-    None,
-    Length(u64),
-    /// `Transfer-Encoding: chunked` (the only coding taken).
-    Chunked,
 }
 
 /// A refused request head: answer `status` with `reason` (one line), then close.
@@ -48,6 +39,7 @@ pub struct Request {
     /// `Content-Length` > 0 or `Transfer-Encoding: chunked`. Only `POST /publish` reads a
     /// body; every other request with one is answered and closed.
     pub has_body: bool,
+    /// Neither `Content-Length` nor `Transfer-Encoding`: `Length(0)` (RFC 9112 6.3).
     pub framing: Framing,
     /// `Content-Type`; None when absent or not UTF-8.
     pub content_type: Option<String>,
@@ -251,7 +243,7 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<Request, Reject> {
     // an HTTP/1.0 client, or a coding other than a single `chunked` is refused, never
     // guessed at, so no proxy in front can frame the body differently.
     let framing = match (content_length, codings.as_slice()) {
-        (_, []) => content_length.map_or(Framing::None, Framing::Length),
+        (_, []) => Framing::Length(content_length.unwrap_or(0)),
         (Some(_), _) => {
             return Err(reject(
                 400,
@@ -276,7 +268,6 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<Request, Reject> {
         !conn_close
     };
     let has_body = match framing {
-        Framing::None => false,
         Framing::Length(n) => n > 0,
         Framing::Chunked => true,
     };
@@ -527,7 +518,7 @@ mod tests {
                 http10: false,
                 keep_alive: true,
                 has_body: false,
-                framing: Framing::None,
+                framing: Framing::Length(0),
                 content_type: None,
                 expect_continue: false,
                 last_event_id: None,
@@ -714,7 +705,7 @@ mod tests {
             Parsed::Complete { request, .. } => request.framing,
             other => panic!("{hdrs:?}: {other:?}"),
         };
-        assert_eq!(framing(""), Framing::None);
+        assert_eq!(framing(""), Framing::Length(0));
         assert_eq!(framing("Content-Length: 7\r\n"), Framing::Length(7));
         assert!(has_body("Transfer-Encoding: chunked\r\n"));
         assert_eq!(framing("Transfer-Encoding: Chunked\r\n"), Framing::Chunked);

@@ -83,11 +83,7 @@ pub fn plain(
         out.extend_from_slice((body.len() + 1).to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    match after {
-        After::Close => out.extend_from_slice(b"Connection: close\r\n"),
-        After::KeepAlive { http10: true } => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-        After::KeepAlive { http10: false } => {}
-    }
+    connection_header(after, &mut out);
     for (name, value) in extra_headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -105,8 +101,15 @@ pub fn plain(
 /// The interim answer to `Expect: 100-continue`: send the body.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// An answer with `body` of `content_type` (`POST /publish`).
-pub fn with_body(status: u16, content_type: &str, body: &[u8], after: After) -> Vec<u8> {
+/// An answer with `body` of `content_type`, not cached (`POST /publish`, `/metrics`,
+/// `/topics`). With `head_only` the body is left out but its length is still announced.
+pub fn with_body(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    after: After,
+    head_only: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
     out.extend_from_slice(
         format!(
@@ -117,14 +120,21 @@ pub fn with_body(status: u16, content_type: &str, body: &[u8], after: After) -> 
         )
         .as_bytes(),
     );
+    connection_header(after, &mut out);
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// The `Connection` header `after` calls for, if any.
+fn connection_header(after: After, out: &mut Vec<u8>) {
     match after {
         After::Close => out.extend_from_slice(b"Connection: close\r\n"),
         After::KeepAlive { http10: true } => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         After::KeepAlive { http10: false } => {}
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
 }
 
 #[cfg(test)]

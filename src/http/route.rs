@@ -274,19 +274,15 @@ fn route_admin<'r>(
         return Some(topic_list(req, ctx, after, head_only));
     }
     Some(match req.path.as_str() {
-        "/metrics" | "/healthz" | "/readyz" if ctx.admin_split && !on_admin => {
+        "/metrics" => operator_access(req, ctx, after, head_only, METRICS_NOT_LOOPBACK)
+            .unwrap_or(Decision::Metrics { after, head_only }),
+        "/healthz" | "/readyz" if ctx.admin_split && !on_admin => {
             answer(404, "not found", after, Vec::new(), head_only)
         }
-        "/metrics" | "/healthz" | "/readyz"
-            if !matches!(req.method, Method::Get | Method::Head) =>
-        {
+        "/healthz" | "/readyz" if !matches!(req.method, Method::Get | Method::Head) => {
             let allow = vec![("Allow", ALLOW_GET_HEAD)];
             answer(405, "method not allowed", after, allow, false)
         }
-        "/metrics" if !on_admin && !client_is_loopback(req, ctx) => {
-            answer(403, METRICS_NOT_LOOPBACK, after, Vec::new(), head_only)
-        }
-        "/metrics" => Decision::Metrics { after, head_only },
         "/healthz" if on_admin => answer(200, "ok", after, Vec::new(), head_only),
         "/readyz" if on_admin => readiness(ctx, after, Vec::new(), head_only),
         _ if on_admin => answer(404, "not found", after, Vec::new(), head_only),
@@ -365,14 +361,16 @@ fn topic_page(query: &str) -> Result<TopicPage, &'static str> {
     Ok(page)
 }
 
-/// `GET /topics` and `GET /topics/NAME` are served where `/metrics` is (the admin listener,
-/// or loopback clients without one), since they tell who listens to what: the refusal, if
-/// any.
-fn topics_access<'r>(
+/// Who may read what tells about the hub's users and traffic (`/metrics`, `GET /topics`,
+/// `GET /topics/NAME`): with an admin listener only its clients (`404` elsewhere), without
+/// one loopback clients only (`403` with `not_loopback`); `405` for a method other than
+/// `GET` and `HEAD`. The refusal, if any.
+fn operator_access<'r>(
     req: &'r Request,
     ctx: &Ctx<'_>,
     after: After,
     head_only: bool,
+    not_loopback: &'static str,
 ) -> Option<Decision<'r>> {
     if ctx.admin_split && !ctx.on_admin {
         return Some(answer(404, "not found", after, Vec::new(), head_only));
@@ -382,20 +380,14 @@ fn topics_access<'r>(
         return Some(answer(405, "method not allowed", after, allow, false));
     }
     if !ctx.on_admin && !client_is_loopback(req, ctx) {
-        return Some(answer(
-            403,
-            TOPICS_NOT_LOOPBACK,
-            after,
-            Vec::new(),
-            head_only,
-        ));
+        return Some(answer(403, not_loopback, after, Vec::new(), head_only));
     }
     None
 }
 
 /// `GET /topics?prefix=P&limit=N&after=NAME`.
 fn topic_list<'r>(req: &'r Request, ctx: &Ctx<'_>, after: After, head_only: bool) -> Decision<'r> {
-    if let Some(refused) = topics_access(req, ctx, after, head_only) {
+    if let Some(refused) = operator_access(req, ctx, after, head_only, TOPICS_NOT_LOOPBACK) {
         return refused;
     }
     match topic_page(&req.query) {
@@ -416,7 +408,7 @@ fn topic_info<'r>(
     after: After,
     head_only: bool,
 ) -> Decision<'r> {
-    if let Some(refused) = topics_access(req, ctx, after, head_only) {
+    if let Some(refused) = operator_access(req, ctx, after, head_only, TOPICS_NOT_LOOPBACK) {
         return refused;
     }
     let name = crate::http::request::percent_decode(raw)

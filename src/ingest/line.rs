@@ -107,6 +107,30 @@ pub fn write_error(out: &mut Vec<u8>, reason: &str) {
     out.extend_from_slice(b"\"}\n");
 }
 
+/// An answer line read back (the command-line producer, and `POST /publish`'s JSON and
+/// form answers): `{"ok":true,"id":"1"}` → Ok("1"); `{"ok":false,"error":"..."}` →
+/// Err(reason); anything else → Err saying so.
+pub fn read_answer(line: &str) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        ok: bool,
+        id: Option<String>,
+        error: Option<String>,
+    }
+    match serde_json::from_str::<Answer>(line) {
+        Ok(Answer {
+            ok: true,
+            id: Some(id),
+            ..
+        }) => Ok(id),
+        Ok(Answer { error: Some(e), .. }) => Err(e),
+        _ => Err(format!(
+            "unexpected answer from server: {}",
+            line.trim_end()
+        )),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The wire object: every known key kept as the producer's raw JSON value, so that
 // `null` is not mistaken for an absent key and no serde message echoes a long value.

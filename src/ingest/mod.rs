@@ -60,7 +60,8 @@ impl Answers {
     /// `{"ok":false,...}`, written after every earlier answer.
     pub fn error(&mut self, reason: &str) {
         if self.held.is_empty() {
-            self.write(Answer::Err(reason.to_string()));
+            self.errors += 1;
+            line::write_error(&mut self.ready, reason);
         } else {
             // Behind held answers: it leaves with the batch being built (or at once, when
             // that batch turns out to hold no record).
@@ -325,6 +326,26 @@ pub enum Flow {
 pub enum InputLine<'a> {
     Line(&'a [u8]),
     TooLong,
+}
+
+impl<'a> InputLine<'a> {
+    /// `bytes` as a line of at most `max_line` bytes.
+    pub fn of(bytes: &'a [u8], max_line: usize) -> InputLine<'a> {
+        match bytes.len() > max_line {
+            true => InputLine::TooLong,
+            false => InputLine::Line(bytes),
+        }
+    }
+
+    /// Decodes the line (`line::decode_line`); one that was too long is refused.
+    pub fn decode(self, max_line: usize, max_topics: usize) -> Result<line::Line, line::LineError> {
+        match self {
+            InputLine::TooLong => Err(line::LineError(format!(
+                "line longer than {max_line} bytes"
+            ))),
+            InputLine::Line(bytes) => line::decode_line(bytes, max_topics),
+        }
+    }
 }
 
 impl Producer {
