@@ -271,6 +271,12 @@ pub struct Cluster {
     /// How long a resume from an id above this node's last id waits for the reader.
     #[serde(deserialize_with = "duration")]
     pub catch_up: Duration,
+    /// Replicas to read the stream from (the nearest first); writes go to `redis`, and
+    /// reads fall back to it when no replica is in sync.
+    pub read_from: Vec<String>,
+    /// After a read that carried entries, wait this long before the next (0 to 1 ms).
+    #[serde(deserialize_with = "duration")]
+    pub read_linger: Duration,
 }
 
 impl Default for Cluster {
@@ -282,6 +288,8 @@ impl Default for Cluster {
             replica_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(2),
             catch_up: Duration::from_secs(1),
+            read_from: Vec::new(),
+            read_linger: Duration::ZERO,
         }
     }
 }
@@ -352,15 +360,22 @@ impl Config {
                         .into(),
                 );
             }
-            let scheme = c.redis.split("://").next().unwrap_or_default();
-            if !c.redis.contains("://")
-                || !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix")
+            let is_redis_url = |url: &str| {
+                let scheme = url.split("://").next().unwrap_or_default();
+                url.contains("://") && matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix")
+            };
+            for (key, url) in std::iter::once(("cluster.redis", &c.redis))
+                .chain(c.read_from.iter().map(|u| ("cluster.read_from", u)))
             {
-                return Err(format!(
-                    "cluster.redis {:?} must be a redis://host:port/db, rediss://… or \
-                     redis+unix:///path URL",
-                    c.redis
-                ));
+                if !is_redis_url(url) {
+                    return Err(format!(
+                        "{key} {url:?} must be a redis://host:port/db, rediss://… or \
+                         redis+unix:///path URL"
+                    ));
+                }
+            }
+            if c.read_linger > Duration::from_millis(1) {
+                return Err("cluster.read_linger must be at most 1ms (e.g. \"500us\")".into());
             }
             if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}', ' ']) {
                 return Err(
@@ -375,30 +390,31 @@ impl Config {
     }
 }
 
-/// Parses "250ms", "15s", "2m", "1h", "1d" (one unit, whole numbers).
+/// Parses "500us", "250ms", "15s", "2m", "1h", "1d" (one unit, whole numbers).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {text:?} needs a unit (ms, s, m, h, d)"))?;
+        .ok_or_else(|| format!("duration {text:?} needs a unit (us, ms, s, m, h, d)"))?;
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
         .map_err(|_| format!("duration {text:?} must start with a whole number"))?;
-    let ms_per_unit = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
+    let us_per_unit = match unit {
+        "us" => 1,
+        "ms" => 1000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
         _ => {
             return Err(format!(
-                "duration {text:?}: unknown unit {unit:?} (ms, s, m, h, d)"
+                "duration {text:?}: unknown unit {unit:?} (us, ms, s, m, h, d)"
             ));
         }
     };
-    n.checked_mul(ms_per_unit)
-        .map(Duration::from_millis)
+    n.checked_mul(us_per_unit)
+        .map(Duration::from_micros)
         .ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
@@ -485,6 +501,30 @@ mod tests {
     }
 
     #[test]
+    fn cluster_reads_from_replicas_with_an_optional_linger() {
+        let c = Config::parse(
+            "[cluster]\nredis = \"redis://p:6379/0\"\n\
+             read_from = [\"redis://r1:6379/0\", \"rediss://r2/\"]\nread_linger = \"500us\"",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.read_from, ["redis://r1:6379/0", "rediss://r2/"]);
+        assert_eq!(c.cluster.read_linger, Duration::from_micros(500));
+        assert_eq!(
+            Config::parse("").unwrap().cluster.read_linger,
+            Duration::ZERO
+        );
+        let bad = Config::parse("[cluster]\nredis = \"redis://p/\"\nread_from = [\"r1:6379\"]")
+            .unwrap_err();
+        assert!(
+            bad.contains("cluster.read_from \"r1:6379\" must be"),
+            "{bad}"
+        );
+        let long =
+            Config::parse("[cluster]\nredis = \"redis://p/\"\nread_linger = \"2ms\"").unwrap_err();
+        assert!(long.contains("read_linger must be at most 1ms"), "{long}");
+    }
+
+    #[test]
     fn cluster_section() {
         let c = Config::parse("").unwrap();
         assert!(!c.cluster.enabled());
@@ -516,6 +556,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
         assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));

@@ -323,8 +323,9 @@ pub struct Snapshot {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub start_time_unix_s: f64,
-    /// Cluster mode: whether Redis is reachable now, and its errors since start.
-    pub redis: Option<(bool, u64)>,
+    /// Cluster mode: whether Redis is reachable now, its errors since start, and whether
+    /// the reader reads from a replica of `cluster.read_from`.
+    pub redis: Option<(bool, u64, bool)>,
     /// Times free heap memory was given back to the kernel, and the time it took.
     pub heap_trims: u64,
     pub heap_trim_ns: u64,
@@ -540,7 +541,7 @@ pub fn render(s: &Snapshot, rejected: &ByStatus, latency: &Latency) -> String {
             ("{result=\"error\"}", s.reloads_failed.to_string()),
         ],
     );
-    if let Some((up, errors)) = s.redis {
+    if let Some((up, errors, on_replica)) = s.redis {
         family(
             "ssehub_redis_up",
             "gauge",
@@ -552,6 +553,12 @@ pub fn render(s: &Snapshot, rejected: &ByStatus, latency: &Latency) -> String {
             "counter",
             "Cluster mode: failed connects, lost connections, timeouts and protocol errors.",
             &one(errors),
+        );
+        family(
+            "ssehub_redis_reading_replica",
+            "gauge",
+            "Cluster mode: 1 while the node reads the stream from a replica of cluster.read_from, 0 from the primary.",
+            &one(u64::from(on_replica)),
         );
     }
     let name = "ssehub_publish_to_write_latency_seconds";

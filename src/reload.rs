@@ -138,6 +138,8 @@ const KEYS: &[Key] = &[
     key!("cluster.replica_timeout", RESTART, cluster.replica_timeout),
     key!("cluster.connect_timeout", RESTART, cluster.connect_timeout),
     key!("cluster.catch_up", RESTART, cluster.catch_up),
+    key!("cluster.read_from", RESTART, cluster.read_from),
+    key!("cluster.read_linger", RESTART, cluster.read_linger),
 ];
 
 /// What a reload found: keys whose value differs, split by whether they took effect.

@@ -99,6 +99,9 @@ pub(super) struct Identity {
     pub replid: String,
     /// `master` or `slave`.
     pub role: String,
+    /// A replica's link to its primary works (`master_link_status:up`); `false` on a
+    /// primary.
+    pub link_up: bool,
 }
 
 impl Identity {
@@ -141,6 +144,7 @@ pub(super) fn parse_identity(text: &str) -> Option<Identity> {
             "run_id" => id.run_id = v.to_string(),
             "master_replid" => id.replid = v.to_string(),
             "role" => id.role = v.to_string(),
+            "master_link_status" => id.link_up = v == "up",
             _ => {}
         }
     }
@@ -227,7 +231,10 @@ mod tests {
             ("abc123def456", "r1")
         );
         assert!(!id.is_primary());
+        assert!(!id.link_up, "no master_link_status line");
         assert_eq!(id.short(), "abc123de");
+        let synced = parse_identity("run_id:x\r\nrole:slave\r\nmaster_link_status:up\r\n");
+        assert!(synced.is_some_and(|id| id.link_up));
         assert_eq!(parse_identity("role:master\r\n"), None, "no run_id");
     }
 

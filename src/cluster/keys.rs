@@ -17,6 +17,9 @@ pub(super) struct Keys {
     pub last: String,
     /// `<prefix>:{ev}:epoch`: names the data set (created with `SET NX` when missing).
     pub epoch: String,
+    /// `<prefix>:{ev}:seen`: the channel of a reader's confirming `PUBLISH` (nobody
+    /// listens: it only gives the reader's connection a write for `WAIT` to count).
+    pub seen: String,
 }
 
 impl Keys {
@@ -25,6 +28,7 @@ impl Keys {
         Keys {
             last: format!("{stream}:last"),
             epoch: format!("{stream}:epoch"),
+            seen: format!("{stream}:seen"),
             stream,
         }
     }
@@ -109,6 +113,22 @@ pub(super) fn claim_epoch(keys: &Keys, candidate: &str) -> Cmd {
     cmd
 }
 
+/// `PUBLISH <seen> ""` then `WAIT min_replicas timeout`: the `WAIT` answers how many
+/// replicas hold everything the primary had before the `PUBLISH`, so entries read before
+/// it are confirmed when that reaches `min_replicas` (a reader's connection writes nothing
+/// else, and `WAIT` counts only a connection's own writes).
+pub(super) fn confirm(keys: &Keys, min_replicas: u32, timeout_ms: u64) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("PUBLISH")
+        .arg(&keys.seen)
+        .arg("")
+        .ignore()
+        .cmd("WAIT")
+        .arg(min_replicas)
+        .arg(timeout_ms.max(1));
+    pipe
+}
+
 /// `FCALL ssehub_raise`: `last` = max(`last`, `id`).
 pub(super) fn raise(keys: &Keys, id: u64) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
@@ -146,6 +166,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             max_age: Duration::from_secs(3600),
             max_stream_events: 10,
+            read_from: Vec::new(),
+            read_linger: Duration::ZERO,
         }
     }
 

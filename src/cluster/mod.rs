@@ -26,6 +26,9 @@
 //! - `writer` answers every publish exactly once, `Answered` reports ascending by sequence
 //!   number across reports. While the link is not up (also before the first `Up`), `flush`
 //!   refuses at once (`not stored: redis unavailable: <reason>`) rather than queue.
+//! - `reader` reads from the first replica of `read_from` that is in sync, else from the
+//!   primary (where it goes back to its replicas every 10 s); with `min_replicas` it
+//!   delivers an entry only once that many replicas hold it.
 //! - `reader` sends the start-up fill's `Entries`, then `Started` once, then `Entries` and
 //!   `Gap`s in stream order; a `Gap` comes before the entries it concerns. It waits while the queue holds more than
 //!   `shared::MAX_QUEUED_ENTRIES` entries, so a slow loop slows reading, not memory.
@@ -86,6 +89,12 @@ pub struct Options {
     pub max_age: Duration,
     /// `history.max_stream_events`: `MAXLEN ~` of the stream (0: none).
     pub max_stream_events: u64,
+    /// `cluster.read_from`: replicas the reader reads from (the first that answers and
+    /// is in sync), before falling back to `url`.
+    pub read_from: Vec<String>,
+    /// `cluster.read_linger`: after a read that carried entries (and fewer than a page),
+    /// the reader waits this long before the next, so that reads carry more entries.
+    pub read_linger: Duration,
 }
 
 /// One publish for the writer (already validated by `ingest::line`).
@@ -158,8 +167,16 @@ impl Link {
     /// through `waker`. Entries are read from the stream start-up position (see `Started`).
     /// `Err` (`InvalidInput`) when `options.url` is not a Redis URL.
     pub fn start(options: Options, waker: Arc<mio::Waker>) -> std::io::Result<Link> {
-        let client = connection::client(&options.url)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let client = connection::client(&options.url).map_err(invalid)?;
+        let mut sources = Vec::with_capacity(options.read_from.len() + 1);
+        for url in &options.read_from {
+            sources.push(reader::Source::replica(
+                url,
+                connection::client(url).map_err(invalid)?,
+            ));
+        }
+        sources.push(reader::Source::primary(&options.url, client.clone()));
         let shared = Arc::new(Shared::new(options, waker));
         let mut rng = crate::rng::Rng::seeded();
         let mut fork = || crate::rng::Rng::new(rng.next_u64());
@@ -173,7 +190,7 @@ impl Link {
         );
         let reader = reader::Reader::new(
             shared.clone(),
-            client.clone(),
+            sources,
             connection::Backoff::new(fork()),
             fork(),
         );
@@ -267,6 +284,19 @@ impl Link {
     /// then: a resume id it still has not read is not in the stream.
     pub fn tail_reads(&self) -> u64 {
         self.shared.tail_reads.load(Ordering::SeqCst)
+    }
+
+    /// A stream request waits for an id this node has not read: a reader on a replica
+    /// then finds out where the primary's stream ends, so that `tail_reads` grows only
+    /// once the node has read up to there (a replica's own end may be behind).
+    pub fn want_tail(&self) {
+        self.shared.tail_wanted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether the reader reads from a replica of `cluster.read_from` now
+    /// (`ssehub_redis_reading_replica`).
+    pub fn reads_from_replica(&self) -> bool {
+        self.shared.on_replica.load(Ordering::SeqCst)
     }
 
     /// Why the link is not up (its latest failure).

@@ -1,12 +1,19 @@
 //! The reader thread: fills the node's history from the stream at start-up (`XRANGE` over
 //! `history.max_age`, by Redis's clock), then follows it (`XREAD BLOCK`), checking that
 //! every entry follows the one before and belongs to the same data set (`Chain`). On a
-//! reconnect it checks that it reached the same server and data set (`run_id`,
-//! `master_replid`, the epoch), that the node's position is still there (its last entry
-//! with the same predecessor, or `last` at least as high) and that the writer's
-//! acknowledged ids were not lost, and reports a `Gap` where it cannot rule one out —
-//! forgetting up to the highest id anyone may have issued (`Reader::forget_mark`). Its only
-//! write is creating the epoch of an empty data set.
+//! reconnect it checks that it reached the same data set and replication history (the
+//! epoch, `master_replid`, and from primary to primary `run_id`), that the node's position
+//! is still there (its last entry with the same predecessor, or `last` at least as high)
+//! and that the writer's acknowledged ids were not lost, and reports a `Gap` where it
+//! cannot rule one out — forgetting up to the highest id anyone may have issued
+//! (`Reader::forget_mark`).
+//!
+//! It reads from the first replica of `cluster.read_from` that is in sync (`Source`),
+//! else from the primary. A replica that lacks what the node read or was acknowledged is
+//! behind, not a gap: it is waited for briefly, then left for the next source. With
+//! `min_replicas` it delivers nothing until that many replicas hold it (`confirm`). Its
+//! only write is creating the epoch of an empty data set (on the primary) and the
+//! confirming `PUBLISH`.
 
 use super::connection::{self, Backoff, Failure, Identity};
 use super::keys::{self, Keys};
@@ -25,8 +32,21 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// Socket timeouts: a black-holed connection errors out instead of hanging.
 const IO_TIMEOUT: Duration = Duration::from_secs(4);
 /// An id acknowledged to the writer and not read for this long while `XREAD` returns
-/// nothing: the reader's connection is presumed half-dead and is replaced.
+/// nothing: the reader's connection is presumed half-dead (a replica: lagging) and is
+/// replaced.
 const HALF_DEAD_AFTER: Duration = Duration::from_secs(3);
+/// A replica found unusable (not in sync, behind, unreachable) is not tried for this long.
+const SKIP_FOR: Duration = Duration::from_secs(10);
+/// How long a reconnect waits for a replica that is behind the node's position.
+const BEHIND_WAIT: Duration = Duration::from_secs(1);
+const BEHIND_POLL: Duration = Duration::from_millis(20);
+/// How often a reader on a replica checks that it is still in sync.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// A reader on a fallback (the primary, or a later replica) tries the earlier replicas
+/// again after this long.
+const RETRY_PREFERRED_EVERY: Duration = Duration::from_secs(10);
+/// `XREAD BLOCK` while a tail check waits for the replica to reach the primary's `last`.
+const TAIL_CHECK_BLOCK: Duration = Duration::from_millis(20);
 
 /// Why the reader stopped following.
 #[derive(Debug)]
@@ -36,6 +56,12 @@ enum Stop {
     Lost(String),
     /// A read was interrupted (`Failure::Interrupted`): reconnect at once, not an outage.
     Interrupted,
+    /// Leave this source for the next one at once (a replica not in sync, behind, or
+    /// lagging; a fallback trying its preferred replicas again): not an outage.
+    Switch(String),
+    /// Reconnect to the same source at once (a replica's history changed: the resume
+    /// decides about a gap).
+    Retry,
 }
 
 impl From<Failure> for Stop {
@@ -163,19 +189,87 @@ impl Chain {
     }
 }
 
+/// A server the reader may read from: a replica of `cluster.read_from`, or the primary
+/// (`cluster.redis`, always the last).
+pub(super) struct Source {
+    /// For log lines, without a password.
+    name: String,
+    client: Client,
+    replica: bool,
+    /// Found unusable (not in sync, behind, unreachable): not tried again before this.
+    skip_until: Option<Instant>,
+}
+
+impl Source {
+    pub fn replica(url: &str, client: Client) -> Source {
+        Source {
+            name: display_url(url),
+            client,
+            replica: true,
+            skip_until: None,
+        }
+    }
+
+    pub fn primary(url: &str, client: Client) -> Source {
+        Source {
+            replica: false,
+            ..Source::replica(url, client)
+        }
+    }
+}
+
+/// A Redis URL without its password, for log lines.
+fn display_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://…{}", &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// What a reconnect found.
+enum Verdict {
+    /// The node's position is there and nothing it was told of is missing.
+    Continues,
+    /// Entries may be lost: a gap.
+    Gap(String),
+    /// A replica has not received yet what the node read or was acknowledged.
+    Behind(String),
+}
+
+/// A tail check on a replica (`Link::want_tail`): the primary's `last` when asked, and
+/// whether the replica has received up to it.
+#[derive(Debug, Clone, Copy)]
+struct TailCheck {
+    primary_last: u64,
+    covered: bool,
+}
+
 pub(super) struct Reader {
     shared: Arc<Shared>,
-    client: Client,
+    /// The replicas of `read_from` in order, then the primary.
+    sources: Vec<Source>,
+    /// The source of the current (or last) connection.
+    at: usize,
+    /// When reading from a replica: a connection to the primary for confirmations
+    /// (`min_replicas` above 1) and tail checks; opened when first needed.
+    primary: Option<Connection>,
     keys: Keys,
     chain: Chain,
     /// `Started` was reported: later connects are reconnects.
     started: bool,
+    /// The start-up fill's first id (set by its first page).
+    remembers_from: Option<u64>,
     /// Acknowledged ids up to this one were found missing at a reconnect (and reported):
     /// the half-dead check no longer waits for them.
     ack_baseline: u64,
     backoff: Backoff,
     /// The server this node last read from.
     server: Identity,
+    /// `tail_wanted` already answered by a tail check.
+    tail_asked: u64,
+    tail_check: Option<TailCheck>,
+    /// Confirmations that fell short in a row (logged once per run).
+    unconfirmed: u32,
     rng: crate::rng::Rng,
 }
 
@@ -195,28 +289,37 @@ struct Position {
 impl Reader {
     pub fn new(
         shared: Arc<Shared>,
-        client: Client,
+        sources: Vec<Source>,
         backoff: Backoff,
         rng: crate::rng::Rng,
     ) -> Reader {
         let keys = Keys::new(&shared.options.key_prefix);
         Reader {
             shared,
-            client,
+            at: sources.len().saturating_sub(1),
+            sources,
+            primary: None,
             keys,
             chain: Chain::new(),
             started: false,
+            remembers_from: None,
             ack_baseline: 0,
             backoff,
             server: Identity::default(),
+            tail_asked: 0,
+            tail_check: None,
+            unconfirmed: 0,
             rng,
         }
     }
 
+    fn on_replica(&self) -> bool {
+        self.sources.get(self.at).is_some_and(|s| s.replica)
+    }
+
     pub fn run(mut self) {
         while !self.shared.is_shutting_down() {
-            let connect_timeout = self.shared.options.connect_timeout;
-            let stop = match connection::open(&self.client, connect_timeout, IO_TIMEOUT) {
+            let stop = match self.open_source() {
                 Ok(mut con) => {
                     let ready = if self.started {
                         self.resume(&mut con)
@@ -234,6 +337,26 @@ impl Reader {
             match stop {
                 Stop::Shutdown => return,
                 Stop::Interrupted => log::debug!("cluster: reader: {}", connection::INTERRUPTED),
+                Stop::Switch(why) => {
+                    if let Some(s) = self.sources.get_mut(self.at)
+                        && s.replica
+                    {
+                        s.skip_until = Some(Instant::now() + SKIP_FOR);
+                    }
+                    log::info!(
+                        "cluster: reader: leaves {}: {why}",
+                        self.sources.get(self.at).map_or("", |s| s.name.as_str())
+                    );
+                }
+                Stop::Retry => {}
+                Stop::Lost(reason) if self.on_replica() => {
+                    // The replica failed, not Redis: the next source is tried at once.
+                    self.shared.count_error();
+                    if let Some(s) = self.sources.get_mut(self.at) {
+                        s.skip_until = Some(Instant::now() + SKIP_FOR);
+                        log::warn!("cluster: reader: leaves the replica {}: {reason}", s.name);
+                    }
+                }
                 Stop::Lost(reason) => {
                     self.shared.count_error();
                     log::debug!("cluster: reader: {reason}");
@@ -246,20 +369,103 @@ impl Reader {
         }
     }
 
+    /// Connects to the first replica that answers and is in sync (with an epoch), else to
+    /// the primary. `Err` only when the primary cannot be reached.
+    fn open_source(&mut self) -> Result<Connection, String> {
+        let now = Instant::now();
+        let mut opened = None;
+        for i in 0..self.sources.len() {
+            let source = &self.sources[i];
+            if !source.replica {
+                let timeout = self.shared.options.connect_timeout;
+                let con = connection::open(&source.client, timeout, IO_TIMEOUT);
+                if con.is_err() {
+                    // A failure of the primary, not of a replica (`run` backs off).
+                    self.at = i;
+                    self.shared.on_replica.store(false, Ordering::SeqCst);
+                }
+                opened = Some((i, con?));
+                break;
+            }
+            if source.skip_until.is_some_and(|t| t > now) {
+                continue;
+            }
+            match self.open_replica(i) {
+                Ok(con) => {
+                    self.sources[i].skip_until = None;
+                    opened = Some((i, con));
+                    break;
+                }
+                Err(why) => {
+                    let source = &mut self.sources[i];
+                    log::debug!("cluster: reader: replica {} not used: {why}", source.name);
+                    source.skip_until = Some(now + SKIP_FOR);
+                }
+            }
+        }
+        let (i, con) = opened.ok_or("no source to read from")?;
+        if i != self.at {
+            let source = &self.sources[i];
+            let what = if source.replica { "replica" } else { "primary" };
+            log::info!("cluster: reader: reads from the {what} {}", source.name);
+        }
+        self.at = i;
+        let replica = self.on_replica();
+        self.shared.on_replica.store(replica, Ordering::SeqCst);
+        if !replica {
+            self.primary = None;
+        }
+        Ok(con)
+    }
+
+    /// A connection to the replica `sources[i]` when it is in sync. On an empty data set
+    /// the epoch is created on the primary (as a reader there would) and waited for.
+    fn open_replica(&mut self, i: usize) -> Result<Connection, String> {
+        let timeout = self.shared.options.connect_timeout;
+        let mut con = connection::open(&self.sources[i].client, timeout, IO_TIMEOUT)?;
+        let mut has_epoch = replica_in_sync(&mut con, &self.keys)?;
+        if !has_epoch {
+            let primary = &self.sources.last().ok_or("no primary")?.client;
+            let mut p = connection::open(primary, timeout, IO_TIMEOUT)?;
+            let candidate = format!("{:016x}", self.rng.next_u64());
+            connection::call(&mut p, &keys::claim_epoch(&self.keys, &candidate))
+                .map_err(Failure::into_reason)?;
+            let deadline = Instant::now() + BEHIND_WAIT;
+            while !has_epoch && Instant::now() < deadline {
+                std::thread::sleep(BEHIND_POLL);
+                has_epoch = replica_in_sync(&mut con, &self.keys)?;
+            }
+        }
+        match has_epoch {
+            true => Ok(con),
+            false => Err("it holds no epoch yet".into()),
+        }
+    }
+
     fn connected(&mut self) {
         self.backoff.reset();
         self.shared.set_side(Side::Reader, Ok(()));
     }
 
-    /// Learns the server, the epoch (creating it on an empty data set), `last`, the tail
-    /// and the clock, in that order.
+    /// Learns the server, the epoch (creating it on an empty data set; a replica's must
+    /// exist), `last`, the tail and the clock, in that order.
     fn position(&mut self, con: &mut Connection) -> Result<Position, Stop> {
         let server = connection::identity(con)?;
-        let candidate = format!("{:016x}", self.rng.next_u64());
-        let claimed = connection::call(con, &keys::claim_epoch(&self.keys, &candidate))?;
-        let existing = reply::optional_text(&claimed).map_err(protocol)?;
-        let epoch_created = existing.is_none();
-        let epoch = existing.unwrap_or(candidate);
+        let (epoch, epoch_created) = if self.on_replica() {
+            let mut get = redis::cmd("GET");
+            get.arg(&self.keys.epoch);
+            let epoch = reply::optional_text(&connection::call(con, &get)?).map_err(protocol)?;
+            (
+                epoch.ok_or(Stop::Switch("the replica holds no epoch".into()))?,
+                false,
+            )
+        } else {
+            let candidate = format!("{:016x}", self.rng.next_u64());
+            let claimed = connection::call(con, &keys::claim_epoch(&self.keys, &candidate))?;
+            let existing = reply::optional_text(&claimed).map_err(protocol)?;
+            let created = existing.is_none();
+            (existing.unwrap_or(candidate), created)
+        };
 
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -272,12 +478,7 @@ impl Reader {
             .arg("COUNT")
             .arg(1)
             .cmd("TIME");
-        let replies: Vec<Value> =
-            pipe.query(con)
-                .map_err(|e| match connection::interrupted(&e) {
-                    true => Stop::Interrupted,
-                    false => Stop::Lost(connection::reason(&e)),
-                })?;
+        let replies: Vec<Value> = pipe.query(con).map_err(pipeline_stop)?;
         let [stored_last, tail, time] = <[Value; 3]>::try_from(replies)
             .map_err(|r| protocol(format!("position transaction gave {} replies", r.len())))?;
         let stored_last = reply::optional_id(&stored_last)
@@ -326,20 +527,30 @@ impl Reader {
         self.shared.saw(last_id);
         self.chain.epoch = at.epoch.clone();
 
-        let mut page = self.page(con, &format!("{from_us}-0"))?;
+        // A fill cut short by a failure goes on after what it delivered.
+        let resumed = self.chain.last > 0;
+        let from = match resumed {
+            true => format!("({}", self.chain.cursor),
+            false => format!("{from_us}-0"),
+        };
+        let mut page = self.page(con, &from)?;
         // Resumes from below this cannot be proven complete: the first entry held, or,
         // with none, Redis's `last` (everything up to it trimmed by age), or, on an empty
         // data set, now (whatever a client saw before belonged to a data set that is gone).
-        let remembers_from = match page.first() {
+        let remembers_from = self.remembers_from.unwrap_or(match page.first() {
             Some(raw) => raw.id,
             None if last_id > 0 => last_id,
             None => at.now_us.max(unix_us()),
-        };
-        self.chain.exempt_next = true;
+        });
+        self.chain.exempt_next = !resumed;
         loop {
             let full = page.len() == PAGE;
+            if !page.is_empty() {
+                self.confirm(con)?;
+            }
             let steps = self.chain.take(page);
             self.deliver(steps)?;
+            self.remembers_from = Some(remembers_from);
             if !full {
                 break;
             }
@@ -357,10 +568,11 @@ impl Reader {
         Ok(())
     }
 
-    /// This connection's server and data set are the ones the node reads from now.
+    /// This connection's server and data set are the ones the node reads from now. The
+    /// probe compares the primary it finds with this server only when it is the primary.
     fn adopt(&mut self, at: Position) {
-        self.shared
-            .set_server(Side::Reader, Some(&at.server.run_id));
+        let run_id = (!self.on_replica()).then_some(at.server.run_id.as_str());
+        self.shared.set_server(Side::Reader, run_id);
         self.chain.epoch = at.epoch;
         self.server = at.server;
     }
@@ -375,34 +587,49 @@ impl Reader {
         reply::range(connection::call(con, &cmd)?).map_err(protocol)
     }
 
-    /// A reconnect: the same server and data set? Is the node's position still there? Are
-    /// the ids acknowledged to this node's writer and not read yet still there? Any doubt is
-    /// a gap up to `forget_mark`.
+    /// A reconnect: the same data set and replication history? Is the node's position
+    /// still there? Are the ids acknowledged to this node's writer and not read yet still
+    /// there? Any doubt is a gap up to `forget_mark`. A replica that has not yet received
+    /// what the node read or was acknowledged is waited for up to `BEHIND_WAIT`, then
+    /// left for the next source (no gap: the primary has it).
     fn resume(&mut self, con: &mut Connection) -> Result<(), Stop> {
-        let at = self.position(con)?;
-        let mark = self.forget_mark(&at);
-        if let Some(why) = self.changed(&at) {
-            self.report_gap(mark, why);
-        } else if let Some(why) = self.check_position(con, at.stored_last)? {
-            self.report_gap(mark, why);
-        } else {
-            let acked = self.shared.acked_max.load(Ordering::SeqCst);
-            if acked > self.chain.last && acked > self.ack_baseline && !self.exists(con, acked)? {
-                self.report_gap(
-                    mark,
-                    format!("acknowledged entry {acked} is not in the stream"),
-                );
-                self.ack_baseline = acked;
+        let deadline = Instant::now() + BEHIND_WAIT;
+        let at = loop {
+            let at = self.position(con)?;
+            let verdict = match self.changed(&at) {
+                Some(why) => Verdict::Gap(why),
+                None => self.verify(con, &at)?,
+            };
+            match verdict {
+                Verdict::Continues => break at,
+                Verdict::Gap(why) => {
+                    let mark = self.forget_mark(&at);
+                    if why.starts_with("acknowledged") {
+                        self.ack_baseline = self.shared.acked_max.load(Ordering::SeqCst);
+                    }
+                    self.report_gap(mark, why);
+                    break at;
+                }
+                Verdict::Behind(why) if Instant::now() >= deadline => {
+                    return Err(Stop::Switch(why));
+                }
+                Verdict::Behind(_) => {
+                    if !self.shared.sleep(BEHIND_POLL) {
+                        return Err(Stop::Shutdown);
+                    }
+                }
             }
-        }
+        };
         self.adopt(at);
         self.connected();
         Ok(())
     }
 
-    /// `Some(why)` when the connection reached another server (restarted, or another one
-    /// behind the address), another replication history (a promoted replica), or another
-    /// data set (the epoch is new or different).
+    /// `Some(why)` when the connection reached another data set (the epoch is new or
+    /// different), another replication history (a promoted replica, a restart without
+    /// the data), or — from primary to primary — another server process (restarted, or
+    /// another one behind the address). Moving between a replica and the primary is not
+    /// a change by itself: `verify` checks the position.
     fn changed(&self, at: &Position) -> Option<String> {
         let was = &self.server;
         if at.epoch_created {
@@ -417,7 +644,7 @@ impl Reader {
                 at.epoch, self.chain.epoch
             ));
         }
-        if at.server.run_id != was.run_id {
+        if at.server.is_primary() && was.is_primary() && at.server.run_id != was.run_id {
             return Some(format!(
                 "another server process ({}, was {})",
                 at.server.short(),
@@ -433,31 +660,57 @@ impl Reader {
         None
     }
 
-    /// `Some(why)` when the node's position is gone: its last entry missing or following
-    /// another one, or — when its position is a raised `last`, not an entry — `last` below it.
-    fn check_position(
-        &self,
-        con: &mut Connection,
-        stored_last: u64,
-    ) -> Result<Option<String>, Stop> {
+    /// Whether the node's position is still there (its last entry with the same
+    /// predecessor, or — when its position is a raised `last`, not an entry — `last` at
+    /// least as high) and the ids acknowledged to this node's writer and not read yet
+    /// exist. On a replica whose `last` is below what is missing, it is `Behind`.
+    fn verify(&mut self, con: &mut Connection, at: &Position) -> Result<Verdict, Stop> {
+        let replica = self.on_replica();
         let last = self.chain.last;
-        if last == 0 {
-            return Ok(None);
-        }
-        let Some(prev) = self.chain.last_prev else {
-            return Ok((stored_last < last)
-                .then(|| format!("last id {stored_last} is below this node's position {last}")));
+        let missing = if last == 0 {
+            None
+        } else if let Some(prev) = self.chain.last_prev {
+            match self.entry_at(con, last)? {
+                None => Some(format!("entry {last} is no longer in the stream")),
+                Some(Ok(e)) if e.prev != prev => {
+                    return Ok(Verdict::Gap(format!(
+                        "entry {last} now follows {} instead of {prev}",
+                        e.prev
+                    )));
+                }
+                Some(Err(why)) => {
+                    return Ok(Verdict::Gap(format!(
+                        "entry {last} is now malformed: {why}"
+                    )));
+                }
+                Some(Ok(_)) => None,
+            }
+        } else {
+            (at.stored_last < last).then(|| {
+                format!(
+                    "last id {} is below this node's position {last}",
+                    at.stored_last
+                )
+            })
         };
-        let found = self.entry_at(con, last)?;
-        Ok(match found {
-            None => Some(format!("entry {last} is no longer in the stream")),
-            Some(Ok(e)) if e.prev != prev => Some(format!(
-                "entry {last} now follows {} instead of {prev}",
-                e.prev
-            )),
-            Some(Err(why)) => Some(format!("entry {last} is now malformed: {why}")),
-            Some(Ok(_)) => None,
-        })
+        if let Some(why) = missing {
+            return Ok(if replica && at.stored_last < last {
+                Verdict::Behind(format!("the replica is behind ({why})"))
+            } else {
+                Verdict::Gap(why)
+            });
+        }
+        let acked = self.shared.acked_max.load(Ordering::SeqCst);
+        if acked > last && acked > self.ack_baseline && !self.exists(con, acked)? {
+            return Ok(if replica && at.stored_last < acked {
+                Verdict::Behind(format!(
+                    "the replica has not received acknowledged entry {acked}"
+                ))
+            } else {
+                Verdict::Gap(format!("acknowledged entry {acked} is not in the stream"))
+            });
+        }
+        Ok(Verdict::Continues)
     }
 
     fn entry_at(
@@ -481,8 +734,13 @@ impl Reader {
         self.shared.push(Report::Gap { forget_up_to, why });
     }
 
-    /// Follows the stream until the connection fails or the link shuts down.
+    /// Follows the stream until the connection fails, the link shuts down, or (on a
+    /// replica) the replica stops being usable, or (on a fallback) it is time to try the
+    /// preferred replicas again.
     fn follow(&mut self, con: &mut Connection) -> Stop {
+        let replica = self.on_replica();
+        let since = Instant::now();
+        let mut looked = since;
         let mut quiet_since: Option<Instant> = None;
         loop {
             if self.shared.is_shutting_down() {
@@ -491,21 +749,38 @@ impl Reader {
             if self.shared.take_moved(Side::Reader) {
                 return Stop::Lost("the address leads to another server now (failover)".into());
             }
-            let raws = match self.read(con) {
+            if looked.elapsed() >= LOOK_EVERY {
+                looked = Instant::now();
+                if let Some(stop) = self.look_around(con, since) {
+                    return stop;
+                }
+            }
+            let block = match replica {
+                true => match self.tail_check(con) {
+                    Ok(true) => TAIL_CHECK_BLOCK,
+                    Ok(false) => BLOCK,
+                    Err(stop) => return stop,
+                },
+                false => BLOCK,
+            };
+            let raws = match self.read(con, block) {
                 Ok(raws) => raws,
                 Err(stop) => return stop,
             };
             if raws.is_empty() {
-                self.shared.tail_reads.fetch_add(1, Ordering::SeqCst);
+                self.count_tail_read(replica);
                 let acked = self.shared.acked_max.load(Ordering::SeqCst);
                 if acked > self.chain.last && acked > self.ack_baseline {
                     let since = *quiet_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= HALF_DEAD_AFTER {
-                        return Stop::Lost(format!(
-                            "nothing read for {}s while entry {acked} was acknowledged \
-                             (half-dead connection?)",
+                        let why = format!(
+                            "nothing read for {}s while entry {acked} was acknowledged",
                             since.elapsed().as_secs()
-                        ));
+                        );
+                        return match replica {
+                            true => Stop::Switch(format!("{why} (replica lagging?)")),
+                            false => Stop::Lost(format!("{why} (half-dead connection?)")),
+                        };
                     }
                 } else {
                     quiet_since = None;
@@ -514,22 +789,174 @@ impl Reader {
             }
             quiet_since = None;
             let at_tail = raws.len() < PAGE;
+            if let Err(stop) = self.confirm(con) {
+                return stop;
+            }
             let steps = self.chain.take(raws);
             if let Err(stop) = self.deliver(steps) {
                 return stop;
             }
             if at_tail {
-                self.shared.tail_reads.fetch_add(1, Ordering::SeqCst);
+                self.count_tail_read(replica);
+                let linger = self.shared.options.read_linger;
+                if !linger.is_zero() && !self.shared.sleep(linger) {
+                    return Stop::Shutdown;
+                }
             }
         }
     }
 
-    fn read(&self, con: &mut Connection) -> Result<Vec<RawEntry>, Stop> {
+    /// Once a second while following: a replica must still be in sync with the same
+    /// primary's history; a node reading from a fallback tries its preferred replicas
+    /// again every `RETRY_PREFERRED_EVERY`.
+    fn look_around(&mut self, con: &mut Connection, since: Instant) -> Option<Stop> {
+        if self.on_replica() {
+            let there = match connection::identity(con) {
+                Ok(there) => there,
+                Err(f) => return Some(f.into()),
+            };
+            if there.is_primary() || !there.link_up {
+                return Some(Stop::Switch(match there.is_primary() {
+                    true => "the replica was promoted".into(),
+                    false => "the replica lost its link to the primary".into(),
+                }));
+            }
+            if there.replid != self.server.replid {
+                // A failover: the resume after this reconnect decides about a gap.
+                return Some(Stop::Retry);
+            }
+        }
+        let preferred = self.sources.iter().take(self.at).any(|s| s.replica);
+        (preferred && since.elapsed() >= RETRY_PREFERRED_EVERY)
+            .then(|| Stop::Switch("trying the preferred replicas again".into()))
+    }
+
+    /// A tail read counts on the primary always; on a replica only once the replica has
+    /// received everything up to the primary's `last` of the latest tail check.
+    fn count_tail_read(&mut self, replica: bool) {
+        if replica {
+            match self.tail_check {
+                Some(TailCheck { covered: true, .. }) => self.tail_check = None,
+                _ => return,
+            }
+        }
+        self.shared.tail_reads.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// On a replica: when the loop waits for an id (`tail_wanted` grew), asks the primary
+    /// for its `last`; then asks the replica for its own until it is as high. `true`
+    /// while a check is under way (read with a short block).
+    fn tail_check(&mut self, con: &mut Connection) -> Result<bool, Stop> {
+        let wanted = self.shared.tail_wanted.load(Ordering::SeqCst);
+        if wanted > self.tail_asked {
+            self.tail_asked = wanted;
+            let mut get = redis::cmd("GET");
+            get.arg(&self.keys.last);
+            let primary = self.primary_connection()?;
+            let last = match connection::call(primary, &get) {
+                Ok(v) => reply::optional_id(&v).map_err(protocol)?.unwrap_or(0),
+                Err(f) => {
+                    self.primary = None;
+                    return Err(f.into());
+                }
+            };
+            self.tail_check = Some(TailCheck {
+                primary_last: last,
+                covered: false,
+            });
+        }
+        let Some(check) = self.tail_check.as_mut().filter(|c| !c.covered) else {
+            return Ok(false);
+        };
+        let primary_last = check.primary_last;
+        let mut get = redis::cmd("GET");
+        get.arg(&self.keys.last);
+        let here = reply::optional_id(&connection::call(con, &get)?)
+            .map_err(protocol)?
+            .unwrap_or(0);
+        if (here >= primary_last || self.chain.last >= primary_last)
+            && let Some(c) = self.tail_check.as_mut()
+        {
+            c.covered = true;
+        }
+        Ok(true)
+    }
+
+    /// The side connection to the primary (opened when first needed), checked to be one.
+    fn primary_connection(&mut self) -> Result<&mut Connection, Stop> {
+        if self.primary.is_none() {
+            let primary = self.sources.last().ok_or(Stop::Lost("no primary".into()))?;
+            let timeout = self.shared.options.connect_timeout;
+            let mut con =
+                connection::open(&primary.client, timeout, IO_TIMEOUT).map_err(Stop::Lost)?;
+            if !connection::identity(&mut con)?.is_primary() {
+                return Err(Stop::Lost("cluster.redis leads to a replica".into()));
+            }
+            self.primary = Some(con);
+        }
+        self.primary.as_mut().ok_or(Stop::Lost("no primary".into()))
+    }
+
+    /// With `min_replicas`, waits until that many replicas hold everything read so far
+    /// (`PUBLISH` + `WAIT` on the primary), trying again while they do not: an entry a
+    /// failover could still erase is not delivered. Reading from a replica counts as one.
+    fn confirm(&mut self, con: &mut Connection) -> Result<(), Stop> {
+        let n = self.shared.options.min_replicas;
+        let replica = self.on_replica();
+        if n == 0 || (replica && n == 1) {
+            return Ok(());
+        }
+        let wait_ms = self.shared.options.replica_timeout.as_millis() as u64;
+        let pipe = keys::confirm(&self.keys, n, wait_ms);
+        loop {
+            if self.shared.is_shutting_down() {
+                return Err(Stop::Shutdown);
+            }
+            if self.shared.take_moved(Side::Reader) {
+                return Err(Stop::Lost(
+                    "the address leads to another server now (failover)".into(),
+                ));
+            }
+            let target = match replica {
+                true => self.primary_connection()?,
+                false => &mut *con,
+            };
+            let answer: Result<Vec<Value>, _> = pipe.query(target);
+            let counted = match answer {
+                Ok(v) => match v.first() {
+                    Some(Value::Int(k)) => *k,
+                    _ => return Err(protocol("WAIT gave no count".into())),
+                },
+                Err(e) => {
+                    if replica {
+                        self.primary = None;
+                    }
+                    return Err(pipeline_stop(e));
+                }
+            };
+            if counted >= i64::from(n) {
+                if self.unconfirmed > 0 {
+                    log::info!("cluster: reader: {n} replicas hold what was read; delivering");
+                }
+                self.unconfirmed = 0;
+                return Ok(());
+            }
+            if self.unconfirmed == 0 {
+                log::warn!(
+                    "cluster: reader: only {counted} of {n} replicas hold what was read; \
+                     holding it back"
+                );
+            }
+            self.unconfirmed += 1;
+        }
+    }
+
+    fn read(&self, con: &mut Connection, block: Duration) -> Result<Vec<RawEntry>, Stop> {
         let mut cmd: Cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(PAGE)
             .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
+            .arg(block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&self.keys.stream)
             .arg(&self.chain.cursor);
@@ -567,6 +994,32 @@ impl Reader {
         } else {
             Err(Stop::Shutdown)
         }
+    }
+}
+
+/// A replica is used only while it follows a primary with a working link and holds the
+/// data set's epoch (a replica that has not synced yet holds none; nor does one of an
+/// empty data set, until the epoch's creation on the primary reaches it).
+fn replica_in_sync(con: &mut Connection, keys: &Keys) -> Result<bool, String> {
+    let there = connection::identity(con).map_err(Failure::into_reason)?;
+    if there.is_primary() {
+        return Err("it is a primary".into());
+    }
+    if !there.link_up {
+        return Err("its link to the primary is down".into());
+    }
+    let mut exists = redis::cmd("EXISTS");
+    exists.arg(&keys.epoch);
+    match connection::call(con, &exists).map_err(Failure::into_reason)? {
+        Value::Int(1) => Ok(true),
+        _ => Ok(false),
+    }
+}
+
+fn pipeline_stop(e: redis::RedisError) -> Stop {
+    match connection::interrupted(&e) {
+        true => Stop::Interrupted,
+        false => Stop::Lost(connection::reason(&e)),
     }
 }
 

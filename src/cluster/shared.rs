@@ -66,6 +66,12 @@ pub(super) struct Shared {
     /// after their entries were queued: once it has grown since a moment, every entry
     /// that existed then is in the queue or was read before (`Link::tail_reads`).
     pub tail_reads: AtomicU64,
+    /// Bumped by the loop when a stream request waits for an id not read yet
+    /// (`Link::want_tail`): a reader on a replica then learns where the primary's stream
+    /// ends before it counts a tail read.
+    pub tail_wanted: AtomicU64,
+    /// The reader reads from a replica now.
+    pub on_replica: AtomicBool,
     /// Set by the probe: the URL now leads to another server than this side's connection
     /// (a failover behind a fixed address); the side reconnects.
     moved: [AtomicBool; 2],
@@ -94,6 +100,8 @@ impl Shared {
             acked_max: AtomicU64::new(0),
             writer_pending: AtomicUsize::new(0),
             tail_reads: AtomicU64::new(0),
+            tail_wanted: AtomicU64::new(0),
+            on_replica: AtomicBool::new(false),
             moved: [AtomicBool::new(false), AtomicBool::new(false)],
         }
     }

@@ -122,6 +122,8 @@ fn options(url: &str) -> Options {
         connect_timeout: Duration::from_secs(1),
         max_age: Duration::from_secs(3600),
         max_stream_events: 0,
+        read_from: Vec::new(),
+        read_linger: Duration::ZERO,
     }
 }
 
@@ -615,8 +617,14 @@ fn wait_without_a_replica_is_not_confirmed_within_the_replica_timeout() {
             Err("not confirmed: only 0 of 1 replicas acknowledged within 300ms".to_string())
         );
     }
-    // Stored all the same (the producer may retry with a key): every node delivers them.
-    node.wait_entries(2);
+    // Stored all the same (the producer may retry with a key), but no node delivers them
+    // while no replica holds them: a failover could still erase them.
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        node.drain();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(node.entries.len(), 0, "delivered before a replica held it");
     assert!(node.link.is_up(), "a WAIT shortfall is not an outage");
 }
 

@@ -33,6 +33,8 @@ pub(super) fn cluster_link(config: &Config, waker: Arc<Waker>) -> io::Result<Lin
         connect_timeout: c.connect_timeout,
         max_age: config.history.max_age,
         max_stream_events: config.history.max_stream_events,
+        read_from: c.read_from.clone(),
+        read_linger: c.read_linger,
     };
     Link::start(options, waker)
 }
@@ -143,7 +145,11 @@ impl Server {
     /// Parks a stream request the node cannot decide yet (`Decision::CatchUp`).
     pub(super) fn park(&mut self, key: u32, request: Request, until: u64) {
         let deadline = self.now + self.config.cluster.catch_up.as_millis() as Millis;
-        let tail_reads = self.commit.link().map_or(0, Link::tail_reads);
+        let tail_reads = self.commit.link().map_or(0, |link| {
+            let counted = link.tail_reads();
+            link.want_tail();
+            counted
+        });
         self.catching_up.push(Parked {
             key,
             request,

@@ -540,7 +540,10 @@ impl Server {
             reloads_ok: self.ops.reloads_ok,
             reloads_failed: self.ops.reloads_failed,
             start_time_unix_s: self.ops.start_unix_s,
-            redis: self.commit.link().map(|l| (l.is_up(), l.errors_total())),
+            redis: self
+                .commit
+                .link()
+                .map(|l| (l.is_up(), l.errors_total(), l.reads_from_replica())),
             heap_trims: self.stats.heap_trims,
             heap_trim_ns: self.stats.heap_trim_ns,
             publishes: self.stats.publishes.clone(),

@@ -39,6 +39,8 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
     /// The temp dir the fixture made for the config; None when the test owns the config.
     _dir: Option<tempfile::TempDir>,
+    /// What lives as long as the server (a cluster node's reader replica).
+    pub keep: Vec<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Server {
@@ -120,6 +122,7 @@ impl Server {
             config: config.to_path_buf(),
             log,
             _dir: dir,
+            keep: Vec::new(),
         }
     }
 

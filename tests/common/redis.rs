@@ -68,6 +68,8 @@ impl Redis {
             // Small stream nodes, so that `MAXLEN ~` and `MINID ~` trims take effect
             // after a few entries instead of a hundred.
             .args(["--stream-node-max-entries", "4"])
+            // A replica's first sync starts at once, not after the default 5 s.
+            .args(["--repl-diskless-sync-delay", "0"])
             .args(["--loglevel", "warning"])
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -266,12 +268,63 @@ pub fn node(url: &str, extra: &[(&str, &str)]) -> Server {
     node_on(url, 0, extra)
 }
 
+/// Whether this run's nodes read from replicas: `SSEHUB_TEST_READERS=replicas`, which
+/// `.ci/run` sets for a second run of the cluster suites, so that every case (the faults
+/// included) is also checked with `cluster.read_from`.
+pub fn readers_on_replicas() -> bool {
+    std::env::var("SSEHUB_TEST_READERS").is_ok_and(|v| v == "replicas")
+}
+
+/// The replica nodes on `url` read from (`readers_on_replicas`): one per address, started
+/// on first use (replicating through the same address, so a cut or a retarget of a
+/// forwarder reaches it too) and kept while a node holds it.
+fn reader_replica(url: &str) -> Option<Arc<Redis>> {
+    static REPLICAS: Mutex<Vec<(String, std::sync::Weak<Redis>)>> = Mutex::new(Vec::new());
+    if !readers_on_replicas() {
+        return None;
+    }
+    let mut replicas = REPLICAS.lock().unwrap_or_else(|e| e.into_inner());
+    replicas.retain(|(_, r)| r.strong_count() > 0);
+    if let Some(r) = replicas
+        .iter()
+        .find(|(u, _)| u == url)
+        .and_then(|(_, r)| r.upgrade())
+    {
+        return Some(r);
+    }
+    let port = url
+        .strip_prefix("redis://127.0.0.1:")
+        .and_then(|rest| rest.split('/').next())
+        .expect("a redis://127.0.0.1:PORT/0 URL");
+    let replica = Arc::new(Redis::start(&["--replicaof", "127.0.0.1", port]));
+    // Usually in sync within milliseconds; a node also starts on a replica still syncing
+    // (it reads from the primary meanwhile), so this only waits a little.
+    wait_for(Duration::from_secs(3), || {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    });
+    replicas.push((url.to_string(), Arc::downgrade(&replica)));
+    Some(replica)
+}
+
+/// The `[cluster]` lines of a node on `url`: the URL, a short connect timeout, and with
+/// `readers_on_replicas` a replica to read from.
+fn cluster_section(url: &str) -> (String, Option<Arc<Redis>>) {
+    let mut cluster = format!("redis = {url:?}\nconnect_timeout = \"500ms\"");
+    let replica = reader_replica(url);
+    if let Some(r) = &replica {
+        cluster.push_str(&format!("\nread_from = [{:?}]", r.url()));
+    }
+    (cluster, replica)
+}
+
 /// `node`, listening on 127.0.0.1:`port` (0: a free port).
 pub fn node_on(url: &str, port: u16, extra: &[(&str, &str)]) -> Server {
-    let cluster = format!("redis = {url:?}\nconnect_timeout = \"500ms\"");
+    let (cluster, replica) = cluster_section(url);
     let mut sections: Vec<(&str, &str)> = vec![("cluster", cluster.as_str())];
     sections.extend_from_slice(extra);
-    let s = Server::start_with_command(&sections, |config| {
+    let mut s = Server::start_with_command(&sections, |config| {
         let text = std::fs::read_to_string(config).expect("config");
         let text = text.replace(
             "listen = \"127.0.0.1:0\"",
@@ -280,21 +333,37 @@ pub fn node_on(url: &str, port: u16, extra: &[(&str, &str)]) -> Server {
         std::fs::write(config, text).expect("config");
         super::serve_command(config)
     });
+    let on_replica = replica.is_some();
+    s.keep
+        .extend(replica.map(|r| r as Arc<dyn std::any::Any + Send + Sync>));
     assert!(
         wait_for(Duration::from_secs(10), || redis_up(&s) == Some(true)),
         "node did not report ssehub_redis_up 1: {}",
         s.log_text()
     );
+    if on_replica {
+        assert!(
+            wait_for(Duration::from_secs(10), || metric(
+                &s,
+                "ssehub_redis_reading_replica"
+            ) == Some(1)),
+            "node does not read from its replica: {}",
+            s.log_text()
+        );
+    }
     s
 }
 
 /// `node`, but without waiting for `ssehub_redis_up 1` (a node started while Redis is
 /// unreachable); waits only for it to listen.
 pub fn node_unchecked(url: &str, extra: &[(&str, &str)]) -> Server {
-    let cluster = format!("redis = {url:?}\nconnect_timeout = \"500ms\"");
+    let (cluster, replica) = cluster_section(url);
     let mut sections: Vec<(&str, &str)> = vec![("cluster", cluster.as_str())];
     sections.extend_from_slice(extra);
-    Server::start_with(&sections)
+    let mut s = Server::start_with(&sections);
+    s.keep
+        .extend(replica.map(|r| r as Arc<dyn std::any::Any + Send + Sync>));
+    s
 }
 
 /// `ssehub_redis_up` of a node (None: not in its /metrics).
