@@ -238,7 +238,9 @@ impl Input {
             parts.push(format!("git {r}"));
         }
         parts.extend(self.machine.clone());
-        parts.extend(self.date.clone());
+        if self.sources.len() == 1 {
+            parts.extend(self.date.clone());
+        }
         parts.push(format!("from {}", self.sources.join(", ")));
         parts.join(" · ")
     }
@@ -588,9 +590,25 @@ fn memory_chart(input: &Input) -> Option<Figure> {
 /// tls_compare: fan-out deliveries per server CPU-second, servers × transports.
 fn tls_fanout_chart(input: &Input) -> Option<Figure> {
     let mut cells = Cells::default();
+    let mut other = 0;
+    let mut shapes: Vec<String> = Vec::new();
     for (i, r) in input.runs.iter().enumerate() {
         if !matches!(text(r, "scenario"), Some("fanout" | "slow")) {
             continue;
+        }
+        // tls_compare labels its runs "fanout-tls|SERVER"; a compare file's fan-outs are
+        // other workloads.
+        if !text(r, "label").is_some_and(|l| l.contains('|')) {
+            other += 1;
+            continue;
+        }
+        if let (Some(n), Some(m), Some(rate)) =
+            (num(r, "/subscribers"), num(r, "/events"), num(r, "/rate"))
+        {
+            let shape = format!("{n} subscribers × {m} events at {rate}/s");
+            if !shapes.contains(&shape) {
+                shapes.push(shape);
+            }
         }
         match num(r, "/deliveries_per_cpu_s") {
             Some(v) => cells.add(&server(r), transport(r), v),
@@ -600,8 +618,13 @@ fn tls_fanout_chart(input: &Input) -> Option<Figure> {
             )),
         }
     }
+    if other > 0 {
+        eprintln!(
+            "plot: {other} fan-out runs not labelled by tls_compare.sh (fanout-…|SERVER) left out of the fan-out chart"
+        );
+    }
     if cells.is_empty() {
-        warn("no fan-out run: no fan-out chart".into());
+        warn("no tls_compare fan-out run: no fan-out chart".into());
         return None;
     }
     cells.order_series(&["plain", "TLS 1.3", "TLS 1.2"]);
@@ -609,10 +632,10 @@ fn tls_fanout_chart(input: &Input) -> Option<Figure> {
         title: "Fan-out deliveries per server CPU-second, plain HTTP and TLS (higher is better)"
             .into(),
         subtitle: format!("{} · {}", runs_note(cells.runs()), input.provenance()),
-        notes: vec![
-            "Deliveries: events received by all subscribers / server utime+stime during the run."
-                .into(),
-        ],
+        notes: vec![format!(
+            "Fan-out: {}. Deliveries: events received by all subscribers / server utime+stime during the run.",
+            shapes.join("; ")
+        )],
         cols: 1,
         panels: vec![cells.bars("", "deliveries / server CPU-s", Scale::Linear)],
     })
@@ -1222,6 +1245,9 @@ mod tests {
                    "deliveries_per_cpu_s": 180000.0}),
             json!({"scenario": "fanout", "target": "ssehub", "label": "fanout-plain|ssehub", "command": "fanout",
                    "deliveries_per_cpu_s": 190000.0}),
+            // A compare file's fan-out (another workload): not in the TLS fan-out chart.
+            json!({"scenario": "fanout", "target": "ssehub", "label": "fan10k: 10000 subscribers", "command": "fanout",
+                   "deliveries_per_cpu_s": 50000.0}),
         ];
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         let i = input("t.jsonl", &text).unwrap();
@@ -1238,6 +1264,7 @@ mod tests {
         }
         let svg = render(&charts[1].1).unwrap();
         assert!(svg.contains("\n190k\n") && svg.contains("\n180k\n"));
+        assert!(!svg.contains("\n50k\n"));
     }
 
     fn cluster_line(label: &str, session: Option<&str>, node_us: f64, redis: bool) -> String {
