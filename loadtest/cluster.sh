@@ -346,6 +346,11 @@ if [ -n "$OUT" ]; then
   cp "$work/machine.json" "$OUT/machine.json"
   cp "$commands" "$OUT/commands.txt"
 fi
+# Charts beside the copied runs: OUT/cluster-<workload>.svg (ssehub-loadtest plot cluster).
+if [ -n "$OUT" ] && [ -s "$runs" ]; then
+  "$lt_bin" plot cluster "$OUT/runs.jsonl" --prefix cluster --revision "$rev" \
+    --machine "$work/machine.json" || echo "cluster: plot failed (the runs are kept)" >&2
+fi
 
 # A summary (stderr) when jq is there: per configuration the medians over the runs of the
 # table's columns, then per workload the Redis cost per event split into the write (once

@@ -5,7 +5,8 @@
 # libnginx-mod-nchan), then for every workload and every repetition starts a FRESH server
 # pinned to core 0 (`taskset -c 0`), runs the load generator pinned to core 1, stops the
 # server by its pid, and finally writes bench-results/<date>-compare.md and .json with the
-# exact commands, the machine, the git revision, the medians and the ratio ssehub/nchan.
+# exact commands, the machine, the git revision, the medians and the ratio ssehub/nchan,
+# and their charts (`ssehub-loadtest plot compare`: <date>-compare-*.svg).
 #
 # Environment:
 #   RUNS=3            repetitions of each workload per server (the median is reported)
@@ -250,3 +251,6 @@ EOF
   --notes "$work/notes.md" --git-revision "$rev" --date "$DATE" \
   --out-md "$base.md" --out-json "$base.json"
 echo "compare: wrote $base.md and $base.json"
+# Charts beside them: $base-deliveries-per-cpu.svg, -latency.svg, -idle-memory.svg.
+"$lt_bin" plot compare "$base.json" --out-dir "$OUT" ||
+  echo "compare: plot failed (the results above are kept)" >&2

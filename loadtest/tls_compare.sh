@@ -11,7 +11,8 @@
 #   TLS12=1                     TLS 1.2 instead of 1.3
 #   SERVERS="ssehub nchan"      a subset (ssehub-before needs BEFORE_BIN)
 #   NICE=-20                    niceness of servers and load (0: as is)
-#   OUT=file.jsonl              every run's result line (default: WORKDIR/runs.jsonl)
+#   OUT=file.jsonl              every run's result line (default: WORKDIR/runs.jsonl); the
+#                               charts (ssehub-loadtest plot tls) go beside it
 # Loopback only; every run is bounded by the load generator's own deadline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,7 @@ mkdir -p "$work/bin"
 cp "$target_dir/release/ssehub" "$target_dir/release/ssehub-loadtest" "$work/bin/"
 [ -n "$BEFORE_BIN" ] && cp "$BEFORE_BIN" "$work/bin/ssehub-before"
 lt_bin=$work/bin/ssehub-loadtest
+"$lt_bin" machine >"$work/machine.json"
 OUT=${OUT:-$work/runs.jsonl}
 : >"$OUT"
 server_pid=
@@ -156,3 +158,6 @@ for (label, name), rs in sorted(rows.items()):
         print(f"{label:14} {name:14} deliveries/CPU-s median {statistics.median(v):8.0f}  runs {v}  complete {ok}")
 PY
 cat "$work/commands.txt" | sort -u
+# Charts beside the lines, named after them: <OUT without .jsonl>-idle-memory.svg, -fanout.svg.
+"$lt_bin" plot tls "$OUT" --revision "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  --machine "$work/machine.json" || echo "tls_compare: plot failed (the lines are kept)" >&2

@@ -15,6 +15,7 @@
 //! - `floor`: one plain `write()` per delivery from a minimal in-process server: the
 //!   machine's floor against which deliveries per CPU-second are read.
 //! - `report`: turns the JSON lines of a comparison into markdown and JSON.
+//! - `plot`: SVG charts of those results (compare, TLS, cluster), next to the markdown.
 //!
 //! Streams live in worker processes (`worker`, the same binary), each holding up to its
 //! descriptor limit from its own source addresses in 127.0.0.0/8; the coordinator
@@ -27,6 +28,7 @@ mod fanout;
 mod floor;
 mod hist;
 mod idle;
+mod plot;
 mod proto;
 mod publisher;
 mod report;
@@ -68,6 +70,8 @@ enum Cmd {
     Floor(floor::Args),
     /// Render the JSON lines of a comparison run as markdown and JSON.
     Report(report::Args),
+    /// SVG charts of results (compare JSON, tls_compare or cluster JSON lines).
+    Plot(plot::Args),
     /// Print this machine's description (cores, CPU, kernel, fd limit, load) as JSON.
     Machine,
     /// Internal: a worker process (configuration on stdin).
@@ -88,6 +92,7 @@ fn main() {
         },
         Cmd::Floor(a) => floor::run(a),
         Cmd::Report(a) => report::run(a),
+        Cmd::Plot(a) => plot::run(a),
         Cmd::Machine => {
             println!(
                 "{}",

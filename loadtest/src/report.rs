@@ -149,7 +149,7 @@ struct Row {
     floor_runs: Vec<f64>,
 }
 
-fn median(v: &[f64]) -> Option<f64> {
+pub(crate) fn median(v: &[f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }

@@ -18,6 +18,7 @@ use crate::churn::Args;
 use crate::rng::Rng;
 use crate::sse::{Flow, Item, Parser, Payload, payload};
 use crate::sys;
+use crate::worker::{self, WAKER, open_socket};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::Serialize;
@@ -31,7 +32,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const WAKER: Token = Token(usize::MAX);
 const MAX_IN_FLIGHT: usize = 512;
 const MAX_HEAD: usize = 16 * 1024;
 /// Source addresses the clients bind to (127.1.0.1-16): FIN-closed connections leave
@@ -588,22 +588,8 @@ impl Clients {
                     Duration::from_nanos(at.saturating_sub(now))
                 })
                 .min(Duration::from_millis(50));
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                panic!("poll: {e}");
-            }
-            for ev in events.iter() {
-                if ev.token() == WAKER {
-                    continue;
-                }
-                let hup = ev.is_read_closed() || ev.is_error();
-                self.on_ready(
-                    ev.token().0,
-                    ev.is_writable(),
-                    ev.is_readable() || hup,
-                    &mut buf,
-                );
+            for r in worker::poll_ready(&mut self.poll, &mut events, timeout) {
+                self.on_ready(r.token, r.writable, r.readable, &mut buf);
             }
             if let Ok(Cmd::Finish { events, grace_ns }) = rx.try_recv() {
                 self.churning = false;
@@ -688,7 +674,7 @@ impl Clients {
         let source = IpAddr::V4(Ipv4Addr::new(127, 1, 0, 1 + (i % SOURCES as usize) as u8));
         self.counts.connects += 1;
         self.live.connects.fetch_add(1, Ordering::Relaxed);
-        let res = open_socket(self.addr, source).and_then(|mut s| {
+        let res = open_socket(self.addr, source, None).and_then(|mut s| {
             self.poll
                 .registry()
                 .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
@@ -868,22 +854,6 @@ impl Clients {
         self.live.deliveries.fetch_add(delivered, Ordering::Relaxed);
         true
     }
-}
-
-fn open_socket(addr: SocketAddr, source: IpAddr) -> io::Result<TcpStream> {
-    use socket2::{Domain, Socket, Type};
-    use std::os::fd::AsRawFd;
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_nonblocking(true)?;
-    s.set_tcp_nodelay(true)?;
-    sys::bind_address_no_port(s.as_raw_fd());
-    s.bind(&SocketAddr::new(source, 0).into())?;
-    match s.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(TcpStream::from_std(s.into()))
 }
 
 #[cfg(test)]

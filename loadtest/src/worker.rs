@@ -20,7 +20,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const WAKER: Token = Token(usize::MAX);
+/// The token of the loop's `Waker` (the stdin or coordinator thread wakes the loop).
+pub(crate) const WAKER: Token = Token(usize::MAX);
 /// Connections opened per loop turn, and at most this many waiting for their answer, so
 /// the server's accept backlog is never overrun.
 const CONNECT_BATCH: usize = 256;
@@ -118,6 +119,39 @@ pub fn run() -> ! {
     let result = engine.run(&rx);
     send(&FromWorker::Result(Box::new(result)));
     std::process::exit(0);
+}
+
+/// One connection's readiness from one poll.
+pub(crate) struct Readiness {
+    pub token: usize,
+    pub writable: bool,
+    /// Readable, or hung up / in error: the next read then sees the end.
+    pub readable: bool,
+    pub hup: bool,
+}
+
+/// One turn of the client loops (the worker's and the soak's): waits for readiness up to
+/// `timeout` (an interrupted wait is an empty turn; any other error ends the process),
+/// then yields each connection's readiness, the waker's left out.
+pub(crate) fn poll_ready<'a>(
+    poll: &mut Poll,
+    events: &'a mut Events,
+    timeout: Duration,
+) -> impl Iterator<Item = Readiness> + use<'a> {
+    if let Err(e) = poll.poll(events, Some(timeout))
+        && e.kind() != io::ErrorKind::Interrupted
+    {
+        panic!("poll: {e}");
+    }
+    events.iter().filter(|ev| ev.token() != WAKER).map(|ev| {
+        let hup = ev.is_read_closed() || ev.is_error();
+        Readiness {
+            token: ev.token().0,
+            writable: ev.is_writable(),
+            readable: ev.is_readable() || hup,
+            hup,
+        }
+    })
 }
 
 fn send(msg: &FromWorker) {
@@ -251,23 +285,8 @@ impl Engine {
                 None => Duration::from_millis(100),
             }
             .min(Duration::from_millis(100));
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                panic!("poll: {e}");
-            }
-            for ev in events.iter() {
-                if ev.token() == WAKER {
-                    continue;
-                }
-                let hup = ev.is_read_closed() || ev.is_error();
-                self.on_ready(
-                    ev.token().0,
-                    ev.is_writable(),
-                    ev.is_readable() || hup,
-                    hup,
-                    &mut buf,
-                );
+            for r in poll_ready(&mut self.poll, &mut events, timeout) {
+                self.on_ready(r.token, r.writable, r.readable, r.hup, &mut buf);
             }
             while let Ok(msg) = rx.try_recv() {
                 match msg {
@@ -822,7 +841,13 @@ fn tls_flush(tls: &mut rustls::ClientConnection, sock: &mut TcpStream) -> io::Re
     Ok(())
 }
 
-fn open_socket(addr: SocketAddr, source: IpAddr, rcvbuf: Option<usize>) -> io::Result<TcpStream> {
+/// A non-blocking connection from `source` (its port chosen at connect time), with a
+/// receive buffer of `rcvbuf` bytes when given (slow readers).
+pub(crate) fn open_socket(
+    addr: SocketAddr,
+    source: IpAddr,
+    rcvbuf: Option<usize>,
+) -> io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     use std::os::fd::AsRawFd;
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
