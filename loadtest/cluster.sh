@@ -33,7 +33,12 @@
 #   RUNS=3           repetitions of each configuration, fresh nodes each time (--quick: 1);
 #                    the summary quotes medians. About 45 s per repetition.
 #   WORKLOADS="fanout rate redis"   (--quick: "fanout")
-#   CONFIGS="single 1 2"  which configurations (node counts in cluster mode; any N works)
+#   CONFIGS="single 1 2"  which configurations (node counts in cluster mode; any N works;
+#                    "Nr": N nodes reading from a replica, cluster.read_from, which starts
+#                    one replica of the Redis on core 0 beside it; its CPU is reported as
+#                    cluster.replica in the JSON line)
+#   MIN_REPLICAS=0   cluster.min_replicas of every cluster node (1 or more starts the replica)
+#   READ_LINGER=0ms  cluster.read_linger of every cluster node
 #   RATE=2000        events/s of the "rate" workload (2 s of events; --quick: 500, 200 events)
 #   OUT=DIR          also write runs.jsonl, machine.json and commands.txt there
 #   NICE=-20         niceness of nodes, Redis and load (0: as is; --quick: 0)
@@ -52,6 +57,8 @@ done
 if [ "$QUICK" = 1 ]; then RUNS=${RUNS:-1}; else RUNS=${RUNS:-3}; fi
 if [ "$QUICK" = 1 ]; then WORKLOADS=${WORKLOADS:-fanout}; else WORKLOADS=${WORKLOADS:-"fanout rate redis"}; fi
 CONFIGS=${CONFIGS:-"single 1 2"}
+MIN_REPLICAS=${MIN_REPLICAS:-0}
+READ_LINGER=${READ_LINGER:-0ms}
 if [ "$QUICK" = 1 ]; then RATE=${RATE:-500}; else RATE=${RATE:-2000}; fi
 OUT=${OUT:-}
 # --quick (CI) leaves priorities alone: raising the session's autogroup would outlast it.
@@ -99,10 +106,12 @@ stop_nodes() {
 }
 cleanup() {
   stop_nodes
-  if [ -n "$redis_pid" ]; then
-    kill -TERM "$redis_pid" 2>/dev/null || true
-    wait "$redis_pid" 2>/dev/null || true
-  fi
+  local p
+  for p in "$replica_pid" "$redis_pid"; do
+    [ -n "$p" ] || continue
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -151,8 +160,30 @@ done
 }
 redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
 
+# ---- a replica (configurations "Nr", or MIN_REPLICAS above 0) ---------------------------
+replica_pid=
+replica_port=
+case " $CONFIGS " in *r\ *) want_replica=1 ;; *) want_replica=0 ;; esac
+[ "$MIN_REPLICAS" -gt 0 ] && want_replica=1
+if [ "$want_replica" = 1 ]; then
+  replica_port=$(free_port)
+  mkdir -p "$work/replica"
+  taskset -c 0 nice -n "$NICE" redis-server --port "$replica_port" --bind 127.0.0.1 \
+    --save '' --appendonly no --dir "$work/replica" --logfile "$work/replica.log" \
+    --replicaof 127.0.0.1 "$redis_port" &
+  replica_pid=$!
+  redis-cli -p "$redis_port" CONFIG SET repl-diskless-sync-delay 0 >/dev/null
+  for _ in $(seq 200); do
+    redis-cli -p "$replica_port" INFO replication 2>/dev/null | grep -q '^master_link_status:up' && break
+    sleep 0.1
+  done
+  redis-cli -p "$replica_port" INFO replication | grep -q '^master_link_status:up' || {
+    echo "cluster: the replica did not sync:" >&2; cat "$work/replica.log" >&2; exit 1
+  }
+fi
+
 # ---- nodes ------------------------------------------------------------------------------
-# node_config FILE PORT SOCKET PREFIX (PREFIX empty: no cluster mode)
+# node_config FILE PORT SOCKET PREFIX [READ_FROM_PORT] (PREFIX empty: no cluster mode)
 node_config() {
   cat >"$1" <<EOF
 [http]
@@ -169,16 +200,20 @@ level = "warn"
 EOF
   if [ -n "$4" ]; then
     printf '[cluster]\nredis = "redis://127.0.0.1:%s/0"\nkey_prefix = "%s"\n' "$redis_port" "$4" >>"$1"
+    printf 'min_replicas = %s\nread_linger = "%s"\n' "$MIN_REPLICAS" "$READ_LINGER" >>"$1"
+    if [ -n "${5:-}" ]; then
+      printf 'read_from = ["redis://127.0.0.1:%s/0"]\n' "$5" >>"$1"
+    fi
   fi
 }
 
-# start_nodes COUNT PREFIX: fresh nodes on core 0; sets node_args (--node ADDR@PID ...)
+# start_nodes COUNT PREFIX [READ_FROM_PORT]: fresh nodes on core 0; sets node_args (--node ADDR@PID ...)
 # and node0_sock. Each configuration and run gets its own key prefix, so a node starts on
 # an empty stream (nothing to fill its history with).
 node_args=()
 node0_sock=
 start_nodes() {
-  local count=$1 prefix=$2 i port sock cfg pid
+  local count=$1 prefix=$2 read_from=${3:-} i port sock cfg pid
   node_args=()
   for i in $(seq 0 $((count - 1))); do
     sock=$work/node$i.sock
@@ -186,14 +221,16 @@ start_nodes() {
     local ok=0 attempt
     for attempt in 1 2 3; do
       port=$(free_port)
-      node_config "$cfg" "$port" "$sock" "$prefix"
+      node_config "$cfg" "$port" "$sock" "$prefix" "$read_from"
       : >"$work/node$i.log"
       taskset -c 0 nice -n "$NICE" "$ssehub_bin" --config "$cfg" 2>>"$work/node$i.log" &
       pid=$!
       for _ in $(seq 100); do
         if [ -S "$sock" ]; then
+          local want='^ssehub_redis_up 1$'
+          [ -n "$read_from" ] && want='^ssehub_redis_reading_replica 1$'
           if [ -z "$prefix" ] ||
-            curl -sf -m 2 "http://127.0.0.1:$port/metrics" | grep -q '^ssehub_redis_up 1$'; then
+            curl -sf -m 2 "http://127.0.0.1:$port/metrics" | grep -q "$want"; then
             ok=1
             break
           fi
@@ -233,23 +270,35 @@ echo "cluster: git $rev, redis $redis_version on port $redis_port, machine $(cat
   echo "taskset -c 0 nice -n $NICE redis-server --port PORT --bind 127.0.0.1 --save '' --appendonly no"
   echo "taskset -c 0 nice -n $NICE target/release/ssehub --config nodeI.toml   # per node:"
   node_config /dev/stdout PORT_I "WORKDIR/nodeI.sock" "PREFIX" | sed 's/^/#   /'
+  if [ -n "$replica_port" ]; then
+    echo "taskset -c 0 nice -n $NICE redis-server --port RPORT --bind 127.0.0.1 --save '' --appendonly no --replicaof 127.0.0.1 PORT"
+    echo "#   configurations Nr add to [cluster]: read_from = [\"redis://127.0.0.1:RPORT/0\"]"
+  fi
 } >"$commands"
 
-# run_one WORKLOAD CONFIG REP: CONFIG is single, 1 or 2.
+# run_one WORKLOAD CONFIG REP: CONFIG is single, N or Nr (N nodes reading from the replica).
 failed=0
+replica_cpu_ns() { awk '{s += $1} END {printf "%.0f\n", s}' /proc/"$replica_pid"/task/*/schedstat; }
 run_one() {
-  local workload=$1 config=$2 rep=$3 count prefix label
+  local workload=$1 config=$2 rep=$3 count prefix label read_from= r0=0
   local -a args redis_args=()
   if [ "$workload" = fanout ]; then args=("${fanout_args[@]}"); else args=("${rate_args[@]}"); fi
   if [ "$config" = single ]; then
     count=1 prefix=
     label="$workload single"
   else
-    count=$config prefix="lt-$workload-$config-$rep-$$"
-    label="$workload cluster N=$config"
+    count=${config%r} prefix="lt-$workload-$config-$rep-$$"
+    label="$workload cluster N=$count"
+    if [ "$config" != "$count" ]; then
+      read_from=$replica_port
+      label="$label replica"
+    fi
+    [ "$MIN_REPLICAS" -gt 0 ] && label="$label min_replicas=$MIN_REPLICAS"
+    [ "$READ_LINGER" != 0ms ] && label="$label linger=$READ_LINGER"
     redis_args=(--redis-pid "$redis_pid" --redis-addr "127.0.0.1:$redis_port")
   fi
-  start_nodes "$count" "$prefix"
+  start_nodes "$count" "$prefix" "$read_from"
+  [ -n "$replica_pid" ] && r0=$(replica_cpu_ns)
   echo "taskset -c 1 nice -n $NICE ssehub-loadtest fanout ${args[*]} --socket node0.sock --node ADDR@PID ... ${redis_args[*]:+--redis-pid PID --redis-addr 127.0.0.1:PORT} --label '$label' --deadline $deadline" >>"$commands"
   echo "cluster: $label (run $rep)" >&2
   if ! taskset -c 1 nice -n "$NICE" "$lt_bin" fanout "${args[@]}" "${node_args[@]}" \
@@ -260,6 +309,12 @@ run_one() {
     cat "$work/run.err" >&2
   else
     grep -E '^(fanout|node|redis)' "$work/run.err" | sed 's/^/  /' >&2
+  fi
+  if [ -n "$replica_pid" ] && [ -s "$work/run.json" ] && command -v jq >/dev/null 2>&1; then
+    # The replica's CPU over the run (it replicates every cluster run's writes).
+    jq -c --argjson ns "$(($(replica_cpu_ns) - r0))" \
+      '.cluster.replica = {cpu_s: ($ns / 1e9), cpu_us_per_event: (if (.events // 0) > 0 then $ns / 1e3 / .events else null end)}' \
+      "$work/run.json" >"$work/run.json.tmp" && mv "$work/run.json.tmp" "$work/run.json"
   fi
   cat "$work/run.json"
   cat "$work/run.json" >>"$runs"
