@@ -47,6 +47,9 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 const RETRY_PREFERRED_EVERY: Duration = Duration::from_secs(10);
 /// `XREAD BLOCK` while a tail check waits for the replica to reach the primary's `last`.
 const TAIL_CHECK_BLOCK: Duration = Duration::from_millis(20);
+/// `XREAD BLOCK` on a replica: a tail check the loop asks for starts within it (ten idle
+/// reads a second cost the replica, not the primary).
+const REPLICA_BLOCK: Duration = Duration::from_millis(100);
 
 /// Why the reader stopped following.
 #[derive(Debug)]
@@ -758,7 +761,7 @@ impl Reader {
             let block = match replica {
                 true => match self.tail_check(con) {
                     Ok(true) => TAIL_CHECK_BLOCK,
-                    Ok(false) => BLOCK,
+                    Ok(false) => REPLICA_BLOCK,
                     Err(stop) => return stop,
                 },
                 false => BLOCK,
@@ -815,6 +818,10 @@ impl Reader {
                 Ok(there) => there,
                 Err(f) => return Some(f.into()),
             };
+            if there.is_primary() || !there.link_up || there.replid != self.server.replid {
+                // Usually the primary failed: the writer checks its connection.
+                self.shared.suspect_primary();
+            }
             if there.is_primary() || !there.link_up {
                 return Some(Stop::Switch(match there.is_primary() {
                     true => "the replica was promoted".into(),
@@ -840,7 +847,7 @@ impl Reader {
                 _ => return,
             }
         }
-        self.shared.tail_reads.fetch_add(1, Ordering::SeqCst);
+        self.shared.count_tail_read();
     }
 
     /// On a replica: when the loop waits for an id (`tail_wanted` grew), asks the primary

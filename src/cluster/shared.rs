@@ -235,6 +235,13 @@ impl Shared {
         self.lock().failures
     }
 
+    /// Something hints that the primary failed (a replica lost its link to it, or was
+    /// promoted) without either side failing: the writer checks its connection before its
+    /// next call, as after a failure (`failures` grows; health is unchanged).
+    pub fn suspect_primary(&self) {
+        self.lock().failures += 1;
+    }
+
     pub fn count_error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -246,6 +253,13 @@ impl Shared {
     /// An id this node saw (returned to the writer or read by the reader).
     pub fn saw(&self, id: u64) {
         self.highest_seen.fetch_max(id, Ordering::SeqCst);
+    }
+
+    /// A read reached the end of the stream (after its entries were queued): counts it
+    /// and wakes the loop, which may have a stream request waiting for it.
+    pub fn count_tail_read(&self) {
+        self.tail_reads.fetch_add(1, Ordering::SeqCst);
+        self.wake();
     }
 
     pub fn shut_down(&self) {
