@@ -39,6 +39,7 @@
 #                    cluster.replica in the JSON line)
 #   MIN_REPLICAS=0   cluster.min_replicas of every cluster node (1 or more starts the replica)
 #   READ_LINGER=0ms  cluster.read_linger of every cluster node
+#   WRITE_LINGER=0ms cluster.write_linger of every cluster node
 #   RATE=2000        events/s of the "rate" workload (2 s of events; --quick: 500, 200 events)
 #   OUT=DIR          also write runs.jsonl, machine.json and commands.txt there
 #   NICE=-20         niceness of nodes, Redis and load (0: as is; --quick: 0)
@@ -59,6 +60,7 @@ if [ "$QUICK" = 1 ]; then WORKLOADS=${WORKLOADS:-fanout}; else WORKLOADS=${WORKL
 CONFIGS=${CONFIGS:-"single 1 2"}
 MIN_REPLICAS=${MIN_REPLICAS:-0}
 READ_LINGER=${READ_LINGER:-0ms}
+WRITE_LINGER=${WRITE_LINGER:-0ms}
 if [ "$QUICK" = 1 ]; then RATE=${RATE:-500}; else RATE=${RATE:-2000}; fi
 OUT=${OUT:-}
 # --quick (CI) leaves priorities alone: raising the session's autogroup would outlast it.
@@ -200,7 +202,8 @@ level = "warn"
 EOF
   if [ -n "$4" ]; then
     printf '[cluster]\nredis = "redis://127.0.0.1:%s/0"\nkey_prefix = "%s"\n' "$redis_port" "$4" >>"$1"
-    printf 'min_replicas = %s\nread_linger = "%s"\n' "$MIN_REPLICAS" "$READ_LINGER" >>"$1"
+    printf 'min_replicas = %s\nread_linger = "%s"\nwrite_linger = "%s"\n' \
+      "$MIN_REPLICAS" "$READ_LINGER" "$WRITE_LINGER" >>"$1"
     if [ -n "${5:-}" ]; then
       printf 'read_from = ["redis://127.0.0.1:%s/0"]\n' "$5" >>"$1"
     fi
@@ -294,7 +297,8 @@ run_one() {
       label="$label replica"
     fi
     [ "$MIN_REPLICAS" -gt 0 ] && label="$label min_replicas=$MIN_REPLICAS"
-    [ "$READ_LINGER" != 0ms ] && label="$label linger=$READ_LINGER"
+    [ "$READ_LINGER" != 0ms ] && label="$label read_linger=$READ_LINGER"
+    [ "$WRITE_LINGER" != 0ms ] && label="$label write_linger=$WRITE_LINGER"
     redis_args=(--redis-pid "$redis_pid" --redis-addr "127.0.0.1:$redis_port")
   fi
   start_nodes "$count" "$prefix" "$read_from"

@@ -277,6 +277,9 @@ pub struct Cluster {
     /// After a read that carried entries, wait this long before the next (0 to 1 ms).
     #[serde(deserialize_with = "duration")]
     pub read_linger: Duration,
+    /// The writer waits this long after a publish for more to join its call (0 to 1 ms).
+    #[serde(deserialize_with = "duration")]
+    pub write_linger: Duration,
 }
 
 impl Default for Cluster {
@@ -290,6 +293,7 @@ impl Default for Cluster {
             catch_up: Duration::from_secs(1),
             read_from: Vec::new(),
             read_linger: Duration::ZERO,
+            write_linger: Duration::ZERO,
         }
     }
 }
@@ -374,8 +378,13 @@ impl Config {
                     ));
                 }
             }
-            if c.read_linger > Duration::from_millis(1) {
-                return Err("cluster.read_linger must be at most 1ms (e.g. \"500us\")".into());
+            for (key, linger) in [
+                ("cluster.read_linger", c.read_linger),
+                ("cluster.write_linger", c.write_linger),
+            ] {
+                if linger > Duration::from_millis(1) {
+                    return Err(format!("{key} must be at most 1ms (e.g. \"500us\")"));
+                }
             }
             if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}', ' ']) {
                 return Err(
@@ -504,9 +513,11 @@ mod tests {
     fn cluster_reads_from_replicas_with_an_optional_linger() {
         let c = Config::parse(
             "[cluster]\nredis = \"redis://p:6379/0\"\n\
-             read_from = [\"redis://r1:6379/0\", \"rediss://r2/\"]\nread_linger = \"500us\"",
+             read_from = [\"redis://r1:6379/0\", \"rediss://r2/\"]\nread_linger = \"500us\"\n\
+             write_linger = \"1ms\"",
         )
         .unwrap();
+        assert_eq!(c.cluster.write_linger, Duration::from_millis(1));
         assert_eq!(c.cluster.read_from, ["redis://r1:6379/0", "rediss://r2/"]);
         assert_eq!(c.cluster.read_linger, Duration::from_micros(500));
         assert_eq!(
@@ -522,6 +533,9 @@ mod tests {
         let long =
             Config::parse("[cluster]\nredis = \"redis://p/\"\nread_linger = \"2ms\"").unwrap_err();
         assert!(long.contains("read_linger must be at most 1ms"), "{long}");
+        let long = Config::parse("[cluster]\nredis = \"redis://p/\"\nwrite_linger = \"1001us\"")
+            .unwrap_err();
+        assert!(long.contains("write_linger must be at most 1ms"), "{long}");
     }
 
     #[test]

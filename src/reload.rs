@@ -140,6 +140,7 @@ const KEYS: &[Key] = &[
     key!("cluster.catch_up", RESTART, cluster.catch_up),
     key!("cluster.read_from", RESTART, cluster.read_from),
     key!("cluster.read_linger", RESTART, cluster.read_linger),
+    key!("cluster.write_linger", RESTART, cluster.write_linger),
 ];
 
 /// What a reload found: keys whose value differs, split by whether they took effect.

@@ -11,10 +11,10 @@
 --
 -- Numbers: Redis Lua numbers are doubles, exact for integers up to 2^53 (about 9e15);
 -- ids are about 1.8e15, so arithmetic on them is exact. They are always written with
--- '%.0f' (never tostring, which may choose an exponent form).
+-- '%d' (a C long here: 64 bits; never tostring, which may choose an exponent form).
 
 local function id_string(n)
-  return string.format('%.0f', n)
+  return string.format('%d', n)
 end
 
 -- The <ms> part of a stream id '<ms>-<seq>' (ours are always '<id>-0'); 0 if none.
@@ -71,7 +71,8 @@ end
 -- with one element per event, in order: its id as a string, or an error reply refusing
 -- that event alone ('topic <name> is final', 'key used for a different event').
 --
--- The epoch, `last`, the stream's tail and TIME are read once per call, the stream trimmed
+-- The epoch, `last`, the stream's tail and TIME are read once per call, each topic's final
+-- mark once per call (and remembered when an event of the call makes it final), the stream trimmed
 -- once (MINID ~ on the first XADD, XTRIM MAXLEN ~ after the last); each event's id is
 -- max(previous id + 1, TIME, node_now_us), so the ids of one call are increasing and each
 -- entry's `p` names the entry before it. Atomicity: a Lua error aborts a script but keeps
@@ -104,6 +105,9 @@ local function publish_batch(keys, args)
     last = tail
   end
   local last_before = last
+  local last_s = id_string(last)
+  -- Final marks seen in this call (mark key -> true/false): one EXISTS per topic per call.
+  local finals = {}
   -- Trimming by age, once per call: MINID on the first XADD that runs.
   local min_id = nil
   if max_age_ms > 0 then
@@ -145,7 +149,13 @@ local function publish_batch(keys, args)
       end
     end
     for i = 1, n do
-      if redis.call('EXISTS', keys[k + i]) == 1 then
+      local mark = keys[k + i]
+      local final = finals[mark]
+      if final == nil then
+        final = redis.call('EXISTS', mark) == 1
+        finals[mark] = final
+      end
+      if final then
         return redis.error_reply('topic ' .. args[first_topic + i - 1] .. ' is final')
       end
     end
@@ -164,7 +174,7 @@ local function publish_batch(keys, args)
       min_id = nil
     end
     local x = #xadd
-    xadd[x + 1], xadd[x + 2], xadd[x + 3], xadd[x + 4] = id_s .. '-0', 'p', id_string(last), 't'
+    xadd[x + 1], xadd[x + 2], xadd[x + 3], xadd[x + 4] = id_s .. '-0', 'p', last_s, 't'
     xadd[x + 5] = topic_list
     x = x + 5
     if event ~= '' then
@@ -179,11 +189,12 @@ local function publish_batch(keys, args)
     end
     xadd[x + 1], xadd[x + 2], xadd[x + 3], xadd[x + 4] = 'm', published_ms, 'x', epoch
     redis.call(unpack(xadd))
-    last = id
+    last, last_s = id, id_s
 
     if is_final then
       for i = 1, n do
         remember(keys[k + i], id_s, max_age_ms)
+        finals[keys[k + i]] = true
       end
     end
     if has_key then

@@ -168,6 +168,7 @@ mod tests {
             max_stream_events: 10,
             read_from: Vec::new(),
             read_linger: Duration::ZERO,
+            write_linger: Duration::ZERO,
         }
     }
 

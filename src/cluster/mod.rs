@@ -95,6 +95,9 @@ pub struct Options {
     /// `cluster.read_linger`: after a read that carried entries (and fewer than a page),
     /// the reader waits this long before the next, so that reads carry more entries.
     pub read_linger: Duration,
+    /// `cluster.write_linger`: the writer waits this long after the first publish of a
+    /// call for more to join it (fewer, larger calls at high rates).
+    pub write_linger: Duration,
 }
 
 /// One publish for the writer (already validated by `ingest::line`).

@@ -124,6 +124,7 @@ fn options(url: &str) -> Options {
         max_stream_events: 0,
         read_from: Vec::new(),
         read_linger: Duration::ZERO,
+        write_linger: Duration::ZERO,
     }
 }
 

@@ -96,6 +96,16 @@ impl Writer {
             };
             match batches.recv_timeout(wait) {
                 Ok(mut batch) => {
+                    // `cluster.write_linger`: more turns' publishes join this call.
+                    let linger = self.shared.options.write_linger;
+                    let until = Instant::now() + linger;
+                    while batch.len() < MAX_CALL_EVENTS {
+                        let left = until.saturating_duration_since(Instant::now());
+                        match batches.recv_timeout(left) {
+                            Ok(more) => batch.extend(more),
+                            Err(_) => break,
+                        }
+                    }
                     // What queued up while the last call was in flight goes in this one.
                     while let Ok(more) = batches.try_recv() {
                         batch.extend(more);

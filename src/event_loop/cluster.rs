@@ -35,6 +35,7 @@ pub(super) fn cluster_link(config: &Config, waker: Arc<Waker>) -> io::Result<Lin
         max_stream_events: config.history.max_stream_events,
         read_from: c.read_from.clone(),
         read_linger: c.read_linger,
+        write_linger: c.write_linger,
     };
     Link::start(options, waker)
 }
