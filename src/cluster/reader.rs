@@ -607,9 +607,6 @@ impl Reader {
                 Verdict::Continues => break at,
                 Verdict::Gap(why) => {
                     let mark = self.forget_mark(&at);
-                    if why.starts_with("acknowledged") {
-                        self.ack_baseline = self.shared.acked_max.load(Ordering::SeqCst);
-                    }
                     self.report_gap(mark, why);
                     break at;
                 }
@@ -710,6 +707,8 @@ impl Reader {
                     "the replica has not received acknowledged entry {acked}"
                 ))
             } else {
+                // Reported once: the half-dead check no longer waits for it.
+                self.ack_baseline = acked;
                 Verdict::Gap(format!("acknowledged entry {acked} is not in the stream"))
             });
         }

@@ -110,6 +110,13 @@ impl Writer {
                     while let Ok(more) = batches.try_recv() {
                         batch.extend(more);
                     }
+                    // A failure seen elsewhere since the last look (the reader's, or a
+                    // replica that lost its primary): check the connection first, and
+                    // replace a dead one, rather than send on it.
+                    self.verify();
+                    if self.con.is_none() && Instant::now() >= self.next_attempt {
+                        self.connect();
+                    }
                     self.answer(batch)
                 }
                 Err(RecvTimeoutError::Timeout) => {}
