@@ -11,7 +11,7 @@ use common::faults::{
     AckLog, Delivery, Outcome, Publisher, RecOptions, Recorder, SubRecord, Targets,
     build_clock_shim, check, now_us, redis_time_us, summary,
 };
-use common::redis::{Forwarder, Mode, Redis, metric, node, node_unchecked, redis_up};
+use common::redis::{Forwarder, Mode, Redis, metric, node, node_unchecked, redis_up, wait_synced};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -135,16 +135,6 @@ fn publish_ok(p: &mut Publisher, n: usize, prefix: &str, timeout: Duration) -> V
         i += 1;
     }
     ids
-}
-
-fn wait_synced(replica: &Redis) {
-    assert!(
-        wait_for(Duration::from_secs(15), || replica
-            .cli(&["INFO", "replication"])
-            .contains("master_link_status:up")),
-        "the replica did not sync: {}",
-        replica.cli(&["INFO", "replication"])
-    );
 }
 
 // ---- The checker itself ---------------------------------------------------------------------

@@ -5,7 +5,7 @@
 //! with `min_replicas` delivers nothing a replica does not hold yet. (Every other cluster
 //! case also runs with readers on replicas: `SSEHUB_TEST_READERS=replicas` in `.ci/run`.)
 mod common;
-use common::redis::{Redis, metric, redis_up};
+use common::redis::{Redis, metric, redis_up, wait_synced};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -13,13 +13,7 @@ use std::time::{Duration, Instant};
 fn primary_and_replica() -> (Redis, Redis) {
     let primary = Redis::start(&[]);
     let replica = Redis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
-    assert!(
-        wait_for(Duration::from_secs(15), || replica
-            .cli(&["INFO", "replication"])
-            .contains("master_link_status:up")),
-        "the replica did not sync: {}",
-        replica.cli(&["INFO", "replication"])
-    );
+    wait_synced(&replica);
     (primary, replica)
 }
 

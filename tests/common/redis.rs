@@ -263,6 +263,17 @@ fn pump(
     let _ = to.shutdown(Shutdown::Both);
 }
 
+/// Waits up to 15 s for a replica's link to its primary to be up (its first sync done).
+pub fn wait_synced(replica: &Redis) {
+    assert!(
+        wait_for(Duration::from_secs(15), || replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")),
+        "the replica did not sync: {}",
+        replica.cli(&["INFO", "replication"])
+    );
+}
+
 /// Starts a cluster node on Redis at `url` with `extra` config sections.
 pub fn node(url: &str, extra: &[(&str, &str)]) -> Server {
     node_on(url, 0, extra)
