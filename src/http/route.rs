@@ -38,7 +38,8 @@ const TOPICS_NOT_LOOPBACK: &str =
 pub struct Ctx<'a> {
     /// The connection was accepted on the admin listener.
     pub on_admin: bool,
-    /// `http.admin_listen` is configured (`/metrics` and `/healthz` are served only there).
+    /// `http.admin_listen` is configured (`/metrics`, `/healthz`, `/readyz` and `/topics`
+    /// are served only there).
     pub admin_split: bool,
     /// The TCP peer; `None` when unknown (then not a loopback client).
     pub peer: Option<IpAddr>,
@@ -254,9 +255,10 @@ fn readiness<'r>(
     }
 }
 
-/// With an admin listener, `/metrics` and `/healthz` are served only there; without one,
-/// `/metrics` on the public listener answers loopback clients only, since it tells anyone
-/// who asks about topics, traffic and capacity. `None`: a public route.
+/// With an admin listener, `/metrics`, `/healthz`, `/readyz` and `/topics` are served only
+/// there; without one, `/metrics` and `/topics` on the public listener answer loopback
+/// clients only, since they tell anyone who asks about topics, traffic and capacity.
+/// `None`: a public route.
 fn route_admin<'r>(
     req: &'r Request,
     ctx: &Ctx<'_>,
