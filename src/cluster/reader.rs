@@ -31,6 +31,9 @@ const PAGE: usize = 1000;
 const BLOCK: Duration = Duration::from_secs(1);
 /// Socket timeouts: a black-holed connection errors out instead of hanging.
 const IO_TIMEOUT: Duration = Duration::from_secs(4);
+/// The same on a replica, where `XREAD` blocks 100 ms at most: a replica that stops
+/// answering is left within about a second.
+const REPLICA_IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// An id acknowledged to the writer and not read for this long while `XREAD` returns
 /// nothing: the reader's connection is presumed half-dead (a replica: lagging) and is
 /// replaced.
@@ -425,7 +428,7 @@ impl Reader {
     /// the epoch is created on the primary (as a reader there would) and waited for.
     fn open_replica(&mut self, i: usize) -> Result<Connection, String> {
         let timeout = self.shared.options.connect_timeout;
-        let mut con = connection::open(&self.sources[i].client, timeout, IO_TIMEOUT)?;
+        let mut con = connection::open(&self.sources[i].client, timeout, REPLICA_IO_TIMEOUT)?;
         let mut has_epoch = replica_in_sync(&mut con, &self.keys)?;
         if !has_epoch {
             let primary = &self.sources.last().ok_or("no primary")?.client;
