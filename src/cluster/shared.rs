@@ -70,6 +70,8 @@ pub(super) struct Shared {
     /// (`Link::want_tail`): a reader on a replica then learns where the primary's stream
     /// ends before it counts a tail read.
     pub tail_wanted: AtomicU64,
+    /// `tail_wanted` at the last wake for a tail read (`count_tail_read`).
+    tail_woken: AtomicU64,
     /// The reader reads from a replica now.
     pub on_replica: AtomicBool,
     /// Set by the probe: the URL now leads to another server than this side's connection
@@ -101,6 +103,7 @@ impl Shared {
             writer_pending: AtomicUsize::new(0),
             tail_reads: AtomicU64::new(0),
             tail_wanted: AtomicU64::new(0),
+            tail_woken: AtomicU64::new(0),
             on_replica: AtomicBool::new(false),
             moved: [AtomicBool::new(false), AtomicBool::new(false)],
         }
@@ -255,11 +258,15 @@ impl Shared {
         self.highest_seen.fetch_max(id, Ordering::SeqCst);
     }
 
-    /// A read reached the end of the stream (after its entries were queued): counts it
-    /// and wakes the loop, which may have a stream request waiting for it.
+    /// A read reached the end of the stream (after its entries were queued): counts it,
+    /// and wakes the loop when a stream request has waited for one since the last such
+    /// wake (`tail_wanted` grew), not on every read: the entries woke it already.
     pub fn count_tail_read(&self) {
         self.tail_reads.fetch_add(1, Ordering::SeqCst);
-        self.wake();
+        let wanted = self.tail_wanted.load(Ordering::SeqCst);
+        if self.tail_woken.swap(wanted, Ordering::SeqCst) != wanted {
+            self.wake();
+        }
     }
 
     pub fn shut_down(&self) {

@@ -20,6 +20,7 @@
 //! - `--wait` bounds every (re)connection: refused or unreachable is retried until then.
 
 use super::{Input, Options, encode, owned_encoder, parse_answer, read_stdin_payload};
+use crate::http::body::{BodyDecoder, Framing};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -659,7 +660,7 @@ fn read_one(r: &mut impl BufRead) -> Result<Response, ReadError> {
                 "unsupported Transfer-Encoding {last:?}"
             )));
         }
-        resp.body = read_chunked(r)?;
+        resp.body = read_framed(r, Framing::Chunked, "the chunked body")?;
         // With a Content-Length as well the framing was ambiguous: do not reuse.
         let with_length = resp.header("content-length").next().is_some();
         resp.close |= with_length;
@@ -670,11 +671,7 @@ fn read_one(r: &mut impl BufRead) -> Result<Response, ReadError> {
             "a body of {len} bytes is more than this client takes"
         ))),
         Some(len) => {
-            resp.body = vec![0; len as usize];
-            r.read_exact(&mut resp.body).map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => ReadError::Truncated("the body"),
-                _ => ReadError::Io(e),
-            })?;
+            resp.body = read_framed(r, Framing::Length(len), "the body")?;
             Ok(resp)
         }
         None => {
@@ -744,60 +741,32 @@ fn read_head(r: &mut impl BufRead) -> Result<Vec<u8>, ReadError> {
     }
 }
 
-/// One line (without its line end) of at most `max` bytes, for chunk sizes and trailers.
-fn read_short_line(r: &mut impl BufRead, max: usize) -> Result<String, ReadError> {
-    let mut line = Vec::new();
-    r.take(max as u64 + 2)
-        .read_until(b'\n', &mut line)
-        .map_err(ReadError::Io)?;
-    if !line.ends_with(b"\n") {
-        return Err(if line.len() > max {
-            ReadError::Malformed("overlong line in a chunked body".into())
-        } else {
-            ReadError::Truncated("the chunked body")
-        });
-    }
-    line.pop();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    String::from_utf8(line).map_err(|_| ReadError::Malformed("non-UTF-8 chunk line".into()))
-}
-
-fn read_chunked(r: &mut impl BufRead) -> Result<Vec<u8>, ReadError> {
+/// A body framed by `framing`, decoded by the server's own decoder (`http::body`, strict
+/// RFC 9112 framing: CRLF line ends, chunk extensions and trailers checked and ignored).
+/// `what` names it in a truncation error.
+fn read_framed(
+    r: &mut impl BufRead,
+    framing: Framing,
+    what: &'static str,
+) -> Result<Vec<u8>, ReadError> {
+    let too_long = || ReadError::Malformed("the body is too long".into());
+    let mut decoder = BodyDecoder::new(framing, MAX_ANSWER_BYTES).map_err(|_| too_long())?;
     let mut body = Vec::new();
-    loop {
-        let line = read_short_line(r, 1024)?;
-        let size = line.split(';').next().unwrap_or_default().trim();
-        let size = (!size.is_empty() && size.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| usize::from_str_radix(size, 16).ok())
-            .flatten()
-            .ok_or_else(|| ReadError::Malformed(format!("bad chunk size {size:?}")))?;
-        if size == 0 {
-            // Trailers, ignored, up to the empty line.
-            for _ in 0..MAX_HEADERS {
-                if read_short_line(r, 8192)?.is_empty() {
-                    return Ok(body);
-                }
-            }
-            return Err(ReadError::Malformed("too many trailers".into()));
+    while !decoder.is_done() {
+        let input = r.fill_buf().map_err(ReadError::Io)?;
+        if input.is_empty() {
+            return Err(ReadError::Truncated(what));
         }
-        if body.len().saturating_add(size) > MAX_ANSWER_BYTES {
-            return Err(ReadError::Malformed("the body is too long".into()));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..])
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => ReadError::Truncated("the chunked body"),
-                _ => ReadError::Io(e),
-            })?;
-        if !read_short_line(r, 0)?.is_empty() {
-            return Err(ReadError::Malformed(
-                "a chunk is longer than its size".into(),
-            ));
-        }
+        let (used, _) =
+            decoder
+                .decode(input, &mut body)
+                .map_err(|refused| match refused.status {
+                    413 => too_long(),
+                    _ => ReadError::Malformed(refused.reason.into_owned()),
+                })?;
+        r.consume(used);
     }
+    Ok(body)
 }
 
 #[cfg(test)]
