@@ -314,7 +314,7 @@ fn readyz_says_draining_while_the_drain_lasts() {
     let admin_line = format!("admin_listen = \"127.0.0.1:{admin}\"");
     let mut s = Server::start_with(&[
         ("http", &admin_line),
-        ("streams", "drain_timeout = \"4s\""),
+        ("streams", "drain_timeout = \"20s\""),
         ("streams", "max_pending_bytes = 67108864"),
         ("streams", "send_buffer = 4096"),
     ]);
